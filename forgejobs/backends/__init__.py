@@ -1,0 +1,1 @@
+"""Backends: the interface (`base`), Redis via RQ (`rq`), and in-memory (`fake`)."""

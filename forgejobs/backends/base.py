@@ -1,0 +1,73 @@
+"""The backend interface: primitives for storing and reading jobs.
+
+Bookkeeping (validation, envelopes, size guard, retry decisions) lives in
+the client and in execution; a backend only stores what it is handed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..deadletter import DeadLetterStore
+from ..status import Status
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One validated job, ready for a backend: routing plus the envelope text."""
+
+    job_id: str
+    name: str
+    queue: str
+    priority: int
+    envelope: str
+    due_at: datetime | None = None
+    timeout: float = 300
+    result_ttl: float = 3600
+    failure_ttl: float = 7 * 86400
+
+
+@dataclass
+class JobState:
+    """What a backend knows about one job right now."""
+
+    status: Status
+    result: Any = None
+    error: str | None = None
+    progress: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queue: str
+    waiting: int
+    scheduled: int
+    running: int
+    finished: int
+    failed: int
+
+
+class Backend(ABC):
+    dead_letters: DeadLetterStore
+
+    def now(self) -> datetime:
+        """The backend's clock (the fake backend's can be moved by tests)."""
+        return datetime.now(timezone.utc)
+
+    @abstractmethod
+    def enqueue(self, jobs: Sequence[Prepared]) -> None:
+        """Store `jobs` (all or nothing, in one round trip where the store allows)."""
+
+    @abstractmethod
+    def state(self, job_id: str) -> JobState: ...
+
+    def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,249 @@
+"""The RQ backend: the only enqueue-side code that imports rq and redis.
+
+RQ stores one function reference (`perform_envelope`) and one argument, the
+JSON envelope, with RQ's JSON serializer: no pickle. Priorities are realised
+as one RQ queue per (queue, priority), which a worker lists highest first, so
+a higher-priority job is always taken before a lower one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus, Retry, get_current_job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from ..context import ProgressValue
+from ..deadletter import DeadLetter, DeadLetterStore
+from ..errors import BackendError
+from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute
+from ..execution import Retry as RetryOutcome
+from ..keys import Keys, rq_queue_name, rq_queue_names, split_rq_queue_name
+from ..settings import Settings
+from ..status import Status
+from .base import Backend, JobState, Prepared, QueueCounts
+
+ENTRY_POINT = "forgejobs.backends.rq.perform_envelope"
+
+_STATUS = {
+    JobStatus.QUEUED: Status.QUEUED,
+    JobStatus.DEFERRED: Status.SCHEDULED,
+    JobStatus.SCHEDULED: Status.SCHEDULED,
+    JobStatus.STARTED: Status.RUNNING,
+    JobStatus.FINISHED: Status.SUCCEEDED,
+    JobStatus.FAILED: Status.FAILED,
+    JobStatus.STOPPED: Status.CANCELLED,
+    JobStatus.CANCELED: Status.CANCELLED,
+}
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30)
+
+
+def not_before(moment: datetime) -> datetime:
+    """Round up to the whole second: RQ scores scheduled jobs in whole seconds,
+    and rounding down would let a job start before it is due."""
+    moment = moment.astimezone(timezone.utc)
+    if moment.microsecond:
+        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    return moment
+
+
+class RedisDeadLetters(DeadLetterStore):
+    """Dead letters as JSON strings plus a sorted index by time of death, capped at `limit`."""
+
+    def __init__(self, connection: redis.Redis, keys: Keys, limit: int = 10_000) -> None:
+        self.connection = connection
+        self.keys = keys
+        self.limit = limit
+
+    def add(self, record: DeadLetter) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.set(self.keys.dead_record(record.id), record.model_dump_json())
+            pipe.zadd(self.keys.dead_index, {record.id: record.died_at.timestamp()})
+            pipe.zcard(self.keys.dead_index)
+            count = pipe.execute()[-1]
+        excess = int(count) - self.limit
+        if excess > 0:
+            oldest = [i.decode() for i in self.connection.zrange(self.keys.dead_index, 0, excess - 1)]
+            with self.connection.pipeline() as pipe:
+                pipe.zrem(self.keys.dead_index, *oldest)
+                pipe.delete(*[self.keys.dead_record(i) for i in oldest])
+                pipe.execute()
+
+    def get(self, job_id: str) -> DeadLetter | None:
+        raw = self.connection.get(self.keys.dead_record(job_id))
+        return DeadLetter.model_validate_json(raw) if raw else None
+
+    def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        ids = self.connection.zrevrange(self.keys.dead_index, offset, offset + limit - 1)
+        if not ids:
+            return []
+        raws = self.connection.mget([self.keys.dead_record(i.decode()) for i in ids])
+        return [DeadLetter.model_validate_json(r) for r in raws if r]
+
+    def remove(self, job_id: str) -> bool:
+        with self.connection.pipeline() as pipe:
+            pipe.zrem(self.keys.dead_index, job_id)
+            pipe.delete(self.keys.dead_record(job_id))
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def count(self) -> int:
+        return int(self.connection.zcard(self.keys.dead_index))
+
+
+class RQBackend(Backend):
+    def __init__(self, connection: redis.Redis, keys: Keys | None = None, dead_letter_limit: int = 10_000) -> None:
+        self.connection = connection
+        self.keys = keys or Keys()
+        self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
+        self._queues: dict[str, Queue] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RQBackend:
+        return cls(connect(settings.redis_url_or_default()), Keys(settings.key_prefix), settings.dead_letter_limit)
+
+    def rq_queue(self, name: str) -> Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = Queue(name, connection=self.connection, serializer=JSONSerializer)
+            self._queues[name] = queue
+        return queue
+
+    def enqueue(self, jobs: Sequence[Prepared]) -> None:
+        try:
+            with self.connection.pipeline() as pipe:
+                for job in jobs:
+                    self._enqueue_one(job, pipe)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+
+    def _enqueue_one(self, job: Prepared, pipe: Any) -> None:
+        queue = self.rq_queue(rq_queue_name(job.queue, job.priority))
+        rq_job = queue.create_job(
+            ENTRY_POINT,
+            args=[job.envelope],
+            job_id=job.job_id,
+            description=job.name,
+            timeout=max(1, math.ceil(job.timeout)),
+            result_ttl=math.ceil(job.result_ttl),
+            failure_ttl=math.ceil(job.failure_ttl),
+            status=JobStatus.SCHEDULED if job.due_at else JobStatus.QUEUED,
+        )
+        if job.due_at is not None:
+            queue.schedule_job(rq_job, not_before(job.due_at), pipeline=pipe)
+        else:
+            queue.enqueue_job(rq_job, pipeline=pipe)
+
+    def _fetch(self, job_id: str) -> RQJob | None:
+        try:
+            return RQJob.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+
+    def state(self, job_id: str) -> JobState:
+        job = self._fetch(job_id)
+        if job is None:
+            return JobState(Status.UNKNOWN)
+        status = _STATUS.get(job.get_status(refresh=False) or JobStatus.QUEUED, Status.UNKNOWN)
+        progress = job.meta.get("progress")
+        if status is Status.SUCCEEDED:
+            return JobState(status, result=job.return_value(refresh=True), progress=progress)
+        if status is Status.FAILED:
+            record = self.dead_letters.get(job_id)
+            error = record.error if record else _last_line(job.latest_result())
+            return JobState(status, error=error, progress=progress)
+        return JobState(status, progress=progress)
+
+    def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
+        dead_by_queue: dict[str, int] = {}
+        for record in self.dead_letters.list(limit=self.dead_letters.count() or 1):
+            dead_by_queue[record.queue or "?"] = dead_by_queue.get(record.queue or "?", 0) + 1
+        rows = []
+        for queue in queues:
+            totals = [0, 0, 0, 0]
+            waiting = 0
+            for name in rq_queue_names(queue):
+                q = self.rq_queue(name)
+                waiting += q.count
+                for i, registry in enumerate(
+                    (ScheduledJobRegistry, StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry)
+                ):
+                    totals[i] += registry(queue=q).count
+            rows.append(QueueCounts(queue, waiting, totals[0], totals[1], totals[2], dead_by_queue.get(queue, 0)))
+        return rows
+
+    def report_progress(self, job_id: str, value: ProgressValue) -> None:
+        job = get_current_job()
+        if job is None or job.id != job_id:
+            job = self._fetch(job_id)
+        if job is not None:
+            job.meta["progress"] = value
+            job.save_meta()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _last_line(result: Any) -> str | None:
+    text = getattr(result, "exc_string", None)
+    if not text:
+        return None
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+# -- the worker side ----------------------------------------------------------------
+
+_runtime: Runtime | None = None
+
+
+def install_runtime(runtime: Runtime | None) -> None:
+    """Tell `perform_envelope` which registry and dead-letter store to use (the worker does this)."""
+    global _runtime
+    _runtime = runtime
+
+
+class DeadLetteredError(Exception):
+    """Raised to RQ so it marks the job failed; the dead letter is already written."""
+
+
+def perform_envelope(raw: str) -> Any:
+    """The one function RQ ever runs. Decides nothing itself: execution does."""
+    if _runtime is None:
+        raise BackendError("no forgejobs runtime installed in this process; run jobs with `forgejobs worker`")
+    job = get_current_job()
+    assert job is not None
+    queue, _priority = split_rq_queue_name(job.origin)
+    outcome = execute(raw, _runtime, job_id=job.id, queue=queue)
+    if isinstance(outcome, Succeeded):
+        return outcome.value
+    if isinstance(outcome, (RetryOutcome, Aborted)):
+        delay = outcome.delay if isinstance(outcome, RetryOutcome) else 0.0
+        job.args = [outcome.envelope.encode()]
+        return Retry(max=(job.number_of_retries or 0) + 1, interval=_interval(delay))
+    assert isinstance(outcome, DeadLettered)
+    raise DeadLetteredError(f"{outcome.record.reason.value}: {outcome.record.error}")
+
+
+def _interval(delay: float) -> int:
+    """Whole seconds for RQ such that the retry is not due before `delay` has passed.
+
+    RQ schedules at floor(now) + interval, so the fraction of the current
+    second must be added before rounding up.
+    """
+    if delay <= 0:
+        return 0
+    return math.ceil(delay + (time.time() % 1) + 0.01)

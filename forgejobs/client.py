@@ -1,0 +1,182 @@
+"""The client: validate -> serialise -> size guard -> envelope -> backend.
+
+`Job.enqueue(...)` reaches the *current* client: the one installed with
+`set_client()` / `use_client()`, or else one built from `Settings()` on first
+use. The fake queue installs its own for the length of a test.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .backends.base import Backend, Prepared
+from .deadletter import DeadLetter
+from .envelope import VERSION
+from .errors import NoSuchJob, PayloadTooLarge, UnknownJob
+from .job import Job
+from .options import EnqueueOptions, JobOptions
+from .registry import Registry
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .handle import JobHandle
+
+
+class Client:
+    """Enqueues jobs onto a backend using a registry's effective options."""
+
+    def __init__(self, backend: Backend, registry: Registry) -> None:
+        self.backend = backend
+        self.registry = registry
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Client:
+        from .backends.rq import RQBackend
+
+        settings = settings or Settings()
+        return cls(RQBackend.from_settings(settings), Registry.load(settings))
+
+    # -- enqueue ---------------------------------------------------------------
+
+    def enqueue(
+        self, job_type: type[Job], items: Sequence[Job | Mapping[str, Any]], options: EnqueueOptions
+    ) -> list[JobHandle]:
+        from .handle import JobHandle
+
+        if options.job_id is not None and len(items) > 1:
+            raise ValueError("job_id names one job; it cannot be used with enqueue_many")
+        job_options = self.registry.ensure(job_type)
+        now = self.backend.now()
+        prepared = [self.prepare(job_type, job_options, item, options, now) for item in items]
+        if prepared:
+            self.backend.enqueue(prepared)
+        return [JobHandle(self, p.job_id, job_type) for p in prepared]
+
+    def prepare(
+        self,
+        job_type: type[Job],
+        job_options: JobOptions,
+        item: Job | Mapping[str, Any],
+        options: EnqueueOptions,
+        now: datetime,
+    ) -> Prepared:
+        if isinstance(item, job_type):
+            instance = item
+        elif isinstance(item, Job):
+            raise TypeError(f"expected a {job_type.__qualname__}, got a {type(item).__qualname__}")
+        else:
+            instance = job_type.model_validate(item)  # the Pydantic error names the field
+        payload = instance.__pydantic_serializer__.to_json(instance)
+        limit = job_options.max_payload_bytes
+        name = job_type.job_name()
+        if len(payload) > limit:
+            raise PayloadTooLarge(name, len(payload), limit, largest_fields(instance))
+        job_id = options.job_id or uuid.uuid4().hex
+        priority = options.priority or job_options.priority
+        assert job_options.queue is not None
+        envelope = (
+            f'{{"v":{VERSION},"id":"{job_id}","name":"{name}","payload":{payload.decode()},'
+            f'"options":{{"queue":"{job_options.queue}","priority":{priority}}},"attempt":1,'
+            f'"history":[],"enqueued_at":"{now.isoformat()}"}}'
+        )
+        return Prepared(
+            job_id=job_id,
+            name=name,
+            queue=job_options.queue,
+            priority=priority,
+            envelope=envelope,
+            due_at=options.due_at(now),
+            timeout=job_options.timeout.total_seconds(),
+            result_ttl=job_options.result_ttl.total_seconds(),
+            failure_ttl=job_options.failure_ttl.total_seconds(),
+        )
+
+    def enqueue_raw(self, name: str, data: Mapping[str, Any], options: EnqueueOptions | None = None) -> JobHandle:
+        """Enqueue by job name with a payload mapping (the CLI's `forgejobs enqueue`)."""
+        entry = self.registry.resolve(name)
+        return self.enqueue(entry.job_type, [data], options or EnqueueOptions())[0]
+
+    # -- dead letters -------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        return self.backend.dead_letters.list(limit, offset)
+
+    def dead_letter(self, job_id: str) -> DeadLetter:
+        record = self.backend.dead_letters.get(job_id)
+        if record is None:
+            raise NoSuchJob(f"no dead letter with id {job_id!r}")
+        return record
+
+    def requeue(self, job_id: str) -> JobHandle:
+        """Enqueue a dead job again, from attempt 1, under the same id; remove its dead letter."""
+        from .handle import JobHandle
+
+        record = self.dead_letter(job_id)
+        if not record.requeueable or record.name is None or record.payload is None:
+            raise NoSuchJob(f"dead letter {job_id} ({record.reason.value}) has no readable payload to requeue")
+        try:
+            entry = self.registry.resolve(record.name)
+        except UnknownJob as exc:
+            raise UnknownJob(f"cannot requeue {job_id}: {exc}") from None
+        options = EnqueueOptions(priority=record.priority, job_id=record.id)
+        prepared = self.prepare(entry.job_type, entry.options, record.payload, options, self.backend.now())
+        self.backend.enqueue([prepared])
+        self.backend.dead_letters.remove(job_id)
+        return JobHandle(self, job_id, entry.job_type)
+
+    def requeue_all(self) -> list[JobHandle]:
+        return [self.requeue(r.id) for r in self.backend.dead_letters.list(self.backend.dead_letters.count() or 1)
+                if r.requeueable]
+
+    def purge_dead_letters(self) -> int:
+        return self.backend.dead_letters.purge()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def largest_fields(instance: Job, top: int = 3) -> list[tuple[str, int]]:
+    """The payload fields that weigh most once serialised."""
+    data = instance.model_dump(mode="json")
+    sizes = [(key, len(json.dumps(value, separators=(",", ":")).encode())) for key, value in data.items()]
+    return sorted(sizes, key=lambda item: item[1], reverse=True)[:top]
+
+
+# -- the current client -------------------------------------------------------------
+
+_lock = threading.Lock()
+_current: Client | None = None
+
+
+def current_client() -> Client:
+    """The client `Job.enqueue` uses; built from `Settings()` the first time if none was set."""
+    global _current
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = Client.from_settings()
+    return _current
+
+
+def set_client(client: Client | None) -> Client | None:
+    """Install `client` as the current one; returns the previous one."""
+    global _current
+    with _lock:
+        previous, _current = _current, client
+    return previous
+
+
+@contextmanager
+def use_client(client: Client) -> Iterator[Client]:
+    """Make `client` current inside the block (tests, scripts, the worker)."""
+    previous = set_client(client)
+    try:
+        yield client
+    finally:
+        set_client(previous)

@@ -1,0 +1,54 @@
+"""The typed context a handler receives: who it is, which attempt, how to report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+ProgressValue = int | float | dict[str, Any]
+
+_log = logging.getLogger("forgejobs.job")
+
+
+@dataclass
+class Context:
+    """Passed to `Job.perform(ctx)`.
+
+    Everything a handler needs from the framework is here, so a unit test can
+    build one (see `forgejobs.testing.make_context`) and call `perform`
+    directly.
+    """
+
+    job_id: str
+    name: str
+    queue: str
+    attempt: int = 1
+    max_attempts: int = 1
+    enqueued_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    resources: Any = None
+    logger: logging.LoggerAdapter[logging.Logger] = field(init=False)
+    _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)
+    last_progress: ProgressValue | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.logger = logging.LoggerAdapter(
+            _log, {"job_id": self.job_id, "job_name": self.name, "queue": self.queue, "attempt": self.attempt}
+        )
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+    def progress(self, value: ProgressValue) -> None:
+        """Report progress: a percentage (0-100) or a dict such as `{"done": 10, "total": 50}`."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not 0 <= value <= 100:
+                raise ValueError(f"progress percentage must be within 0..100, got {value}")
+        elif not isinstance(value, dict):
+            raise TypeError(f"progress takes a number or a dict, not {type(value).__name__}")
+        self.last_progress = value
+        if self._report_progress is not None:
+            self._report_progress(value)

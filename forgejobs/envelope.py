@@ -1,0 +1,63 @@
+"""The JSON envelope: the only thing a backend stores for a job.
+
+`{v, id, name, payload, options, attempt, history, enqueued_at}`. No pickle:
+any version of forgejobs (or any other language) can read, inspect and reject
+an envelope cleanly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import PayloadError
+
+VERSION = 1
+
+
+class AttemptRecord(BaseModel):
+    """One failed attempt, kept in the envelope so a dead letter shows them all."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attempt: int
+    at: datetime
+    error: str
+    delay: float | None = None
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    v: int = VERSION
+    id: str
+    name: str
+    payload: dict[str, Any]
+    options: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = Field(default=1, ge=1)
+    history: list[AttemptRecord] = Field(default_factory=list)
+    enqueued_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def encode(self) -> str:
+        return self.model_dump_json()
+
+    def next_attempt(self, error: str, delay: float, *, counts: bool = True) -> Envelope:
+        record = AttemptRecord(attempt=self.attempt, at=datetime.now(timezone.utc), error=error, delay=delay)
+        return self.model_copy(
+            update={"attempt": self.attempt + (1 if counts else 0), "history": [*self.history, record]}
+        )
+
+
+class EnvelopeError(PayloadError):
+    """Stored bytes are not a readable envelope."""
+
+
+def decode(raw: str | bytes) -> Envelope:
+    try:
+        return Envelope.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "envelope"
+        raise EnvelopeError(f"corrupt envelope: {where}: {first['msg']}") from None

@@ -1,0 +1,187 @@
+"""Execution: one envelope in, one outcome out. Backend-agnostic.
+
+A straight line: decode -> resolve job type -> validate payload -> perform
+with a typed Context -> classify the outcome. Any worker loop (RQ's today, a
+leaner one later, the fake queue's `drain`) calls `execute` and then applies
+the outcome with its own primitives. Dead letters are written here so every
+loop dead-letters the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .context import Context, ProgressValue
+from .deadletter import DeadLetter, DeadLetterStore, Reason
+from .envelope import Envelope, EnvelopeError, decode
+from .errors import RetryLater, Unrecoverable, UnknownJob, describe
+from .registry import Registry
+
+log = logging.getLogger("forgejobs.execution")
+
+
+class WorkerShutdown(BaseException):
+    """Injected into a running job when the worker is told to stop at once (second SIGTERM).
+
+    A BaseException so handlers' `except Exception` blocks do not swallow it.
+    """
+
+
+@dataclass
+class Runtime:
+    """What execution needs from its surroundings."""
+
+    registry: Registry
+    dead_letters: DeadLetterStore
+    resources: Any = None
+    report_progress: Callable[[str, ProgressValue], None] | None = None
+    on_outcome: Callable[[str, Outcome], None] | None = None
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    value: Any  # JSON-compatible
+    name: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    delay: float
+    envelope: Envelope  # the next attempt's envelope
+    error: str
+
+    @property
+    def name(self) -> str:
+        return self.envelope.name
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    record: DeadLetter
+    exception: BaseException | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.record.name or "?"
+
+
+@dataclass(frozen=True)
+class Aborted:
+    """The worker stopped mid-job; run the same attempt again as soon as possible."""
+
+    envelope: Envelope
+
+    @property
+    def name(self) -> str:
+        return self.envelope.name
+
+
+Outcome = Succeeded | Retry | DeadLettered | Aborted
+
+
+@dataclass
+class _Attempt:
+    envelope: Envelope
+    queue: str
+    traceback: str = field(default="")
+
+
+def to_json_value(value: Any) -> Any:
+    """A handler's return value as JSON-compatible data; raises TypeError if it is not."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    json.dumps(value)  # raises TypeError for anything json cannot write
+    return value
+
+
+def execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
+    """Run one job from its stored envelope and say what should happen next."""
+    outcome = _execute(raw, runtime, job_id=job_id, queue=queue)
+    if runtime.on_outcome is not None:
+        runtime.on_outcome(outcome.name, outcome)
+    return outcome
+
+
+def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
+    try:
+        envelope = decode(raw)
+    except EnvelopeError as exc:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return _dead(runtime, DeadLetter(id=job_id, queue=queue, reason=Reason.CORRUPT, error=str(exc), raw=text))
+    try:
+        entry = runtime.registry.resolve(envelope.name)
+    except UnknownJob as exc:
+        return _dead(runtime, _record(envelope, queue, Reason.UNKNOWN_JOB, str(exc)))
+    try:
+        job = entry.job_type.model_validate(envelope.payload)
+    except ValidationError as exc:
+        return _dead(runtime, _record(envelope, queue, Reason.INVALID_PAYLOAD, f"{entry.job_type.__qualname__}: {exc}"))
+    options = entry.options
+    ctx = Context(
+        job_id=envelope.id,
+        name=envelope.name,
+        queue=queue,
+        attempt=envelope.attempt,
+        max_attempts=options.attempts,
+        enqueued_at=envelope.enqueued_at,
+        resources=runtime.resources,
+        _report_progress=_progress_reporter(runtime, envelope.id),
+    )
+    try:
+        value = job.perform(ctx)
+    except WorkerShutdown:
+        return Aborted(envelope)
+    except RetryLater as exc:
+        return Retry(exc.delay, envelope.next_attempt(describe(exc), exc.delay, counts=False), describe(exc))
+    except Unrecoverable as exc:
+        record = _record(envelope, queue, Reason.UNRECOVERABLE, describe(exc), traceback.format_exc())
+        return _dead(runtime, record, exc)
+    except Exception as exc:
+        error = describe(exc)
+        if envelope.attempt < options.attempts:
+            delay = options.backoff.delay(envelope.attempt)
+            ctx.logger.warning("attempt %d/%d failed, retrying in %.3gs: %s", envelope.attempt, options.attempts, delay, error)
+            return Retry(delay, envelope.next_attempt(error, delay), error)
+        return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error, traceback.format_exc()), exc)
+    try:
+        return Succeeded(to_json_value(value), envelope.name)
+    except (TypeError, ValueError) as exc:
+        message = f"perform returned {type(value).__name__}, which is not JSON-serialisable: {exc}"
+        return _dead(runtime, _record(envelope, queue, Reason.BAD_RESULT, message))
+
+
+def _progress_reporter(runtime: Runtime, job_id: str) -> Callable[[ProgressValue], None] | None:
+    report = runtime.report_progress
+    if report is None:
+        return None
+    return lambda value: report(job_id, value)
+
+
+def _record(envelope: Envelope, queue: str, reason: Reason, error: str, tb: str = "") -> DeadLetter:
+    history = list(envelope.history)
+    if reason in (Reason.EXHAUSTED, Reason.UNRECOVERABLE, Reason.BAD_RESULT):
+        history = envelope.next_attempt(error, 0).history
+    return DeadLetter(
+        id=envelope.id,
+        name=envelope.name,
+        queue=queue,
+        priority=envelope.options.get("priority"),
+        reason=reason,
+        error=error,
+        traceback=tb,
+        payload=envelope.payload,
+        attempts=history,
+    )
+
+
+def _dead(runtime: Runtime, record: DeadLetter, exc: BaseException | None = None) -> DeadLettered:
+    log.error("dead-lettered %s (%s): %s: %s", record.id, record.name or "?", record.reason.value, record.error)
+    runtime.dead_letters.add(record)
+    return DeadLettered(record, exc)

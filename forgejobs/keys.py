@@ -1,0 +1,45 @@
+"""Every Redis key and RQ queue name forgejobs uses, named in one place.
+
+RQ keeps its own keys under `rq:`; the names below are forgejobs' additions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRIORITIES = range(1, 11)
+
+
+def rq_queue_name(queue: str, priority: int) -> str:
+    """One RQ queue per (queue, priority): workers listen to them in priority order."""
+    return f"{queue}:p{priority:02d}"
+
+
+def rq_queue_names(queue: str) -> list[str]:
+    return [rq_queue_name(queue, p) for p in PRIORITIES]
+
+
+def split_rq_queue_name(name: str) -> tuple[str, int]:
+    queue, _, p = name.rpartition(":p")
+    return queue, int(p)
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "forgejobs"
+
+    @property
+    def dead_index(self) -> str:
+        """Sorted set: dead-letter id -> time it died."""
+        return f"{self.prefix}:dead:index"
+
+    def dead_record(self, job_id: str) -> str:
+        """String: one dead letter as JSON."""
+        return f"{self.prefix}:dead:{job_id}"
+
+    def progress(self, job_id: str) -> str:
+        return f"{self.prefix}:progress:{job_id}"
+
+    @property
+    def worker_stop(self) -> str:
+        return f"{self.prefix}:workers:stop"

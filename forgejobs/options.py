@@ -1,0 +1,136 @@
+"""Validated option models: what a job class may declare and what one enqueue may ask.
+
+Options are checked when a class is created, so a typo fails at import with
+the class name in the message, not in a worker at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+
+from . import backoff as _backoff
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept `timedelta`, seconds as a number, or text like `500ms`, `30s`, `5m`, `2h`, `1d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like '30s', not a boolean")
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        raise ValueError(f"cannot read {value!r} as a duration; write e.g. '30s', '5m', '2h' or '1d'")
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(lambda td: td.total_seconds(), return_type=float),
+]
+"""A non-negative span of time, from a timedelta, seconds, or `'30s'`-style text."""
+
+Priority = Annotated[int, Field(ge=1, le=10)]
+"""1 is the highest priority, 10 the lowest."""
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+
+DEFAULT_PRIORITY = 5
+
+
+def _positive(value: timedelta | None, what: str) -> timedelta | None:
+    if value is not None and value.total_seconds() <= 0:
+        raise ValueError(f"{what} must be positive")
+    return value
+
+
+class JobOptions(BaseModel):
+    """The effective options of one job type (class defaults, then spec overrides)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    queue: str | None = Field(default=None, pattern=NAME_PATTERN)
+    attempts: int = Field(default=3, ge=1, le=1000)
+    backoff: _backoff.Backoff = Field(default_factory=lambda: _backoff.exponential(1, max_seconds=3600))
+    priority: Priority = DEFAULT_PRIORITY
+    timeout: Duration = timedelta(minutes=5)
+    max_payload_bytes: int = Field(default=16 * 1024, ge=64)
+    result_ttl: Duration = timedelta(hours=1)
+    failure_ttl: Duration = timedelta(days=7)
+
+    @field_validator("timeout", "result_ttl", "failure_ttl")
+    @classmethod
+    def _durations_positive(cls, value: timedelta) -> timedelta:
+        return _positive(value, "duration") or value
+
+    def describe_timeout(self) -> str:
+        return f"{self.timeout.total_seconds():g}s"
+
+
+# Options a job class may set; `abstract` is handled by the class machinery.
+CLASS_OPTION_NAMES = frozenset(JobOptions.model_fields)
+
+
+class JobOverride(BaseModel):
+    """What a spec may change about a job declared in code."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attempts: int | None = Field(default=None, ge=1, le=1000)
+    backoff: _backoff.Backoff | None = None
+    priority: Priority | None = None
+    timeout: Duration | None = None
+    max_payload_bytes: int | None = Field(default=None, ge=64)
+    result_ttl: Duration | None = None
+    failure_ttl: Duration | None = None
+
+    def apply(self, options: JobOptions) -> JobOptions:
+        changes = self.model_dump(exclude_none=True, exclude={"backoff"})
+        for key in ("timeout", "result_ttl", "failure_ttl"):
+            if key in changes:
+                changes[key] = getattr(self, key)
+        if self.backoff is not None:
+            changes["backoff"] = self.backoff
+        return options.model_copy(update=changes)
+
+
+class EnqueueOptions(BaseModel):
+    """Options for one enqueue call. Never mixed with payload fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    delay: Duration | None = None
+    at: datetime | None = None
+    priority: Priority | None = None
+    job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("'at' must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.delay is not None and self.at is not None:
+            raise ValueError("give 'delay' or 'at', not both")
+        if self.delay is not None and self.delay.total_seconds() < 0:
+            raise ValueError("'delay' must not be negative")
+
+    def due_at(self, now: datetime) -> datetime | None:
+        """When the job may start, or None to start as soon as a worker is free."""
+        if self.at is not None:
+            return self.at.astimezone(timezone.utc)
+        if self.delay is not None and self.delay.total_seconds() > 0:
+            return now + self.delay
+        return None

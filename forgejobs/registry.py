@@ -1,0 +1,128 @@
+"""The registry: name -> job type, effective options, declared queues.
+
+Built once from the job package and the specs, and checked then: two jobs
+with one name, a job on an undeclared queue, or a spec override for an
+unknown job all raise `RegistryError` with every problem listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+from .errors import RegistryError, UnknownJob
+from .job import Job
+from .options import JobOptions
+from .settings import Settings
+from .specs import QueueSpec, Specs, load_specs
+
+
+def discover(package: str) -> list[type[Job]]:
+    """Import `package` and its submodules; return the concrete job classes they define."""
+    try:
+        root = importlib.import_module(package)
+    except ImportError as exc:
+        raise RegistryError(f"cannot import job package {package!r}: {exc}") from exc
+    modules: list[ModuleType] = [root]
+    if hasattr(root, "__path__"):
+        for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+            modules.append(importlib.import_module(info.name))
+    found: list[type[Job]] = []
+    for module in modules:
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Job)
+                and value.__module__ == module.__name__
+                and not value.is_abstract()
+            ):
+                found.append(value)
+    return found
+
+
+@dataclass(frozen=True)
+class Entry:
+    job_type: type[Job]
+    options: JobOptions
+
+
+class Registry:
+    """Job types by name with their effective options (class defaults < spec overrides)."""
+
+    def __init__(self, jobs: Iterable[type[Job]] = (), specs: Specs | None = None, *, strict: bool = True) -> None:
+        self.specs = specs or Specs()
+        self.strict = strict
+        self.queues: dict[str, QueueSpec] = dict(self.specs.queues)
+        self._entries: dict[str, Entry] = {}
+        problems: list[str] = []
+        for job_type in jobs:
+            problem = self._add(job_type)
+            if problem:
+                problems.append(problem)
+        for name in self.specs.jobs:
+            if name not in self._entries:
+                where = self.specs.sources.get(f"jobs.{name}", "specs")
+                problems.append(f"{where}: jobs.{name}: override for an unknown job")
+        if problems:
+            raise RegistryError("\n".join(problems))
+
+    @classmethod
+    def load(cls, settings: Settings) -> Registry:
+        return cls(discover(settings.jobs), load_specs(settings.specs))
+
+    def _add(self, job_type: type[Job]) -> str | None:
+        name = job_type.job_name()
+        existing = self._entries.get(name)
+        if existing is not None:
+            if existing.job_type is job_type:
+                return None
+            return (
+                f"job name {name!r} is used by both {existing.job_type.__module__}.{existing.job_type.__qualname__}"
+                f" and {job_type.__module__}.{job_type.__qualname__}"
+            )
+        options = job_type.job_options()
+        override = self.specs.jobs.get(name)
+        if override is not None:
+            options = override.apply(options)
+        assert options.queue is not None
+        if options.queue not in self.queues:
+            if self.strict:
+                return f"{job_type.__qualname__} ({name}) is on queue {options.queue!r}, which no spec declares"
+            self.queues[options.queue] = QueueSpec()
+        self._entries[name] = Entry(job_type, options)
+        return None
+
+    def ensure(self, job_type: type[Job]) -> JobOptions:
+        """Effective options of `job_type`; a lenient registry (the fake queue) adds unknown types."""
+        entry = self._entries.get(job_type.job_name())
+        if entry is not None and entry.job_type is job_type:
+            return entry.options
+        if entry is None and not self.strict:
+            problem = self._add(job_type)
+            if problem:
+                raise RegistryError(problem)
+            return self._entries[job_type.job_name()].options
+        if entry is not None:
+            raise RegistryError(f"job name {job_type.job_name()!r} belongs to {entry.job_type.__qualname__}")
+        raise UnknownJob(
+            f"{job_type.__qualname__} ({job_type.job_name()}) is not registered: is its module inside the "
+            f"job package the workers load (FORGEJOBS_JOBS)?"
+        )
+
+    def resolve(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownJob(f"no job type named {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(sorted(self._entries.values(), key=lambda e: (e.options.queue or "", e.job_type.job_name())))
+
+    def __len__(self) -> int:
+        return len(self._entries)

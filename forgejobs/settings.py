@@ -1,0 +1,53 @@
+"""One settings object, read from the environment (prefix `FORGEJOBS_`) and passed down."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """forgejobs settings. Every field can be set as `FORGEJOBS_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="FORGEJOBS_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis:// or rediss://). Unset: 127.0.0.1:6379/0 for the library; "
+        "the CLI demo falls back to an embedded server when nothing answers there.",
+    )
+    jobs: str = Field(default="jobs", description="Package whose modules declare the job classes.")
+    specs: Path = Field(default=Path("specs"), description="Directory of YAML specs.")
+    key_prefix: str = Field(default="forgejobs", description="Prefix of forgejobs' own Redis keys.")
+    scheduler_interval: float = Field(
+        default=0.25, gt=0, le=10, description="Seconds between scans for due delayed jobs and retries."
+    )
+    resources: str | None = Field(
+        default=None,
+        description="'module:function' building the object handlers see as ctx.resources; "
+        "unset: '<jobs>.resources:build' if that module exists.",
+    )
+    dead_letter_limit: int = Field(default=10_000, ge=1, description="Dead letters kept; the oldest go first.")
+
+    def redis_url_or_default(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+
+
+def load_resources(settings: Settings) -> Any:
+    """Build `ctx.resources` for a worker from `settings.resources` (or the job package's convention)."""
+    path = settings.resources
+    if path is None:
+        module_name = f"{settings.jobs}.resources"
+        if importlib.util.find_spec(settings.jobs) is None or importlib.util.find_spec(module_name) is None:
+            return None
+        path = f"{module_name}:build"
+    module_name, _, attr = path.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr or "build")
+    return factory(settings)

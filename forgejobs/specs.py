@@ -1,0 +1,94 @@
+"""YAML specs: queues and per-job overrides, validated by Pydantic.
+
+Every `*.yaml` file in the specs directory is one `SpecFile`; together they
+make a `Specs`. Unknown keys are errors, reported with the file and the key
+path (`specs/queues.yaml: queues.email.concurency: unknown key`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import SpecError
+from .options import NAME_PATTERN, JobOverride
+
+
+class QueueSpec(BaseModel):
+    """One queue: how many jobs of it a worker runs at once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concurrency: int = Field(default=1, ge=1, le=1000)
+    description: str = ""
+
+
+class SpecFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queues: dict[str, QueueSpec] = Field(default_factory=dict)
+    jobs: dict[str, JobOverride] = Field(default_factory=dict)
+
+
+class Specs(BaseModel):
+    """All spec files merged. `sources` says which file declared each queue or override."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queues: dict[str, QueueSpec] = Field(default_factory=dict)
+    jobs: dict[str, JobOverride] = Field(default_factory=dict)
+    sources: dict[str, str] = Field(default_factory=dict)
+
+
+def _message(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_file(path: Path) -> SpecFile:
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        spec = SpecFile.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_message(path, exc)) from None
+    import re
+
+    for queue in spec.queues:
+        if not re.match(NAME_PATTERN, queue):
+            raise SpecError(f"{path}: queues.{queue}: queue names are lower-case letters, digits, '.', '_', '-'")
+    return spec
+
+
+def load_specs(directory: Path) -> Specs:
+    """Load and merge `directory/*.yaml` (and `*.yml`). A missing directory is no specs."""
+    queues: dict[str, QueueSpec] = {}
+    jobs: dict[str, JobOverride] = {}
+    sources: dict[str, str] = {}
+    if not directory.exists():
+        return Specs()
+    if not directory.is_dir():
+        raise SpecError(f"{directory}: specs path is not a directory")
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        spec = load_file(path)
+        for kind, target, items in (("queues", queues, spec.queues), ("jobs", jobs, spec.jobs)):
+            for key, value in items.items():
+                source_key = f"{kind}.{key}"
+                if source_key in sources:
+                    raise SpecError(f"{path}: {source_key}: already declared in {sources[source_key]}")
+                sources[source_key] = str(path)
+                target[key] = value  # type: ignore[index]
+    return Specs(queues=queues, jobs=jobs, sources=sources)
