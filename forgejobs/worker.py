@@ -48,6 +48,19 @@ from .settings import Settings
 log = logging.getLogger("forgejobs.worker")
 
 
+class _QuietDeadLetters(logging.Filter):
+    """RQ logs a traceback for every job that raised; a dead letter is already logged once by execution."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and "forgejobs.backends.rq.DeadLetteredError" in str(args[-1]))
+
+
+_rq_log = logging.getLogger("rq.worker")
+if not any(isinstance(f, _QuietDeadLetters) for f in _rq_log.filters):
+    _rq_log.addFilter(_QuietDeadLetters())
+
+
 @dataclass
 class WorkerStats:
     """Outcomes seen by this process, by kind (`succeeded`, `retried`, `dead`, `aborted`)."""

@@ -1,0 +1,241 @@
+"""The `forgejobs` command line: check, enqueue, info, worker, dead, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .client import Client
+from .errors import ForgeJobsError
+from .options import EnqueueOptions
+from .registry import Registry
+from .settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn forgejobs errors into one clear message and a non-zero exit."""
+    try:
+        yield
+    except ForgeJobsError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # pydantic errors, Redis connection errors
+        if type(exc).__name__ == "ValidationError" or "redis" in type(exc).__module__:
+            _fail(str(exc))
+        raise
+
+
+def _registry(settings: Settings) -> Registry:
+    sys.path.insert(0, ".")  # the job package lives in the project directory
+    return Registry.load(settings)
+
+
+def _client(settings: Settings) -> Client:
+    from .backends.rq import RQBackend
+
+    return Client(RQBackend.from_settings(settings), _registry(settings))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """forgejobs: declarative background jobs on Redis."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Settings()
+
+
+@cli.command()
+@click.pass_obj
+def check(settings: Settings) -> None:
+    """Load the job package and the specs; print the effective table; exit 1 on any error."""
+    with _errors():
+        registry = _registry(settings)
+    table = Table(title=f"{len(registry)} jobs ({settings.jobs}, specs from {settings.specs})")
+    for column in ("job", "class", "queue", "attempts", "backoff", "priority", "timeout", "max payload"):
+        table.add_column(column)
+    for entry in registry:
+        o = entry.options
+        table.add_row(
+            entry.job_type.job_name(),
+            f"{entry.job_type.__module__}.{entry.job_type.__qualname__}",
+            o.queue,
+            str(o.attempts),
+            o.backoff.describe(),
+            str(o.priority),
+            o.describe_timeout(),
+            f"{o.max_payload_bytes} B",
+        )
+    console.print(table)
+    queues = Table(title="queues")
+    queues.add_column("queue")
+    queues.add_column("concurrency")
+    queues.add_column("jobs")
+    for name, spec in sorted(registry.queues.items()):
+        count = sum(1 for e in registry if e.options.queue == name)
+        queues.add_row(name, str(spec.concurrency), str(count))
+    console.print(queues)
+    console.print("[green]ok[/]")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data", default="{}", help="The payload as a JSON object.")
+@click.option("--delay", default=None, help="Start no earlier than this from now, e.g. 30s, 5m.")
+@click.option("--priority", type=int, default=None, help="1 (highest) to 10.")
+@click.option("--job-id", default=None, help="Use this id instead of a random one.")
+@click.pass_obj
+def enqueue(settings: Settings, name: str, data: str, delay: str | None, priority: int | None, job_id: str | None) -> None:
+    """Enqueue job NAME with a JSON payload."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        _fail(f"--data is not JSON: {exc}")
+    if not isinstance(payload, dict):
+        _fail("--data must be a JSON object")
+    with _errors():
+        client = _client(settings)
+        handle = client.enqueue_raw(name, payload, EnqueueOptions(delay=delay, priority=priority, job_id=job_id))
+        console.print(f"enqueued {name} as {handle.id} ({handle.status().value})")
+
+
+@cli.command()
+@click.pass_obj
+def info(settings: Settings) -> None:
+    """Per queue: waiting, scheduled, running, finished, dead."""
+    with _errors():
+        client = _client(settings)
+        rows = client.backend.counts(sorted(client.registry.queues))
+    table = Table(title=f"queues on {settings.redis_url_or_default()}")
+    for column in ("queue", "waiting", "scheduled", "running", "finished", "dead"):
+        table.add_column(column, justify="right" if column != "queue" else "left")
+    for row in rows:
+        table.add_row(row.queue, *(str(v) for v in (row.waiting, row.scheduled, row.running, row.finished, row.failed)))
+    console.print(table)
+
+
+@cli.command()
+@click.option("--queues", default=None, help="Comma-separated queues to serve (default: all).")
+@click.option("--concurrency", type=int, default=None, help="Jobs at once per queue (default: the spec's).")
+@click.option("--burst", is_flag=True, help="Exit once nothing is waiting, running, or due within --horizon.")
+@click.option("--horizon", type=float, default=10.0, show_default=True,
+              help="With --burst: seconds ahead to wait for delayed jobs and retries.")
+@click.pass_obj
+def worker(settings: Settings, queues: str | None, concurrency: int | None, burst: bool, horizon: float) -> None:
+    """Run jobs. SIGTERM once: finish running jobs and exit; twice: abort them (they run again)."""
+    from .settings import load_resources
+    from .worker import Worker
+
+    if concurrency is not None and concurrency < 1:
+        _fail("--concurrency must be at least 1")
+    with _errors():
+        registry = _registry(settings)
+        names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        runner = Worker(settings, registry, queues=names, concurrency=concurrency, resources=load_resources(settings))
+        logging.getLogger("forgejobs").setLevel(min(logging.getLogger().level, logging.INFO))
+        stats = runner.run(burst=burst, horizon=horizon)
+    console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items())) or "no jobs")
+
+
+@cli.group()
+def dead() -> None:
+    """Dead letters: list, show, requeue, purge."""
+
+
+@dead.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_obj
+def dead_list(settings: Settings, limit: int) -> None:
+    """The newest dead letters."""
+    with _errors():
+        client = _client(settings)
+        records = client.dead_letters(limit)
+        total = client.backend.dead_letters.count()
+    table = Table(title=f"{total} dead letters")
+    for column in ("id", "job", "queue", "reason", "attempts", "died", "error"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        table.add_row(r.id, r.name or "?", r.queue or "?", r.reason.value, str(len(r.attempts)),
+                      r.died_at.strftime("%Y-%m-%d %H:%M:%S"), r.error[:80])
+    console.print(table)
+
+
+@dead.command("show")
+@click.argument("job_id")
+@click.pass_obj
+def dead_show(settings: Settings, job_id: str) -> None:
+    """Everything kept about one dead letter, as JSON."""
+    with _errors():
+        record = _client(settings).dead_letter(job_id)
+    click.echo(record.model_dump_json(indent=2))
+
+
+@dead.command("requeue")
+@click.argument("job_id", required=False)
+@click.option("--all", "all_", is_flag=True, help="Requeue every dead letter that has a payload.")
+@click.pass_obj
+def dead_requeue(settings: Settings, job_id: str | None, all_: bool) -> None:
+    """Enqueue a dead job again from attempt 1 (same id)."""
+    if bool(job_id) == all_:
+        _fail("give one JOB_ID or --all")
+    with _errors():
+        client = _client(settings)
+        handles = client.requeue_all() if all_ else [client.requeue(job_id or "")]
+    console.print(f"requeued {len(handles)} job(s)")
+
+
+@dead.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def dead_purge(settings: Settings, yes: bool) -> None:
+    """Delete every dead letter."""
+    with _errors():
+        client = _client(settings)
+        count = client.backend.dead_letters.count()
+        if not yes and not click.confirm(f"delete {count} dead letters?"):
+            return
+        console.print(f"purged {client.purge_dead_letters()} dead letters")
+
+
+@cli.command()
+@click.option("--jobs", "jobs_per_kind", type=int, default=4, show_default=True, help="Jobs of each kind.")
+@click.pass_obj
+def demo(settings: Settings, jobs_per_kind: int) -> None:
+    """Enqueue a mix of the catalog's jobs, work them with a live display, print a summary."""
+    import importlib
+
+    sys.path.insert(0, ".")
+    module_name = f"{settings.jobs}.demo"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        _fail(f"the job package {settings.jobs!r} has no demo module ({module_name})")
+    with _errors():
+        code = module.run(settings, console, jobs_per_kind=jobs_per_kind)
+    sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="forgejobs")
+
+
+if __name__ == "__main__":
+    main()
