@@ -1,0 +1,169 @@
+"""Shared fixtures: a private Redis database per test, and worker subprocesses we own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from forgejobs import Client, Registry, Settings, set_client
+from forgejobs.backends.rq import RQBackend
+from forgejobs.specs import load_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_HOST = os.environ.get("FORGEJOBS_TEST_REDIS", "redis://127.0.0.1:6379")
+CLAIM_KEY = "forgejobs-test:claimed-by"
+SAMPLE_JOBS = "tests.samplejobs"
+SAMPLE_SPECS = ROOT / "tests" / "samplespecs"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database (1-15) that was empty and is claimed for this test; emptied afterwards.
+
+    Only databases found empty are claimed, so flushing one at the end removes only what this test made.
+    """
+    try:
+        redis.Redis.from_url(f"{REDIS_HOST}/0", socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_HOST}")
+    for db in range(1, 16):
+        conn = redis.Redis.from_url(f"{REDIS_HOST}/{db}")
+        if conn.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900) and conn.dbsize() == 1:
+            try:
+                yield f"{REDIS_HOST}/{db}"
+            finally:
+                conn.flushdb()
+                conn.close()
+            return
+        conn.close()
+    pytest.skip("no free Redis database (1-15) to claim")
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, jobs=SAMPLE_JOBS, specs=SAMPLE_SPECS, scheduler_interval=0.1)
+
+
+@pytest.fixture
+def registry(settings: Settings) -> Registry:
+    return Registry.load(settings)
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def client(conn: redis.Redis, registry: Registry) -> Iterator[Client]:
+    """The current client for `Job.enqueue` in this test, on the test's Redis database."""
+    c = Client(RQBackend(conn), registry)
+    previous = set_client(c)
+    yield c
+    set_client(previous)
+
+
+class WorkerProcess:
+    """A `forgejobs worker` subprocess that the test owns and stops by PID."""
+
+    def __init__(self, process: subprocess.Popen[str], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+@pytest.fixture
+def start_worker(redis_url: str, tmp_path: Path, conn: redis.Redis) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `forgejobs worker` subprocesses on the test database; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        full_env = {
+            **os.environ,
+            "FORGEJOBS_REDIS_URL": redis_url,
+            "FORGEJOBS_JOBS": SAMPLE_JOBS,
+            "FORGEJOBS_SPECS": str(SAMPLE_SPECS),
+            "FORGEJOBS_SCHEDULER_INTERVAL": "0.1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        before = conn.scard("rq:workers")
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "forgejobs.cli", "-v", "worker", *args],
+                cwd=ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        worker = WorkerProcess(process, log_path)
+        started.append(worker)
+        if ready:
+            wait_for(
+                lambda: conn.scard("rq:workers") > before or process.poll() is not None,
+                timeout=20,
+                what="the worker to register",
+            )
+            assert process.poll() is None, f"worker exited early:\n{worker.log()}"
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def sample_specs() -> Path:
+    return SAMPLE_SPECS
+
+
+def loaded_specs() -> object:
+    return load_specs(SAMPLE_SPECS)

@@ -1,0 +1,111 @@
+"""Small jobs whose side effects are lines in a file the test reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from forgejobs import Context, Job, RetryLater, Unrecoverable, backoff
+
+
+def _note(path: str, **fields: object) -> None:
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"t": time.time(), "pid": os.getpid(), **fields}) + "\n")
+        fh.flush()
+
+
+class EchoResult(BaseModel):
+    text: str
+    attempt: int
+
+
+class Echo(Job, queue="fast", attempts=1):
+    """Return the text it was given."""
+
+    text: str
+
+    def perform(self, ctx: Context) -> EchoResult:
+        return EchoResult(text=self.text, attempt=ctx.attempt)
+
+
+class Mark(Job, queue="fast", attempts=1):
+    """Append a label to a file (order tests)."""
+
+    path: str
+    label: str
+
+    def perform(self, ctx: Context) -> None:
+        _note(self.path, label=self.label, job_id=ctx.job_id)
+
+
+class Flaky(Job, queue="fast", attempts=4, backoff=backoff.exponential(1)):
+    """Fail the first `failures` attempts, then succeed. Every attempt is noted."""
+
+    path: str
+    failures: int
+
+    def perform(self, ctx: Context) -> int:
+        _note(self.path, attempt=ctx.attempt)
+        if ctx.attempt <= self.failures:
+            raise RuntimeError(f"planned failure {ctx.attempt}")
+        return ctx.attempt
+
+
+class Doomed(Job, queue="fast", attempts=5):
+    """Raise Unrecoverable on the first attempt."""
+
+    path: str
+
+    def perform(self, ctx: Context) -> None:
+        _note(self.path, attempt=ctx.attempt)
+        raise Unrecoverable("the account was deleted")
+
+
+class Snooze(Job, queue="fast", attempts=1):
+    """Ask to run again later once, without spending the only attempt."""
+
+    path: str
+
+    def perform(self, ctx: Context) -> str:
+        _note(self.path, attempt=ctx.attempt)
+        lines = Path(self.path).read_text().splitlines()
+        if len(lines) == 1:
+            raise RetryLater(1, "remote said 429")
+        return "done"
+
+
+class Slow(Job, queue="slow", attempts=2, backoff=backoff.fixed(0), timeout=60):
+    """Note start, sleep, note finish (shutdown tests)."""
+
+    path: str
+    seconds: float
+
+    def perform(self, ctx: Context) -> str:
+        _note(self.path, event="start", attempt=ctx.attempt)
+        time.sleep(self.seconds)
+        _note(self.path, event="finish", attempt=ctx.attempt)
+        return "slept"
+
+
+class TimesOut(Job, queue="slow", attempts=2, backoff=backoff.fixed(0), timeout=1):
+    """Run past its one-second timeout on the first attempt only."""
+
+    path: str
+
+    def perform(self, ctx: Context) -> int:
+        _note(self.path, event="start", attempt=ctx.attempt)
+        if ctx.attempt == 1:
+            time.sleep(30)
+        return ctx.attempt
+
+
+class Progressing(Job, queue="fast", attempts=1):
+    """Report progress, then finish."""
+
+    def perform(self, ctx: Context) -> None:
+        ctx.progress(50)
+        ctx.progress({"done": 2, "total": 2})
