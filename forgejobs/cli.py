@@ -138,9 +138,14 @@ def info(settings: Settings) -> None:
 @click.option("--burst", is_flag=True, help="Exit once nothing is waiting, running, or due within --horizon.")
 @click.option("--horizon", type=float, default=10.0, show_default=True,
               help="With --burst: seconds ahead to wait for delayed jobs and retries.")
+@click.option("--threads", is_flag=True,
+              help="Run the slots as threads of one process (lighter; timeouts only interrupt Python code).")
 @click.pass_obj
-def worker(settings: Settings, queues: str | None, concurrency: int | None, burst: bool, horizon: float) -> None:
+def worker(
+    settings: Settings, queues: str | None, concurrency: int | None, burst: bool, horizon: float, threads: bool
+) -> None:
     """Run jobs. SIGTERM once: finish running jobs and exit; twice: abort them (they run again)."""
+    from .pool import ProcessWorker
     from .settings import load_resources
     from .worker import Worker
 
@@ -149,9 +154,12 @@ def worker(settings: Settings, queues: str | None, concurrency: int | None, burs
     with _errors():
         registry = _registry(settings)
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        runner = Worker(settings, registry, queues=names, concurrency=concurrency, resources=load_resources(settings))
         logging.getLogger("forgejobs").setLevel(min(logging.getLogger().level, logging.INFO))
-        stats = runner.run(burst=burst, horizon=horizon)
+        if threads:
+            runner = Worker(settings, registry, queues=names, concurrency=concurrency, resources=load_resources(settings))
+            stats = runner.run(burst=burst, horizon=horizon)
+        else:
+            stats = ProcessWorker(settings, registry, queues=names, concurrency=concurrency).run(burst=burst, horizon=horizon)
     console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items())) or "no jobs")
 
 

@@ -1,10 +1,18 @@
-"""`forgejobs worker`: run each served queue's concurrency as threads in one process.
+"""Workers: the loops that take jobs from Redis and hand them to execution.
 
-Each slot is an RQ `SimpleWorker` (no fork per job) listening to its queue's
-priority sub-queues, highest first. The subclass below only adapts RQ to
-running in a thread; retry, dead-letter and outcome decisions live in
-`forgejobs.execution`. RQ's scheduler loop runs in a thread of this process,
-so delayed jobs and retries fire without a separate process.
+Two ways to run the same slots (one RQ `SimpleWorker` per unit of
+concurrency, listening to its queue's priority sub-queues highest first):
+
+- `ProcessWorker` (what `forgejobs worker` runs): one child process per slot
+  under a supervisor, plus one child for RQ's scheduler. Timeouts use SIGALRM,
+  so they stop a handler even inside a blocking call; a crashed child is
+  replaced.
+- `Worker`: the slots as threads of the calling process (the demo, tests,
+  embedding). Lighter, but a timeout can only interrupt Python code.
+
+Neither decides anything about retries or dead letters: that is
+`forgejobs.execution`. The RQ subclasses below only adapt RQ's loop to run
+under a supervisor.
 
 Signals: the first SIGTERM (or SIGINT) lets running jobs finish and then
 exits; a second one aborts them, and each aborted job is put back to run
@@ -30,7 +38,7 @@ from typing import Any
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job as RQJob
-from rq.registry import ScheduledJobRegistry
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
@@ -38,7 +46,7 @@ from rq.worker import WorkerStatus
 
 from .backends import rq as rq_backend
 from .client import Client, set_client
-from .deadletter import DeadLetter, Reason
+from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .errors import ForgeJobsError
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import rq_queue_names, split_rq_queue_name
@@ -63,26 +71,30 @@ if not any(isinstance(f, _QuietDeadLetters) for f in _rq_log.filters):
 
 @dataclass
 class WorkerStats:
-    """Outcomes seen by this process, by kind (`succeeded`, `retried`, `dead`, `aborted`)."""
+    """Outcomes seen, by kind (`succeeded`, `retried`, `dead`, `aborted`)."""
 
     counts: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, kind: str) -> None:
+    def add(self, kind: str, n: int = 1) -> None:
         with self.lock:
-            self.counts[kind] += 1
+            self.counts[kind] += n
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        kind = type(outcome).__name__.lower()
+        self.add({"retry": "retried", "deadlettered": "dead"}.get(kind, kind))
 
 
-class _ThreadWorker(SimpleWorker):
-    """RQ's SimpleWorker, adapted to run in a non-main thread.
+class SlotWorker(SimpleWorker):
+    """RQ's SimpleWorker, run by a forgejobs supervisor rather than on its own.
 
-    Signals belong to the main thread, timeouts use a timer thread instead of
-    SIGALRM, there is no per-worker pub/sub thread, and a job hash RQ cannot
-    read is dead-lettered instead of ending the loop.
+    The supervisor owns signals; there is no per-worker pub/sub thread; an
+    idle wait returns every second so a stop request is seen; a job hash RQ
+    cannot read is handed to `on_unreadable` (which dead-letters it) instead
+    of ending the loop.
     """
 
-    death_penalty_class = TimerDeathPenalty
-    on_corrupt: Callable[[str, str, Exception], None] | None = None
+    on_unreadable: Callable[[str, str, Exception], None] | None = None
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -96,9 +108,11 @@ class _ThreadWorker(SimpleWorker):
     def stop_after_current(self) -> None:
         self._stop_requested = True
 
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self._stop_requested)
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        # RQ keeps blocking until a job arrives; come back after each empty wait
-        # so that a stop request is seen within `timeout` seconds.
         while True:
             try:
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time or timeout)
@@ -107,13 +121,131 @@ class _ThreadWorker(SimpleWorker):
             except Exception as exc:
                 job_id = getattr(exc, "job_id", None)
                 queue = getattr(exc, "queue", None)
-                if job_id is None or self.on_corrupt is None:
+                if job_id is None or self.on_unreadable is None:
                     raise
-                self.on_corrupt(str(job_id), getattr(queue, "name", "?"), exc)
+                self.on_unreadable(str(job_id), getattr(queue, "name", "?"), exc)
 
 
-class Worker:
-    """Serves some queues with their concurrency, in threads of this process."""
+class ThreadSlotWorker(SlotWorker):
+    """A slot in a thread: SIGALRM only reaches the main thread, so timeouts use a timer thread."""
+
+    death_penalty_class = TimerDeathPenalty
+
+
+def dead_letter_unreadable(
+    connection: redis.Redis, dead_letters: DeadLetterStore, job_id: str, rq_queue: str, exc: BaseException
+) -> None:
+    """Keep a job RQ could not load (or that failed outside execution) as a dead letter, raw fields and all."""
+    raw = {k.decode(): v.decode("utf-8", "replace") for k, v in connection.hgetall(f"rq:job:{job_id}").items()}
+    queue = split_rq_queue_name(rq_queue)[0] if ":p" in rq_queue else rq_queue
+    record = DeadLetter(id=job_id, queue=queue, reason=Reason.CORRUPT, error=f"unreadable job: {exc!r}", raw=str(raw))
+    dead_letters.add(record)
+    log.error("dead-lettered unreadable job %s from %s: %r", job_id, rq_queue, exc)
+
+
+def make_slot(
+    worker_class: type[SlotWorker],
+    connection: redis.Redis,
+    dead_letters: DeadLetterStore,
+    queue: str,
+    name: str,
+    on_dead: Callable[[], None] | None = None,
+) -> SlotWorker:
+    """One RQ worker listening to `queue`'s priority sub-queues, highest first."""
+
+    def unreadable(job_id: str, rq_queue: str, exc: BaseException) -> None:
+        dead_letter_unreadable(connection, dead_letters, job_id, rq_queue, exc)
+        if on_dead is not None:
+            on_dead()
+
+    def exception_handler(job: RQJob, exc_type: type[BaseException], exc: BaseException, tb: Any) -> bool:
+        if not isinstance(exc, rq_backend.DeadLetteredError):
+            # It failed outside execution (e.g. data RQ cannot deserialise).
+            unreadable(job.id, job.origin, exc)
+        return True
+
+    rq_queues = [Queue(n, connection=connection, serializer=JSONSerializer) for n in rq_queue_names(queue)]
+    worker = worker_class(
+        rq_queues,
+        connection=connection,
+        serializer=JSONSerializer,
+        name=name,
+        worker_ttl=16,  # RQ waits ttl-15 s per idle poll
+        exception_handlers=[exception_handler],
+    )
+    worker.on_unreadable = unreadable
+    worker.log_result_lifespan = False
+    return worker
+
+
+def run_scheduler(connection: redis.Redis, rq_queues: list[str], interval: float, stop: threading.Event) -> None:
+    """Move due delayed jobs and retries onto their queues until `stop` is set.
+
+    RQ's scheduler takes a lock per queue, so any number of workers can run
+    this loop and each due job is enqueued once.
+    """
+    scheduler = RQScheduler(rq_queues, connection=connection, serializer=JSONSerializer, interval=1)
+    scheduler.log.setLevel(logging.WARNING)
+    scheduler.register_birth()
+    try:
+        while not stop.is_set():
+            try:
+                if scheduler.should_reacquire_locks:
+                    scheduler.acquire_locks()
+                scheduler.heartbeat()
+                scheduler.enqueue_scheduled_jobs()
+            except redis.RedisError as exc:
+                log.warning("scheduler: %s", exc)
+            stop.wait(interval)
+    finally:
+        scheduler.release_locks()
+        scheduler.register_death()
+
+
+class WorkerBase:
+    """What both worker kinds share: which queues, how many slots, when drained."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        names = queues or sorted(registry.queues)
+        unknown = [q for q in names if q not in registry.queues]
+        if unknown:
+            declared = ", ".join(sorted(registry.queues))
+            raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {declared}")
+        if concurrency is not None and concurrency < 1:
+            raise ForgeJobsError("concurrency must be at least 1")
+        self.queues = names
+        self.concurrency = {q: concurrency or registry.queues[q].concurrency for q in names}
+        self.stats = WorkerStats()
+        self.name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+    @property
+    def rq_queue_names(self) -> list[str]:
+        return [n for q in self.queues for n in rq_queue_names(q)]
+
+    def describe(self) -> str:
+        return ", ".join(f"{q}×{self.concurrency[q]}" for q in self.queues)
+
+    def pending(self, connection: redis.Redis, horizon: float = 0.0) -> int:
+        """Jobs waiting, running, or scheduled to be due within `horizon` seconds."""
+        with connection.pipeline() as pipe:
+            for name in self.rq_queue_names:
+                pipe.llen(f"rq:queue:{name}")
+                pipe.zcard(StartedJobRegistry(name, connection=connection).key)
+                pipe.zcount(ScheduledJobRegistry(name, connection=connection).key, 0, time.time() + horizon)
+            return sum(int(n) for n in pipe.execute())
+
+
+class Worker(WorkerBase):
+    """The slots as threads of this process. Used by the demo, tests and embedding."""
 
     def __init__(
         self,
@@ -126,17 +258,9 @@ class Worker:
         resources: Any = None,
         on_outcome: Callable[[str, Outcome], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.registry = registry
-        names = queues or sorted(registry.queues)
-        unknown = [q for q in names if q not in registry.queues]
-        if unknown:
-            raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {', '.join(sorted(registry.queues))}")
-        self.queues = names
-        self.concurrency = {q: concurrency or registry.queues[q].concurrency for q in names}
+        super().__init__(settings, registry, queues=queues, concurrency=concurrency)
         self.connection = connection or rq_backend.connect(settings.redis_url_or_default())
         self.backend = rq_backend.RQBackend(self.connection, dead_letter_limit=settings.dead_letter_limit)
-        self.stats = WorkerStats()
         self._user_on_outcome = on_outcome
         self.runtime = Runtime(
             registry=registry,
@@ -145,115 +269,63 @@ class Worker:
             report_progress=self.backend.report_progress,
             on_outcome=self._on_outcome,
         )
-        self._rq_workers: list[_ThreadWorker] = []
+        self._slots: list[SlotWorker] = []
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._signals = 0
-        self.name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-
-    # -- outcomes -----------------------------------------------------------------
 
     def _on_outcome(self, name: str, outcome: Outcome) -> None:
-        kind = type(outcome).__name__.lower()
-        self.stats.add({"retry": "retried", "deadlettered": "dead"}.get(kind, kind))
+        self.stats.add_outcome(outcome)
         if self._user_on_outcome is not None:
             self._user_on_outcome(name, outcome)
 
-    def _dead_letter_unreadable(self, job_id: str, rq_queue: str, exc: BaseException) -> None:
-        raw = {k.decode(): v.decode("utf-8", "replace") for k, v in self.connection.hgetall(f"rq:job:{job_id}").items()}
-        queue = split_rq_queue_name(rq_queue)[0] if ":p" in rq_queue else rq_queue
-        self.backend.dead_letters.add(
-            DeadLetter(id=job_id, queue=queue, reason=Reason.CORRUPT, error=f"unreadable job: {exc!r}", raw=str(raw))
-        )
-        self.stats.add("dead")
-        log.error("dead-lettered unreadable job %s from %s: %r", job_id, rq_queue, exc)
-
-    def _exception_handler(self, job: RQJob, exc_type: type[BaseException], exc: BaseException, tb: Any) -> bool:
-        if isinstance(exc, rq_backend.DeadLetteredError):
-            return True
-        # Failed outside execution (e.g. data RQ cannot deserialise): keep it as a dead letter.
-        self._dead_letter_unreadable(job.id, job.origin, exc)
-        return True
-
-    # -- running ------------------------------------------------------------------
-
-    def _make_rq_worker(self, queue: str, slot: int) -> _ThreadWorker:
-        rq_queues = [Queue(n, connection=self.connection, serializer=JSONSerializer) for n in rq_queue_names(queue)]
-        worker = _ThreadWorker(
-            rq_queues,
-            connection=self.connection,
-            serializer=JSONSerializer,
-            name=f"{self.name}.{queue}.{slot}",
-            worker_ttl=16,  # RQ blocks for ttl-15 s between checks for a stop request
-            exception_handlers=[self._exception_handler],
-            disable_default_exception_handler=False,
-        )
-        worker.on_corrupt = self._dead_letter_unreadable
-        worker.log_result_lifespan = False
-        return worker
-
-    def _serve(self, worker: _ThreadWorker, max_jobs: int | None) -> None:
+    def _serve(self, slot: SlotWorker, max_jobs: int | None) -> None:
         while not self._stop.is_set():
             try:
-                worker.work(burst=False, logging_level="WARNING", max_jobs=max_jobs, with_scheduler=False)
+                slot.work(burst=False, logging_level="WARNING", max_jobs=max_jobs, with_scheduler=False)
             except WorkerShutdown:
                 pass
             except Exception:
-                log.exception("worker loop %s crashed; restarting it", worker.name)
-            if max_jobs is not None or worker._stop_requested:
+                log.exception("worker loop %s crashed; restarting it", slot.name)
+            if max_jobs is not None or slot.stop_requested:
                 return
-
-    def _scheduler_loop(self) -> None:
-        names = [n for q in self.queues for n in rq_queue_names(q)]
-        scheduler = RQScheduler(
-            names, connection=self.connection, serializer=JSONSerializer, interval=1  # lock TTL is interval + 60 s
-        )
-        scheduler.log.setLevel(logging.WARNING)
-        scheduler.register_birth()
-        try:
-            while not self._stop.is_set():
-                try:
-                    if scheduler.should_reacquire_locks:
-                        scheduler.acquire_locks()
-                    scheduler.heartbeat()
-                    scheduler.enqueue_scheduled_jobs()
-                except redis.RedisError as exc:
-                    log.warning("scheduler: %s", exc)
-                self._stop.wait(self.settings.scheduler_interval)
-        finally:
-            scheduler.release_locks()
-            scheduler.register_death()
 
     def start(self, max_jobs: int | None = None) -> None:
         rq_backend.install_runtime(self.runtime)
         set_client(Client(self.backend, self.registry))
         for queue in self.queues:
-            for slot in range(self.concurrency[queue]):
-                worker = self._make_rq_worker(queue, slot)
-                self._rq_workers.append(worker)
-                thread = threading.Thread(target=self._serve, args=(worker, max_jobs), name=worker.name, daemon=True)
-                self._threads.append(thread)
-        scheduler = threading.Thread(target=self._scheduler_loop, name=f"{self.name}.scheduler", daemon=True)
-        self._threads.append(scheduler)
+            for index in range(self.concurrency[queue]):
+                slot = make_slot(
+                    ThreadSlotWorker, self.connection, self.backend.dead_letters, queue,
+                    f"{self.name}.{queue}.{index}", on_dead=lambda: self.stats.add("dead"),
+                )
+                self._slots.append(slot)
+                self._threads.append(
+                    threading.Thread(target=self._serve, args=(slot, max_jobs), name=slot.name, daemon=True)
+                )
+        self._threads.append(
+            threading.Thread(
+                target=run_scheduler,
+                args=(self.connection, self.rq_queue_names, self.settings.scheduler_interval, self._stop),
+                name=f"{self.name}.scheduler",
+                daemon=True,
+            )
+        )
         for thread in self._threads:
             thread.start()
-        log.info(
-            "worker %s serving %s",
-            self.name,
-            ", ".join(f"{q}×{self.concurrency[q]}" for q in self.queues),
-        )
+        log.info("worker %s (threads) serving %s", self.name, self.describe())
 
     def stop(self) -> None:
         """Finish running jobs, then stop."""
         self._stop.set()
-        for worker in self._rq_workers:
-            worker.stop_after_current()
+        for slot in self._slots:
+            slot.stop_after_current()
 
     def abort(self) -> None:
         """Stop now: running jobs are interrupted and put back on their queue."""
         self.stop()
-        for worker, thread in zip(self._rq_workers, self._threads):
-            if worker.get_state() == WorkerStatus.BUSY and thread.ident is not None:
+        for slot, thread in zip(self._slots, self._threads):
+            if slot.get_state() == WorkerStatus.BUSY and thread.ident is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(WorkerShutdown))
 
     def join(self, timeout: float | None = None) -> bool:
@@ -263,18 +335,10 @@ class Worker:
             thread.join(remaining)
         return not any(t.is_alive() for t in self._threads)
 
-    def _busy(self) -> bool:
-        return any(w.get_state() == WorkerStatus.BUSY for w in self._rq_workers)
-
     def drained(self, horizon: float = 0.0) -> bool:
-        """Nothing waiting, nothing running, and nothing scheduled to be due within `horizon` seconds."""
-        names = [n for q in self.queues for n in rq_queue_names(q)]
-        with self.connection.pipeline() as pipe:
-            for name in names:
-                pipe.llen(f"rq:queue:{name}")
-                pipe.zcount(ScheduledJobRegistry(name, connection=self.connection).key, 0, time.time() + horizon)
-            counts = pipe.execute()
-        return sum(counts) == 0 and not self._busy()
+        """Nothing waiting, running, or due within `horizon` seconds."""
+        busy = any(s.get_state() == WorkerStatus.BUSY for s in self._slots)
+        return not busy and self.pending(self.connection, horizon) == 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -286,7 +350,7 @@ class Worker:
             self.abort()
 
     def run(self, *, burst: bool = False, horizon: float = 10.0, max_jobs: int | None = None) -> WorkerStats:
-        """Work until stopped by a signal (or, with `burst`, until drained). Returns the outcome counts."""
+        """Work until stopped (or, with `burst`, until drained). Returns the outcome counts."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -306,7 +370,3 @@ class Worker:
             self.join(timeout=30)
             rq_backend.install_runtime(None)
         return self.stats
-
-
-def _describe_loop(worker: Worker) -> str:  # pragma: no cover - used by the CLI's log line
-    return ", ".join(f"{q}×{worker.concurrency[q]}" for q in worker.queues)

@@ -1,0 +1,207 @@
+"""`ProcessWorker`: what `forgejobs worker` runs. A supervisor and one child per slot.
+
+The supervisor loads the registry, forks one child process per unit of
+concurrency (each running one `SlotWorker` in its main thread) and one child
+running RQ's scheduler, then only watches: it forwards signals, replaces a
+child that dies unexpectedly, and in burst mode stops the children once
+nothing is pending. It never touches Redis in a thread, so forking stays safe.
+
+Each child builds its own Redis connection and `ctx.resources` after the
+fork. Timeouts use SIGALRM in the child's main thread, which stops a handler
+even inside a blocking call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn
+
+from .backends import rq as rq_backend
+from .client import Client, set_client
+from .execution import Outcome, Runtime, WorkerShutdown
+from .registry import Registry
+from .settings import Settings, load_resources
+from .worker import SlotWorker, WorkerBase, WorkerStats, make_slot, run_scheduler
+
+log = logging.getLogger("forgejobs.worker")
+
+SCHEDULER = "<scheduler>"
+
+
+@dataclass
+class _Child:
+    pid: int
+    queue: str  # or SCHEDULER
+    index: int
+    report_fd: int
+    started: float
+
+
+class ProcessWorker(WorkerBase):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        super().__init__(settings, registry, queues=queues, concurrency=concurrency)
+        self._children: dict[int, _Child] = {}
+        self._stopping = False
+        self._signals = 0
+
+    # -- supervisor -------------------------------------------------------------
+
+    def run(self, *, burst: bool = False, horizon: float = 10.0) -> WorkerStats:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for queue in self.queues:
+            for index in range(self.concurrency[queue]):
+                self._spawn(queue, index)
+        self._spawn(SCHEDULER, 0)
+        log.info("worker %s (processes) serving %s", self.name, self.describe())
+        connection = rq_backend.connect(self.settings.redis_url_or_default()) if burst else None
+        idle_checks = 0
+        while self._children:
+            self._reap()
+            if connection is not None and not self._stopping:
+                idle_checks = idle_checks + 1 if self.pending(connection, horizon) == 0 else 0
+                if idle_checks >= 3:
+                    self.stop()
+            time.sleep(0.1)
+        return self.stats
+
+    def stop(self) -> None:
+        """Tell every child to finish its running job and exit."""
+        self._stopping = True
+        self._signal_children(signal.SIGTERM)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning("signal %d: finishing running jobs, then exiting (send again to abort them)", signum)
+        else:
+            log.warning("signal %d again: aborting running jobs; they will run again", signum)
+        self.stop()
+
+    def _signal_children(self, sig: int) -> None:
+        for pid in list(self._children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _spawn(self, queue: str, index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(read_fd)
+            self._child_main(queue, index, write_fd)
+        os.close(write_fd)
+        self._children[pid] = _Child(pid, queue, index, read_fd, time.monotonic())
+
+    def _reap(self) -> None:
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._children.clear()
+                return
+            if pid == 0:
+                return
+            child = self._children.pop(pid, None)
+            if child is None:
+                continue
+            self._collect(child)
+            if self._stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            log.error("child %d (%s #%d) exited with %s; starting another", pid, child.queue, child.index, code)
+            if time.monotonic() - child.started < 1:
+                time.sleep(1)  # do not spin if children die at start
+            self._spawn(child.queue, child.index)
+
+    def _collect(self, child: _Child) -> None:
+        chunks = []
+        while True:
+            chunk = os.read(child.report_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(child.report_fd)
+        if chunks:
+            try:
+                for kind, n in json.loads(b"".join(chunks)).items():
+                    self.stats.add(kind, int(n))
+            except ValueError:
+                pass
+
+    # -- children ----------------------------------------------------------------
+
+    def _child_main(self, queue: str, index: int, report_fd: int) -> NoReturn:
+        code = 0
+        stats = WorkerStats()
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl+C reaches the supervisor, which forwards it
+            if queue == SCHEDULER:
+                self._scheduler_child()
+            else:
+                self._slot_child(queue, index, stats)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            try:
+                os.write(report_fd, json.dumps(dict(stats.counts)).encode())
+                os.close(report_fd)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+
+    def _scheduler_child(self) -> None:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        connection = rq_backend.connect(self.settings.redis_url_or_default())
+        run_scheduler(connection, self.rq_queue_names, self.settings.scheduler_interval, stop)
+
+    def _slot_child(self, queue: str, index: int, stats: WorkerStats) -> None:
+        connection = rq_backend.connect(self.settings.redis_url_or_default())
+        backend = rq_backend.RQBackend(connection, dead_letter_limit=self.settings.dead_letter_limit)
+
+        def on_outcome(name: str, outcome: Outcome) -> None:
+            stats.add_outcome(outcome)
+
+        rq_backend.install_runtime(
+            Runtime(self.registry, backend.dead_letters, load_resources(self.settings), backend.report_progress, on_outcome)
+        )
+        set_client(Client(backend, self.registry))
+        slot: SlotWorker = make_slot(
+            SlotWorker, connection, backend.dead_letters, queue, f"{self.name}.{queue}.{index}",
+            on_dead=lambda: stats.add("dead"),
+        )
+        signals = 0
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            nonlocal signals
+            signals += 1
+            slot.stop_after_current()
+            if signals > 1:
+                raise WorkerShutdown()
+
+        signal.signal(signal.SIGTERM, on_term)
+        while not slot.stop_requested:
+            try:
+                slot.work(burst=False, logging_level="WARNING", with_scheduler=False)
+            except WorkerShutdown:
+                break
+            except Exception:
+                log.exception("worker loop %s crashed; restarting it", slot.name)
