@@ -40,7 +40,7 @@ class Fixed(_Strategy):
 
 
 class Exponential(_Strategy):
-    """`seconds * factor**(attempt-1)`, capped at `max_seconds`, spread by `jitter`.
+    """`seconds * factor**(attempt-1)`, spread by `jitter`, then capped at `max_seconds`.
 
     `jitter=0.2` draws the wait uniformly from ±20 % of the computed value so
     that many jobs failing together do not retry together.
@@ -54,10 +54,10 @@ class Exponential(_Strategy):
 
     def delay(self, attempt: int) -> float:
         value = self.seconds * self.factor ** max(attempt - 1, 0)
-        if self.max_seconds is not None:
-            value = min(value, self.max_seconds)
         if self.jitter:
             value *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        if self.max_seconds is not None:
+            value = min(value, self.max_seconds)
         return value
 
     def describe(self) -> str:

@@ -103,7 +103,9 @@ def check(settings: Settings) -> None:
 @click.option("--priority", type=int, default=None, help="1 (highest) to 10.")
 @click.option("--job-id", default=None, help="Use this id instead of a random one.")
 @click.pass_obj
-def enqueue(settings: Settings, name: str, data: str, delay: str | None, priority: int | None, job_id: str | None) -> None:
+def enqueue(
+    settings: Settings, name: str, data: str, delay: str | None, priority: int | None, job_id: str | None
+) -> None:
     """Enqueue job NAME with a JSON payload."""
     try:
         payload = json.loads(data)
@@ -136,10 +138,18 @@ def info(settings: Settings) -> None:
 @click.option("--queues", default=None, help="Comma-separated queues to serve (default: all).")
 @click.option("--concurrency", type=int, default=None, help="Jobs at once per queue (default: the spec's).")
 @click.option("--burst", is_flag=True, help="Exit once nothing is waiting, running, or due within --horizon.")
-@click.option("--horizon", type=float, default=10.0, show_default=True,
-              help="With --burst: seconds ahead to wait for delayed jobs and retries.")
-@click.option("--threads", is_flag=True,
-              help="Run the slots as threads of one process (lighter; timeouts only interrupt Python code).")
+@click.option(
+    "--horizon",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="With --burst: seconds ahead to wait for delayed jobs and retries.",
+)
+@click.option(
+    "--threads",
+    is_flag=True,
+    help="Run the slots as threads of one process (lighter; timeouts only interrupt Python code).",
+)
 @click.pass_obj
 def worker(
     settings: Settings, queues: str | None, concurrency: int | None, burst: bool, horizon: float, threads: bool
@@ -156,10 +166,14 @@ def worker(
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         logging.getLogger("forgejobs").setLevel(min(logging.getLogger().level, logging.INFO))
         if threads:
-            runner = Worker(settings, registry, queues=names, concurrency=concurrency, resources=load_resources(settings))
+            runner = Worker(
+                settings, registry, queues=names, concurrency=concurrency, resources=load_resources(settings)
+            )
             stats = runner.run(burst=burst, horizon=horizon)
         else:
-            stats = ProcessWorker(settings, registry, queues=names, concurrency=concurrency).run(burst=burst, horizon=horizon)
+            stats = ProcessWorker(settings, registry, queues=names, concurrency=concurrency).run(
+                burst=burst, horizon=horizon
+            )
     console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items())) or "no jobs")
 
 
@@ -181,8 +195,15 @@ def dead_list(settings: Settings, limit: int) -> None:
     for column in ("id", "job", "queue", "reason", "attempts", "died", "error"):
         table.add_column(column, overflow="fold")
     for r in records:
-        table.add_row(r.id, r.name or "?", r.queue or "?", r.reason.value, str(len(r.attempts)),
-                      r.died_at.strftime("%Y-%m-%d %H:%M:%S"), r.error[:80])
+        table.add_row(
+            r.id,
+            r.name or "?",
+            r.queue or "?",
+            r.reason.value,
+            str(len(r.attempts)),
+            r.died_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.error[:80],
+        )
     console.print(table)
 
 

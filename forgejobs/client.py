@@ -105,7 +105,7 @@ class Client:
     # -- dead letters -------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        return self.backend.dead_letters.list(limit, offset)
+        return self.backend.dead_letters.recent(limit, offset)
 
     def dead_letter(self, job_id: str) -> DeadLetter:
         record = self.backend.dead_letters.get(job_id)
@@ -131,8 +131,11 @@ class Client:
         return JobHandle(self, job_id, entry.job_type)
 
     def requeue_all(self) -> list[JobHandle]:
-        return [self.requeue(r.id) for r in self.backend.dead_letters.list(self.backend.dead_letters.count() or 1)
-                if r.requeueable]
+        return [
+            self.requeue(r.id)
+            for r in self.backend.dead_letters.recent(self.backend.dead_letters.count() or 1)
+            if r.requeueable
+        ]
 
     def purge_dead_letters(self) -> int:
         return self.backend.dead_letters.purge()

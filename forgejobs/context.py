@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ProgressValue = int | float | dict[str, Any]
@@ -27,7 +27,7 @@ class Context:
     queue: str
     attempt: int = 1
     max_attempts: int = 1
-    enqueued_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    enqueued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     resources: Any = None
     logger: logging.LoggerAdapter[logging.Logger] = field(init=False)
     _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)

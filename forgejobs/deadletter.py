@@ -9,8 +9,8 @@ the raw bytes), the last error and traceback, and every attempt's error.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .envelope import AttemptRecord
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     EXHAUSTED = "exhausted"  # every attempt failed
     UNRECOVERABLE = "unrecoverable"  # the handler raised Unrecoverable
     UNKNOWN_JOB = "unknown-job"  # no job type with that name in this worker
@@ -40,7 +40,7 @@ class DeadLetter(BaseModel):
     payload: dict[str, Any] | None = None
     raw: str | None = Field(default=None, description="The stored bytes, when they were not an envelope.")
     attempts: list[AttemptRecord] = Field(default_factory=list)
-    died_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    died_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def requeueable(self) -> bool:
@@ -57,7 +57,7 @@ class DeadLetterStore(ABC):
     def get(self, job_id: str) -> DeadLetter | None: ...
 
     @abstractmethod
-    def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+    def recent(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Newest first."""
 
     @abstractmethod
@@ -67,7 +67,7 @@ class DeadLetterStore(ABC):
     def count(self) -> int: ...
 
     def ids(self) -> list[str]:
-        return [r.id for r in self.list(limit=self.count() or 1)]
+        return [r.id for r in self.recent(limit=self.count() or 1)]
 
     def purge(self) -> int:
         ids = self.ids()
@@ -87,7 +87,7 @@ class MemoryDeadLetters(DeadLetterStore):
     def get(self, job_id: str) -> DeadLetter | None:
         return self._records.get(job_id)
 
-    def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+    def recent(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         return list(reversed(self._records.values()))[offset : offset + limit]
 
     def remove(self, job_id: str) -> bool:

@@ -7,7 +7,7 @@ an envelope cleanly.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,13 +38,13 @@ class Envelope(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     attempt: int = Field(default=1, ge=1)
     history: list[AttemptRecord] = Field(default_factory=list)
-    enqueued_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def encode(self) -> str:
         return self.model_dump_json()
 
     def next_attempt(self, error: str, delay: float, *, counts: bool = True) -> Envelope:
-        record = AttemptRecord(attempt=self.attempt, at=datetime.now(timezone.utc), error=error, delay=delay)
+        record = AttemptRecord(attempt=self.attempt, at=datetime.now(UTC), error=error, delay=delay)
         return self.model_copy(
             update={"attempt": self.attempt + (1 if counts else 0), "history": [*self.history, record]}
         )

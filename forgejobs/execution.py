@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from .context import Context, ProgressValue
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .envelope import Envelope, EnvelopeError, decode
-from .errors import RetryLater, Unrecoverable, UnknownJob, describe
+from .errors import RetryLater, UnknownJob, Unrecoverable, describe
 from .registry import Registry
 
 log = logging.getLogger("forgejobs.execution")
@@ -147,7 +147,9 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         error = describe(exc)
         if envelope.attempt < options.attempts:
             delay = options.backoff.delay(envelope.attempt)
-            ctx.logger.warning("attempt %d/%d failed, retrying in %.3gs: %s", envelope.attempt, options.attempts, delay, error)
+            ctx.logger.warning(
+                "attempt %d/%d failed, retrying in %.3gs: %s", envelope.attempt, options.attempts, delay, error
+            )
             return Retry(delay, envelope.next_attempt(error, delay), error)
         return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error, traceback.format_exc()), exc)
     try:

@@ -19,9 +19,10 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic._internal._model_construction import ModelMetaclass
 
 from .context import Context
 from .errors import OptionsError
@@ -40,6 +41,14 @@ def kebab(name: str) -> str:
     return text.lower()
 
 
+class _EnqueueFields(Protocol):
+    def __call__(self, **fields: Any) -> JobHandle: ...
+
+
+class _EnqueueSelf(Protocol):
+    def __call__(self) -> JobHandle: ...
+
+
 class _Hybrid:
     """A method that is a classmethod on the class and a bound method on an instance.
 
@@ -47,18 +56,42 @@ class _Hybrid:
     enqueues an instance that is already valid.
     """
 
-    def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any]) -> None:
+    def __init__(self, on_class: Any, on_instance: Callable[..., Any]) -> None:
         self.on_class = on_class
         self.on_instance = on_instance
         self.__doc__ = on_class.__doc__
 
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+    @overload
+    def __get__(self, obj: None, objtype: type[Any]) -> _EnqueueFields: ...
+
+    @overload
+    def __get__(self, obj: Job, objtype: type[Any] | None = None) -> _EnqueueSelf: ...
+
+    def __get__(self, obj: Job | None, objtype: type[Any] | None = None) -> Any:
         if obj is None:
             return self.on_class.__get__(None, objtype)
         return self.on_instance.__get__(obj, type(obj))
 
 
-class Job(BaseModel):
+class _JobMeta(ModelMetaclass):
+    """Refuse class keywords that are not job options before Pydantic reads some of them as config."""
+
+    def __new__(mcs, cls_name: str, bases: tuple[type[Any], ...], namespace: dict[str, Any], **kwargs: Any) -> type:
+        if bases and any(isinstance(b, _JobMeta) for b in bases):
+            unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in JOB_CLASS_KEYWORDS)
+            if unknown:
+                raise OptionsError(
+                    f"{cls_name}: unknown option(s) {', '.join(unknown)}; "
+                    f"valid options are {', '.join(sorted(JOB_CLASS_KEYWORDS))} "
+                    "(Pydantic model config belongs in model_config)"
+                )
+        return super().__new__(mcs, cls_name, bases, namespace, **kwargs)
+
+
+JOB_CLASS_KEYWORDS = CLASS_OPTION_NAMES | {"abstract"}
+
+
+class Job(BaseModel, metaclass=_JobMeta):
     """Base class of job types. Subclass it with class keyword options."""
 
     model_config = ConfigDict(extra="forbid", ignored_types=(_Hybrid,))
@@ -88,9 +121,7 @@ class Job(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             key = ".".join(str(p) for p in first["loc"])
-            raise OptionsError(
-                f"{cls.__qualname__}: option {key}={first.get('input')!r}: {first['msg']}"
-            ) from None
+            raise OptionsError(f"{cls.__qualname__}: option {key}={first.get('input')!r}: {first['msg']}") from None
         if not abstract:
             if options.queue is None:
                 raise OptionsError(f"{cls.__qualname__}: needs a queue= option (or abstract=True for a base class)")
@@ -164,14 +195,8 @@ class Job(BaseModel):
     def _enqueue_self(self) -> JobHandle:
         return Enqueuer(type(self), EnqueueOptions()).enqueue(self)
 
-    if TYPE_CHECKING:
-
-        def enqueue(self_or_cls: Any, *args: Any, **fields: Any) -> JobHandle:
-            """`Job.enqueue(**fields)` or `job_instance.enqueue()`."""
-            ...
-
-    else:
-        enqueue = _Hybrid(_enqueue_fields, _enqueue_self)
+    enqueue: ClassVar[_Hybrid] = _Hybrid(_enqueue_fields, _enqueue_self)
+    """`Job.enqueue(**fields)` validates and enqueues; `job_instance.enqueue()` enqueues that instance."""
 
     @classmethod
     def enqueue_many(cls: type[J], items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle]:

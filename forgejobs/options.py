@@ -7,7 +7,7 @@ the class name in the message, not in a worker at 3 a.m.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
@@ -130,7 +130,7 @@ class EnqueueOptions(BaseModel):
     def due_at(self, now: datetime) -> datetime | None:
         """When the job may start, or None to start as soon as a worker is free."""
         if self.at is not None:
-            return self.at.astimezone(timezone.utc)
+            return self.at.astimezone(UTC)
         if self.delay is not None and self.delay.total_seconds() > 0:
             return now + self.delay
         return None

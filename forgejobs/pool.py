@@ -13,6 +13,7 @@ even inside a blocking call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -95,10 +96,8 @@ class ProcessWorker(WorkerBase):
 
     def _signal_children(self, sig: int) -> None:
         for pid in list(self._children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _spawn(self, queue: str, index: int) -> None:
         read_fd, write_fd = os.pipe()
@@ -151,7 +150,9 @@ class ProcessWorker(WorkerBase):
         code = 0
         stats = WorkerStats()
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl+C reaches the supervisor, which forwards it
+            signal.signal(
+                signal.SIGINT, signal.SIG_IGN
+            )  # a terminal's Ctrl+C reaches the supervisor, which forwards it
             if queue == SCHEDULER:
                 self._scheduler_child()
             else:
@@ -181,11 +182,17 @@ class ProcessWorker(WorkerBase):
             stats.add_outcome(outcome)
 
         rq_backend.install_runtime(
-            Runtime(self.registry, backend.dead_letters, load_resources(self.settings), backend.report_progress, on_outcome)
+            Runtime(
+                self.registry, backend.dead_letters, load_resources(self.settings), backend.report_progress, on_outcome
+            )
         )
         set_client(Client(backend, self.registry))
         slot: SlotWorker = make_slot(
-            SlotWorker, connection, backend.dead_letters, queue, f"{self.name}.{queue}.{index}",
+            SlotWorker,
+            connection,
+            backend.dead_letters,
+            queue,
+            f"{self.name}.{queue}.{index}",
             on_dead=lambda: stats.add("dead"),
         )
         signals = 0

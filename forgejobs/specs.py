@@ -84,11 +84,12 @@ def load_specs(directory: Path) -> Specs:
         raise SpecError(f"{directory}: specs path is not a directory")
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         spec = load_file(path)
-        for kind, target, items in (("queues", queues, spec.queues), ("jobs", jobs, spec.jobs)):
-            for key, value in items.items():
+        for kind, keys in (("queues", spec.queues), ("jobs", spec.jobs)):
+            for key in keys:
                 source_key = f"{kind}.{key}"
                 if source_key in sources:
                     raise SpecError(f"{path}: {source_key}: already declared in {sources[source_key]}")
                 sources[source_key] = str(path)
-                target[key] = value  # type: ignore[index]
+        queues.update(spec.queues)
+        jobs.update(spec.jobs)
     return Specs(queues=queues, jobs=jobs, sources=sources)

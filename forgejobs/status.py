@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     QUEUED = "queued"  # waiting for a worker
     SCHEDULED = "scheduled"  # delayed, or waiting out a retry backoff
     RUNNING = "running"

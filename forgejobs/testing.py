@@ -27,16 +27,24 @@ from .deadletter import DeadLetter
 from .envelope import decode
 from .execution import Aborted, DeadLettered, Retry, Runtime, Succeeded, execute
 from .job import Job
+from .options import JobOptions
 from .registry import Registry
 from .status import Status
 
 J = TypeVar("J", bound=Job)
 
 
-def make_context(job: type[Job] | Job, *, attempt: int = 1, resources: Any = None, job_id: str = "test-job") -> Context:
-    """A Context for calling `perform` directly in a unit test."""
+def make_context(
+    job: type[Job] | Job,
+    *,
+    attempt: int = 1,
+    resources: Any = None,
+    job_id: str = "test-job",
+    options: JobOptions | None = None,
+) -> Context:
+    """A Context for calling `perform` directly in a unit test (class options unless `options` is given)."""
     job_type = job if isinstance(job, type) else type(job)
-    options = job_type.job_options()
+    options = options or job_type.job_options()
     return Context(
         job_id=job_id,
         name=job_type.job_name(),
@@ -89,9 +97,7 @@ class FakeQueue:
     def enqueued(self, job_type: type[J]) -> list[J]:
         """Typed instances of every `job_type` enqueued so far, decoded from their stored JSON."""
         name = job_type.job_name()
-        return [
-            job_type.model_validate(decode(p.envelope).payload) for p in self.backend.log if p.name == name
-        ]
+        return [job_type.model_validate(decode(p.envelope).payload) for p in self.backend.log if p.name == name]
 
     def _describe_all(self) -> str:
         if not self.backend.log:
@@ -100,6 +106,9 @@ class FakeQueue:
         return "enqueued:\n" + "\n".join(lines)
 
     def _matches(self, job_type: type[Job], fields: dict[str, Any]) -> list[Job]:
+        unknown = set(fields) - set(job_type.model_fields)
+        if unknown:
+            raise AssertionError(f"{job_type.__qualname__} has no field(s) {', '.join(sorted(unknown))}")
         found = []
         for job in self.enqueued(job_type):
             data = job.model_dump(mode="json")
@@ -109,9 +118,6 @@ class FakeQueue:
 
     def assert_enqueued(self, job_type: type[J], /, count: int | None = None, **fields: Any) -> list[J]:
         """Assert a `job_type` with these field values (others ignored) was enqueued; return the matches."""
-        unknown = set(fields) - set(job_type.model_fields)
-        if unknown:
-            raise AssertionError(f"{job_type.__qualname__} has no field(s) {', '.join(sorted(unknown))}")
         found = self._matches(job_type, fields)
         if not found or (count is not None and len(found) != count):
             want = f"{count} × " if count is not None else ""
@@ -127,7 +133,7 @@ class FakeQueue:
             raise AssertionError(f"expected no {job_type.job_name()} with {fields}; {self._describe_all()}")
 
     def dead_letters(self) -> list[DeadLetter]:
-        return self.backend.dead_letters.list(limit=10_000)
+        return self.backend.dead_letters.recent(limit=10_000)
 
     def clear(self) -> None:
         """Forget everything enqueued so far."""
@@ -138,8 +144,8 @@ class FakeQueue:
 
     def perform(self, job: Job, *, attempt: int = 1) -> Any:
         """Run one handler now with a test Context and return its result. Exceptions propagate."""
-        self.registry.ensure(type(job))
-        ctx = make_context(job, attempt=attempt, resources=self.resources)
+        options = self.registry.ensure(type(job))
+        ctx = make_context(job, attempt=attempt, resources=self.resources, options=options)
         return job.perform(ctx)
 
     def _runtime(self) -> Runtime:

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import redis
 from rq import Queue, SimpleWorker
@@ -136,7 +136,8 @@ def dead_letter_unreadable(
     connection: redis.Redis, dead_letters: DeadLetterStore, job_id: str, rq_queue: str, exc: BaseException
 ) -> None:
     """Keep a job RQ could not load (or that failed outside execution) as a dead letter, raw fields and all."""
-    raw = {k.decode(): v.decode("utf-8", "replace") for k, v in connection.hgetall(f"rq:job:{job_id}").items()}
+    fields = cast(dict[bytes, bytes], connection.hgetall(f"rq:job:{job_id}"))
+    raw = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
     queue = split_rq_queue_name(rq_queue)[0] if ":p" in rq_queue else rq_queue
     record = DeadLetter(id=job_id, queue=queue, reason=Reason.CORRUPT, error=f"unreadable job: {exc!r}", raw=str(raw))
     dead_letters.add(record)
@@ -296,8 +297,12 @@ class Worker(WorkerBase):
         for queue in self.queues:
             for index in range(self.concurrency[queue]):
                 slot = make_slot(
-                    ThreadSlotWorker, self.connection, self.backend.dead_letters, queue,
-                    f"{self.name}.{queue}.{index}", on_dead=lambda: self.stats.add("dead"),
+                    ThreadSlotWorker,
+                    self.connection,
+                    self.backend.dead_letters,
+                    queue,
+                    f"{self.name}.{queue}.{index}",
+                    on_dead=lambda: self.stats.add("dead"),
                 )
                 self._slots.append(slot)
                 self._threads.append(
@@ -326,7 +331,9 @@ class Worker(WorkerBase):
         self.stop()
         for slot, thread in zip(self._slots, self._threads):
             if slot.get_state() == WorkerStatus.BUSY and thread.ident is not None:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(WorkerShutdown))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(thread.ident), ctypes.py_object(WorkerShutdown)
+                )
 
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import Field
@@ -27,7 +27,7 @@ class RecordAuditEvent(Job, queue="audit", attempts=5):
         resources.audit_log.parent.mkdir(parents=True, exist_ok=True)
         line = {
             "event_id": ctx.job_id,  # the job id makes a re-run detectable downstream
-            "at": datetime.now(timezone.utc).isoformat(),
+            "at": datetime.now(UTC).isoformat(),
             **self.model_dump(mode="json"),
         }
         with resources.audit_log.open("a", encoding="utf-8") as fh:

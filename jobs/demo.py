@@ -83,7 +83,9 @@ def _enqueue_mix(base_url: str, n: int, console: Console) -> list[JobHandle]:
         handles.append(WelcomeEmail.enqueue(user_id=user, email=f"{user}@example.com", name=f"User {i + 1}"))
         handles.append(RecordAuditEvent.enqueue(actor_id=user, action="user.signed_up", target=user))
         handles.append(
-            DeliverWebhook.enqueue(delivery_id=uuid.uuid4().hex, url=f"{base_url}/ok", event="user.created", data={"id": user})
+            DeliverWebhook.enqueue(
+                delivery_id=uuid.uuid4().hex, url=f"{base_url}/ok", event="user.created", data={"id": user}
+            )
         )
     urgent = WelcomeEmail.with_options(priority=1).enqueue(user_id="vip", email="vip@example.com", name="VIP")
     later = RecordAuditEvent.with_options(delay=2).enqueue(actor_id="system", action="demo.delayed", target="demo")
@@ -94,7 +96,9 @@ def _enqueue_mix(base_url: str, n: int, console: Console) -> list[JobHandle]:
     try:
         WelcomeEmail.enqueue(user_id="x", email="not-an-email", name="X")
     except ValidationError as exc:
-        console.print(f"[yellow]refused at enqueue[/] (invalid payload): {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        console.print(
+            f"[yellow]refused at enqueue[/] (invalid payload): {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
+        )
     try:
         RecordAuditEvent.enqueue(actor_id="x", action="file.uploaded", target="f", metadata={"blob": "x" * 20_000})
     except PayloadTooLarge as exc:
@@ -148,7 +152,9 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
             task = progress.add_task("jobs", total=len(handles))
 
             def on_outcome(name: str, outcome: Outcome) -> None:
-                kind = {Succeeded: "succeeded", Retry: "retried", DeadLettered: "dead-lettered"}.get(type(outcome), "other")
+                kind = {Succeeded: "succeeded", Retry: "retried", DeadLettered: "dead-lettered"}.get(
+                    type(outcome), "other"
+                )
                 with lock:
                     outcomes[kind] += 1
                 if isinstance(outcome, Retry):
@@ -159,8 +165,14 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
                     progress.advance(task)
 
             queues = sorted({e.options.queue or "" for e in registry})
-            worker = Worker(settings, registry, queues=queues, connection=choice.connection, resources=resources,
-                            on_outcome=on_outcome)
+            worker = Worker(
+                settings,
+                registry,
+                queues=queues,
+                connection=choice.connection,
+                resources=resources,
+                on_outcome=on_outcome,
+            )
             thread = threading.Thread(target=worker.run, kwargs={"burst": True, "horizon": 10.0}, daemon=True)
             started = time.monotonic()
             logging.getLogger("forgejobs").setLevel(logging.CRITICAL)  # the display shows every outcome
@@ -171,7 +183,9 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
                     thread.join(0.15)
                 live.update(Group(progress, _queue_table(handles, outcomes)))
             elapsed = time.monotonic() - started
-            return _summary(console, handles, outcomes, elapsed, resources, client, None if choice.embedded else choice.url)
+            return _summary(
+                console, handles, outcomes, elapsed, resources, client, None if choice.embedded else choice.url
+            )
         finally:
             set_client(previous)
 
@@ -183,7 +197,11 @@ def _override(strategy: Any) -> Any:
 
 
 def _summary(
-    console: Console, handles: list[JobHandle], outcomes: Counter[str], elapsed: float, resources: Resources,
+    console: Console,
+    handles: list[JobHandle],
+    outcomes: Counter[str],
+    elapsed: float,
+    resources: Resources,
     client: Client,
     choice_url: str | None,
 ) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..deadletter import DeadLetterStore
@@ -57,7 +57,7 @@ class Backend(ABC):
 
     def now(self) -> datetime:
         """The backend's clock (the fake backend's can be moved by tests)."""
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     @abstractmethod
     def enqueue(self, jobs: Sequence[Prepared]) -> None:
@@ -69,5 +69,5 @@ class Backend(ABC):
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..deadletter import MemoryDeadLetters
@@ -21,7 +21,7 @@ class FakeClock:
     """A clock that only moves when told to."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2030, 1, 1, tzinfo=timezone.utc)
+        self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
 
     def now(self) -> datetime:
         return self._now

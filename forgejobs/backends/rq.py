@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import redis
 from rq import Queue
@@ -53,7 +53,7 @@ def connect(url: str) -> redis.Redis:
 def not_before(moment: datetime) -> datetime:
     """Round up to the whole second: RQ scores scheduled jobs in whole seconds,
     and rounding down would let a job start before it is due."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     if moment.microsecond:
         moment = moment.replace(microsecond=0) + timedelta(seconds=1)
     return moment
@@ -75,21 +75,23 @@ class RedisDeadLetters(DeadLetterStore):
             count = pipe.execute()[-1]
         excess = int(count) - self.limit
         if excess > 0:
-            oldest = [i.decode() for i in self.connection.zrange(self.keys.dead_index, 0, excess - 1)]
+            oldest = [
+                i.decode() for i in cast(list[bytes], self.connection.zrange(self.keys.dead_index, 0, excess - 1))
+            ]
             with self.connection.pipeline() as pipe:
                 pipe.zrem(self.keys.dead_index, *oldest)
                 pipe.delete(*[self.keys.dead_record(i) for i in oldest])
                 pipe.execute()
 
     def get(self, job_id: str) -> DeadLetter | None:
-        raw = self.connection.get(self.keys.dead_record(job_id))
+        raw = cast(bytes | None, self.connection.get(self.keys.dead_record(job_id)))
         return DeadLetter.model_validate_json(raw) if raw else None
 
-    def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        ids = self.connection.zrevrange(self.keys.dead_index, offset, offset + limit - 1)
+    def recent(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        ids = cast(list[bytes], self.connection.zrevrange(self.keys.dead_index, offset, offset + limit - 1))
         if not ids:
             return []
-        raws = self.connection.mget([self.keys.dead_record(i.decode()) for i in ids])
+        raws = cast(list[bytes | None], self.connection.mget([self.keys.dead_record(i.decode()) for i in ids]))
         return [DeadLetter.model_validate_json(r) for r in raws if r]
 
     def remove(self, job_id: str) -> bool:
@@ -100,7 +102,7 @@ class RedisDeadLetters(DeadLetterStore):
         return bool(removed)
 
     def count(self) -> int:
-        return int(self.connection.zcard(self.keys.dead_index))
+        return int(cast(int, self.connection.zcard(self.keys.dead_index)))
 
 
 class RQBackend(Backend):
@@ -169,7 +171,7 @@ class RQBackend(Backend):
 
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
         dead_by_queue: dict[str, int] = {}
-        for record in self.dead_letters.list(limit=self.dead_letters.count() or 1):
+        for record in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
             dead_by_queue[record.queue or "?"] = dead_by_queue.get(record.queue or "?", 0) + 1
         rows = []
         for queue in queues:

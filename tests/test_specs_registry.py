@@ -1,0 +1,281 @@
+"""YAML specs (errors name the file and the key path) and the registry's checks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from forgejobs import Context, Job, Registry, RegistryError, Settings, SpecError, backoff
+from forgejobs.specs import QueueSpec, Specs, load_specs
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def write_spec(directory: Path, text: str, filename: str = "queues.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- spec files ---------------------------------------------------------------------
+
+
+def test_a_valid_spec_declares_queues_and_overrides(tmp_path: Path) -> None:
+    path = write_spec(
+        tmp_path,
+        "queues:\n  email: {concurrency: 5, description: Mail}\njobs:\n  email.welcome-email: {attempts: 2}\n",
+    )
+
+    specs = load_specs(tmp_path)
+
+    assert specs.queues == {"email": QueueSpec(concurrency=5, description="Mail")}
+    assert specs.jobs["email.welcome-email"].attempts == 2
+    assert specs.sources == {"queues.email": str(path), "jobs.email.welcome-email": str(path)}
+
+
+def test_an_unknown_key_names_the_file_and_the_key_path(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queues:\n  email:\n    concurency: 5\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value) == f"{path}: queues.email.concurency: unknown key"
+
+
+def test_an_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queue:\n  email: {}\n")
+
+    with pytest.raises(SpecError, match="unknown key") as info:
+        load_specs(tmp_path)
+
+    assert str(info.value).startswith(f"{path}: queue:")
+
+
+def test_a_bad_value_names_the_file_and_the_key_path(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queues:\n  email: {concurrency: 0}\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    message = str(info.value)
+    assert message.startswith(f"{path}: queues.email.concurrency: ")
+    assert "greater than or equal to 1" in message
+
+
+def test_every_bad_value_in_a_file_is_reported(tmp_path: Path) -> None:
+    write_spec(tmp_path, "queues:\n  email: {concurrency: x}\njobs:\n  email.welcome-email: {priority: 11}\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert "queues.email.concurrency" in str(info.value)
+    assert "jobs.email.welcome-email.priority" in str(info.value)
+
+
+def test_a_bad_queue_name_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queues:\n  Email: {}\n")
+
+    with pytest.raises(SpecError, match="queue names are lower-case") as info:
+        load_specs(tmp_path)
+
+    assert str(info.value).startswith(f"{path}: queues.Email:")
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queues: [email\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value).startswith(f"{path}: not valid YAML")
+
+
+def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "- email\n- webhooks\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value) == f"{path}: top level must be a mapping, got list"
+
+
+def test_an_empty_file_is_no_specs(tmp_path: Path) -> None:
+    write_spec(tmp_path, "# nothing yet\n")
+
+    assert load_specs(tmp_path) == Specs()
+
+
+def test_a_missing_directory_is_no_specs(tmp_path: Path) -> None:
+    assert load_specs(tmp_path / "absent") == Specs()
+
+
+def test_a_queue_declared_in_two_files_is_refused(tmp_path: Path) -> None:
+    first = write_spec(tmp_path, "queues:\n  email: {}\n", "a.yaml")
+    second = write_spec(tmp_path, "queues:\n  email: {concurrency: 2}\n", "b.yml")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value) == f"{second}: queues.email: already declared in {first}"
+
+
+def test_queues_from_several_files_are_merged(tmp_path: Path) -> None:
+    write_spec(tmp_path, "queues:\n  email: {concurrency: 3}\n", "a.yaml")
+    write_spec(tmp_path, "queues:\n  audit: {concurrency: 4}\n", "b.yaml")
+
+    specs = load_specs(tmp_path)
+
+    assert {name: q.concurrency for name, q in specs.queues.items()} == {"email": 3, "audit": 4}
+
+
+def test_a_spec_backoff_is_read_by_kind(tmp_path: Path) -> None:
+    write_spec(tmp_path, "jobs:\n  email.digest:\n    backoff: {kind: schedule, delays: [1, 5, 30]}\n")
+
+    specs = load_specs(tmp_path)
+
+    assert specs.jobs["email.digest"].backoff == backoff.schedule(1, 5, 30)
+
+
+def test_a_spec_backoff_of_an_unknown_kind_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "jobs:\n  email.digest:\n    backoff: {kind: linear, seconds: 1}\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value).startswith(f"{path}: jobs.email.digest.backoff:")
+
+
+# -- the registry ----------------------------------------------------------------------
+
+
+class Digest(Job, queue="email", attempts=2, backoff=backoff.fixed(1), timeout=60, priority=5):
+    def perform(self, ctx: Context) -> None: ...
+
+
+class Ping(Job, queue="webhooks"):
+    def perform(self, ctx: Context) -> None: ...
+
+
+EMAIL_AND_WEBHOOKS = Specs(queues={"email": QueueSpec(), "webhooks": QueueSpec()})
+
+
+def test_the_registry_resolves_jobs_by_name() -> None:
+    registry = Registry([Digest, Ping], EMAIL_AND_WEBHOOKS)
+
+    assert len(registry) == 2
+    assert "email.digest" in registry
+    assert registry.resolve("webhooks.ping").job_type is Ping
+
+
+def test_two_jobs_with_one_name_are_refused() -> None:
+    class First(Job, queue="email", name="email.same"):
+        def perform(self, ctx: Context) -> None: ...
+
+    class Second(Job, queue="email", name="email.same"):
+        def perform(self, ctx: Context) -> None: ...
+
+    with pytest.raises(RegistryError) as info:
+        Registry([First, Second], EMAIL_AND_WEBHOOKS)
+
+    message = str(info.value)
+    assert "'email.same'" in message
+    assert "First" in message
+    assert "Second" in message
+
+
+def test_a_job_on_an_undeclared_queue_is_refused() -> None:
+    class Invoice(Job, queue="billing"):
+        def perform(self, ctx: Context) -> None: ...
+
+    with pytest.raises(
+        RegistryError, match=r"Invoice \(billing.invoice\) is on queue 'billing', which no spec declares"
+    ):
+        Registry([Invoice], EMAIL_AND_WEBHOOKS)
+
+
+def test_a_lenient_registry_declares_unknown_queues() -> None:
+    class Invoice(Job, queue="billing"):
+        def perform(self, ctx: Context) -> None: ...
+
+    registry = Registry([Invoice], strict=False)
+
+    assert "billing" in registry.queues
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    class Invoice(Job, queue="billing"):
+        def perform(self, ctx: Context) -> None: ...
+
+    class Refund(Job, queue="payments"):
+        def perform(self, ctx: Context) -> None: ...
+
+    with pytest.raises(RegistryError) as info:
+        Registry([Invoice, Refund], EMAIL_AND_WEBHOOKS)
+
+    assert "'billing'" in str(info.value)
+    assert "'payments'" in str(info.value)
+
+
+def test_an_override_for_an_unknown_job_is_refused(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queues:\n  email: {}\njobs:\n  email.ghost: {attempts: 2}\n")
+    specs = load_specs(tmp_path)
+
+    with pytest.raises(RegistryError) as info:
+        Registry([Digest], specs)
+
+    assert str(info.value) == f"{path}: jobs.email.ghost: override for an unknown job"
+
+
+def test_spec_values_override_class_defaults(tmp_path: Path) -> None:
+    write_spec(
+        tmp_path,
+        "queues:\n  email: {}\n"
+        "jobs:\n"
+        "  email.digest:\n"
+        "    attempts: 9\n"
+        "    backoff: {kind: exponential, seconds: 2, factor: 3}\n"
+        "    timeout: 30s\n"
+        "    priority: 2\n",
+    )
+
+    registry = Registry([Digest], load_specs(tmp_path))
+
+    options = registry.resolve("email.digest").options
+    assert options.attempts == 9
+    assert options.backoff == backoff.exponential(2, factor=3)
+    assert options.timeout == timedelta(seconds=30)
+    assert options.priority == 2
+    assert options.queue == "email"  # untouched by the spec
+    assert Digest.job_options().attempts == 2  # the class keeps its own defaults
+
+
+def test_the_registry_applies_overrides_to_what_the_client_uses(tmp_path: Path) -> None:
+    write_spec(tmp_path, "queues:\n  email: {}\njobs:\n  email.digest: {attempts: 4}\n")
+    registry = Registry([Digest], load_specs(tmp_path))
+
+    assert registry.ensure(Digest).attempts == 4
+
+
+# -- the project's own catalog and specs -----------------------------------------------
+
+
+def test_the_project_registry_loads_the_catalog_and_the_adr_queues() -> None:
+    settings = Settings(jobs="jobs", specs=PROJECT / "specs")
+
+    registry = Registry.load(settings)
+
+    names = {entry.job_type.job_name() for entry in registry}
+    assert {"email.welcome-email", "webhooks.deliver-webhook", "audit.record-audit-event"} <= names
+    assert {name: spec.concurrency for name, spec in registry.queues.items()} == {
+        "email": 5,
+        "webhooks": 10,
+        "stripe": 3,
+        "billing": 2,
+        "usage": 2,
+        "files": 1,
+        "audit": 5,
+        "activity": 5,
+    }
