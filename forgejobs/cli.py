@@ -58,6 +58,9 @@ def _client(settings: Settings) -> Client:
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """forgejobs: declarative background jobs on Redis."""
+    global console
+    # Piped output (CI, scripts, tests) gets wide tables instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = Settings()
@@ -174,7 +177,8 @@ def worker(
             stats = ProcessWorker(settings, registry, queues=names, concurrency=concurrency).run(
                 burst=burst, horizon=horizon
             )
-    console.print("worker stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items())) or "no jobs")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items()))
+    console.print(f"worker stopped: {counts or 'no jobs run'}")
 
 
 @cli.group()

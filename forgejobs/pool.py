@@ -192,7 +192,7 @@ class ProcessWorker(WorkerBase):
             connection,
             backend.dead_letters,
             queue,
-            f"{self.name}.{queue}.{index}",
+            f"{self.name}.{queue}.{index}.{os.getpid()}",  # unique: a replaced child's record may still be live
             on_dead=lambda: stats.add("dead"),
         )
         signals = 0
@@ -211,4 +211,5 @@ class ProcessWorker(WorkerBase):
             except WorkerShutdown:
                 break
             except Exception:
-                log.exception("worker loop %s crashed; restarting it", slot.name)
+                log.exception("worker loop %s crashed; restarting it in 1 s", slot.name)
+                time.sleep(1)

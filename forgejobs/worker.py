@@ -287,7 +287,8 @@ class Worker(WorkerBase):
             except WorkerShutdown:
                 pass
             except Exception:
-                log.exception("worker loop %s crashed; restarting it", slot.name)
+                log.exception("worker loop %s crashed; restarting it in 1 s", slot.name)
+                self._stop.wait(1)
             if max_jobs is not None or slot.stop_requested:
                 return
 

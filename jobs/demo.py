@@ -175,13 +175,16 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
             )
             thread = threading.Thread(target=worker.run, kwargs={"burst": True, "horizon": 10.0}, daemon=True)
             started = time.monotonic()
-            logging.getLogger("forgejobs").setLevel(logging.CRITICAL)  # the display shows every outcome
+            quiet = logging.getLogger("forgejobs")
+            previous_level = quiet.level
+            quiet.setLevel(logging.CRITICAL)  # the display shows every outcome
             thread.start()
             with Live(console=console, refresh_per_second=8) as live:
                 while thread.is_alive():
                     live.update(Group(progress, _queue_table(handles, outcomes)))
                     thread.join(0.15)
                 live.update(Group(progress, _queue_table(handles, outcomes)))
+            quiet.setLevel(previous_level)
             elapsed = time.monotonic() - started
             return _summary(
                 console, handles, outcomes, elapsed, resources, client, None if choice.embedded else choice.url

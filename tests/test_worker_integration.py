@@ -223,3 +223,35 @@ def test_dead_letters_can_be_requeued_and_purged(client: Client, start_worker: S
     wait_for(lambda: client.backend.dead_letters.count() == 3, timeout=15, what="them to die again")
     assert client.purge_dead_letters() == 3
     assert client.dead_letters() == []
+
+
+def test_thread_mode_runs_jobs_and_finishes_the_running_one_on_sigterm(
+    client: Client, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    worker = start_worker("--queues", "fast,slow", "--threads")
+    assert Echo.enqueue(text="threads").result(timeout=15).text == "threads"
+    path = tmp_path / "slow.jsonl"
+    handle = Slow.enqueue(path=str(path), seconds=1)
+    wait_for(lambda: notes(path), timeout=10, what="the job to start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    assert handle.status() is Status.SUCCEEDED
+
+
+def test_a_killed_child_process_is_replaced(client: Client, start_worker: StartWorker, conn: redis.Redis) -> None:
+    import os
+
+    from rq import Worker as RQWorker
+
+    start_worker("--queues", "fast")
+    (old_pid,) = {w.pid for w in RQWorker.all(connection=conn)}
+    os.kill(old_pid, signal.SIGKILL)
+
+    def replaced() -> bool:
+        pids = {w.pid for w in RQWorker.all(connection=conn) if w.get_state() != "started"}
+        return bool(pids - {old_pid})
+
+    # The supervisor starts another child (enqueueing before it has would race the
+    # dead child's BLPOP, a gap left to stalled-job recovery).
+    wait_for(replaced, timeout=15, what="a replacement child")
+    assert Echo.enqueue(text="after the crash").result(timeout=20).text == "after the crash"

@@ -1,0 +1,76 @@
+"""The README's first command: the demo, on a configured Redis and on each embedded default."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from rich.console import Console
+
+from forgejobs import Settings
+from forgejobs.embedded import choose_redis
+from tests.conftest import ROOT
+
+NOTHING_LISTENS = "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.redis
+def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str) -> None:
+    env = {**os.environ, "FORGEJOBS_REDIS_URL": redis_url, "COLUMNS": "120"}
+    done = subprocess.run(
+        [sys.executable, "-m", "forgejobs.cli", "demo", "--jobs", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert f"configured Redis at {redis_url}" in out
+    assert "succeeded 9, retried 1, dead-lettered 1" in out
+    assert "outbox: 3 messages" in out and "webhook receiver got 3 deliveries" in out
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
+def test_embedded_default_is_a_private_redis_server_when_the_binary_exists() -> None:
+    with choose_redis(None, NOTHING_LISTENS) as choice:
+        assert choice.embedded and "private redis-server" in choice.description
+        assert choice.connection.ping()
+        assert choice.url is not None
+        socket_path = Path(choice.url.removeprefix("unix://").split("?")[0])
+        assert socket_path.exists()
+    assert not socket_path.exists()  # stopped and cleaned up
+
+
+def test_embedded_default_falls_back_to_fakeredis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("forgejobs.embedded.shutil.which", lambda name: None)
+    with choose_redis(None, NOTHING_LISTENS) as choice:
+        assert choice.embedded and "fakeredis" in choice.description
+        assert choice.connection.ping()
+
+
+def test_configured_url_wins(redis_url: str) -> None:
+    with choose_redis(redis_url, NOTHING_LISTENS) as choice:
+        assert not choice.embedded and redis_url in choice.description
+        assert isinstance(choice.connection, redis.Redis)
+
+
+def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import jobs.demo as demo
+
+    monkeypatch.setattr(demo, "DEFAULT_REDIS_URL", NOTHING_LISTENS)
+    monkeypatch.setattr("forgejobs.embedded.shutil.which", lambda name: None)
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+    code = demo.run(Settings(redis_url=None), Console(file=out, width=120), jobs_per_kind=1)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "embedded: fakeredis" in text
+    assert "succeeded 6, retried 1, dead-lettered 1" in text
