@@ -50,13 +50,15 @@ def redis_url() -> Iterator[str]:
         pytest.skip(f"no Redis at {REDIS_HOST}")
     for db in range(1, 16):
         conn = redis.Redis.from_url(f"{REDIS_HOST}/{db}")
-        if conn.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900) and conn.dbsize() == 1:
-            try:
-                yield f"{REDIS_HOST}/{db}"
-            finally:
-                conn.flushdb()
-                conn.close()
-            return
+        if conn.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900):
+            if conn.dbsize() == 1:
+                try:
+                    yield f"{REDIS_HOST}/{db}"
+                finally:
+                    conn.flushdb()
+                    conn.close()
+                return
+            conn.delete(CLAIM_KEY)  # someone else's data lives here: leave it as it was
         conn.close()
     pytest.skip("no free Redis database (1-15) to claim")
 

@@ -21,6 +21,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus, Retry, get_current_job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..context import ProgressValue
 from ..deadletter import DeadLetter, DeadLetterStore
@@ -124,11 +125,19 @@ class RQBackend(Backend):
         return queue
 
     def enqueue(self, jobs: Sequence[Prepared]) -> None:
+        """One MULTI/EXEC for the whole batch; a dropped connection is retried twice (ids are fixed,
+        so a retry rewrites the same jobs)."""
         try:
-            with self.connection.pipeline() as pipe:
-                for job in jobs:
-                    self._enqueue_one(job, pipe)
-                pipe.execute()
+            for attempt in Retrying(
+                retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+                stop=stop_after_attempt(3),
+                wait=wait_exponential(multiplier=0.05, max=1),
+                reraise=True,
+            ):
+                with attempt, self.connection.pipeline() as pipe:
+                    for job in jobs:
+                        self._enqueue_one(job, pipe)
+                    pipe.execute()
         except redis.RedisError as exc:
             raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
 

@@ -1,0 +1,20 @@
+"""What a caller sees when Redis is not there."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from forgejobs import BackendError, Client, Registry
+from forgejobs.backends.rq import RQBackend
+from forgejobs.specs import QueueSpec, Specs
+from tests.samplejobs.basic import Echo
+
+
+def test_enqueue_without_redis_raises_a_backend_error_naming_the_cause() -> None:
+    client = Client(
+        RQBackend(redis.Redis.from_url("redis://127.0.0.1:1/0")),  # nothing listens on port 1
+        Registry([Echo], Specs(queues={"fast": QueueSpec()})),
+    )
+    with pytest.raises(BackendError, match=r"could not enqueue 1 job\(s\).*Connection refused"):
+        client.enqueue_raw("fast.echo", {"text": "x"})
