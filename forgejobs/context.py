@@ -13,6 +13,16 @@ ProgressValue = int | float | dict[str, Any]
 _log = logging.getLogger("forgejobs.job")
 
 
+class JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes each message with the job's name, id and attempt, and puts them in `extra`
+    (`job_id`, `job_name`, `queue`, `attempt`) for structured handlers."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[{extra['job_name']} {extra['job_id']} #{extra['attempt']}] {msg}", kwargs
+
+
 @dataclass
 class Context:
     """Passed to `Job.perform(ctx)`.
@@ -29,12 +39,12 @@ class Context:
     max_attempts: int = 1
     enqueued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     resources: Any = None
-    logger: logging.LoggerAdapter[logging.Logger] = field(init=False)
+    logger: JobLogger = field(init=False)
     _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)
     last_progress: ProgressValue | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.logger = logging.LoggerAdapter(
+        self.logger = JobLogger(
             _log, {"job_id": self.job_id, "job_name": self.name, "queue": self.queue, "attempt": self.attempt}
         )
 
