@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .client import Client
@@ -25,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     sys.exit(code)
 
 
@@ -58,9 +59,10 @@ def _client(settings: Settings) -> Client:
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """forgejobs: declarative background jobs on Redis."""
-    global console
+    global console, err
     # Piped output (CI, scripts, tests) gets wide tables instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 200)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = Settings()

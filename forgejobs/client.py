@@ -54,9 +54,8 @@ class Client:
         job_options = self.registry.ensure(job_type)
         now = self.backend.now()
         prepared = [self.prepare(job_type, job_options, item, options, now) for item in items]
-        if prepared:
-            self.backend.enqueue(prepared)
-        return [JobHandle(self, p.job_id, job_type) for p in prepared]
+        existing = self.backend.enqueue(prepared) if prepared else set()
+        return [JobHandle(self, p.job_id, job_type, existing=p.job_id in existing) for p in prepared]
 
     def prepare(
         self,
@@ -95,6 +94,7 @@ class Client:
             timeout=job_options.timeout.total_seconds(),
             result_ttl=job_options.result_ttl.total_seconds(),
             failure_ttl=job_options.failure_ttl.total_seconds(),
+            unique=options.job_id is not None,
         )
 
     def enqueue_raw(self, name: str, data: Mapping[str, Any], options: EnqueueOptions | None = None) -> JobHandle:
@@ -126,6 +126,7 @@ class Client:
             raise UnknownJob(f"cannot requeue {job_id}: {exc}") from None
         options = EnqueueOptions(priority=record.priority, job_id=record.id)
         prepared = self.prepare(entry.job_type, entry.options, record.payload, options, self.backend.now())
+        self.backend.forget(job_id)  # the failed job's record, so the id is free again
         self.backend.enqueue([prepared])
         self.backend.dead_letters.remove(job_id)
         return JobHandle(self, job_id, entry.job_type)

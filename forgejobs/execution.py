@@ -27,6 +27,10 @@ from .registry import Registry
 log = logging.getLogger("forgejobs.execution")
 
 
+MAX_RETRY_LATER = 50
+"""RetryLater does not spend an attempt, up to this many times per attempt; beyond it, it does."""
+
+
 class WorkerShutdown(BaseException):
     """Injected into a running job when the worker is told to stop at once (second SIGTERM).
 
@@ -139,7 +143,13 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
     except WorkerShutdown:
         return Aborted(envelope)
     except RetryLater as exc:
-        return Retry(exc.delay, envelope.next_attempt(describe(exc), exc.delay, counts=False), describe(exc))
+        snoozes = sum(1 for a in envelope.history if a.attempt == envelope.attempt)
+        if snoozes < MAX_RETRY_LATER:
+            return Retry(exc.delay, envelope.next_attempt(describe(exc), exc.delay, counts=False), describe(exc))
+        error = f"{describe(exc)} (RetryLater {MAX_RETRY_LATER} times on one attempt; counted as a failure)"
+        if envelope.attempt < options.attempts:
+            return Retry(exc.delay, envelope.next_attempt(error, exc.delay), error)
+        return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error), exc)
     except Unrecoverable as exc:
         record = _record(envelope, queue, Reason.UNRECOVERABLE, describe(exc), traceback.format_exc())
         return _dead(runtime, record, exc)
@@ -159,6 +169,28 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         return _dead(runtime, _record(envelope, queue, Reason.BAD_RESULT, message))
 
 
+STALL_ERROR = "stalled: the worker running it stopped (killed, crashed or lost)"
+
+
+def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
+    """The worker running this job died mid-job. That uses up the attempt: retry per backoff, or dead-letter."""
+    try:
+        envelope = decode(raw)
+        entry = runtime.registry.resolve(envelope.name)
+    except (EnvelopeError, UnknownJob):
+        return execute(raw, runtime, job_id=job_id, queue=queue)  # dead-letters it with the precise reason
+    options = entry.options
+    if envelope.attempt < options.attempts:
+        delay = options.backoff.delay(envelope.attempt)
+        log.warning("%s %s stalled on attempt %d; retrying in %.3gs", envelope.name, job_id, envelope.attempt, delay)
+        outcome: Outcome = Retry(delay, envelope.next_attempt(STALL_ERROR, delay), STALL_ERROR)
+    else:
+        outcome = _dead(runtime, _record(envelope, queue, Reason.STALLED, STALL_ERROR))
+    if runtime.on_outcome is not None:
+        runtime.on_outcome(outcome.name, outcome)
+    return outcome
+
+
 def _progress_reporter(runtime: Runtime, job_id: str) -> Callable[[ProgressValue], None] | None:
     report = runtime.report_progress
     if report is None:
@@ -168,7 +200,7 @@ def _progress_reporter(runtime: Runtime, job_id: str) -> Callable[[ProgressValue
 
 def _record(envelope: Envelope, queue: str, reason: Reason, error: str, tb: str = "") -> DeadLetter:
     history = list(envelope.history)
-    if reason in (Reason.EXHAUSTED, Reason.UNRECOVERABLE, Reason.BAD_RESULT):
+    if reason in (Reason.EXHAUSTED, Reason.UNRECOVERABLE, Reason.BAD_RESULT, Reason.STALLED):
         history = envelope.next_attempt(error, 0).history
     return DeadLetter(
         id=envelope.id,

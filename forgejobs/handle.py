@@ -17,10 +17,14 @@ if TYPE_CHECKING:
 class JobHandle:
     """A reference to one enqueued job."""
 
-    def __init__(self, client: Client, job_id: str, job_type: type[Job] | None = None) -> None:
+    def __init__(
+        self, client: Client, job_id: str, job_type: type[Job] | None = None, *, existing: bool = False
+    ) -> None:
         self.client = client
         self.id = job_id
         self.job_type = job_type
+        self.existing = existing
+        """True when `job_id` named a job that already existed, so nothing new was enqueued."""
         self._state: JobState | None = None
 
     def __repr__(self) -> str:

@@ -19,6 +19,16 @@ def rq_queue_names(queue: str) -> list[str]:
     return [rq_queue_name(queue, p) for p in PRIORITIES]
 
 
+def rq_queue_key(rq_queue: str) -> str:
+    """RQ's list of waiting job ids for one RQ queue (RQ's own naming)."""
+    return f"rq:queue:{rq_queue}"
+
+
+def rq_job_key(job_id: str) -> str:
+    """RQ's hash for one job (RQ's own naming)."""
+    return f"rq:job:{job_id}"
+
+
 def split_rq_queue_name(name: str) -> tuple[str, int]:
     queue, _, p = name.rpartition(":p")
     return queue, int(p)

@@ -94,14 +94,15 @@ class JobOverride(BaseModel):
     result_ttl: Duration | None = None
     failure_ttl: Duration | None = None
 
+    @field_validator("timeout", "result_ttl", "failure_ttl")
+    @classmethod
+    def _durations_positive(cls, value: timedelta | None) -> timedelta | None:
+        return _positive(value, "duration")
+
     def apply(self, options: JobOptions) -> JobOptions:
-        changes = self.model_dump(exclude_none=True, exclude={"backoff"})
-        for key in ("timeout", "result_ttl", "failure_ttl"):
-            if key in changes:
-                changes[key] = getattr(self, key)
-        if self.backoff is not None:
-            changes["backoff"] = self.backoff
-        return options.model_copy(update=changes)
+        """`options` with this override's values; the result is validated like a class declaration."""
+        changes = {key: getattr(self, key) for key in type(self).model_fields if getattr(self, key) is not None}
+        return JobOptions.model_validate({**dict(options), **changes})
 
 
 class EnqueueOptions(BaseModel):
@@ -113,6 +114,8 @@ class EnqueueOptions(BaseModel):
     at: datetime | None = None
     priority: Priority | None = None
     job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    """Your own id. While a job with this id is still known (pending, or kept for its result/failure TTL),
+    enqueueing it again stores nothing and returns a handle to the existing job (`handle.existing`)."""
 
     @field_validator("at")
     @classmethod

@@ -62,7 +62,7 @@ class Registry:
             problem = self._add(job_type)
             if problem:
                 problems.append(problem)
-        for name in self.specs.jobs:
+        for name in self.specs.jobs if strict else ():
             if name not in self._entries:
                 where = self.specs.sources.get(f"jobs.{name}", "specs")
                 problems.append(f"{where}: jobs.{name}: override for an unknown job")

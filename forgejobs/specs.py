@@ -74,12 +74,14 @@ def load_file(path: Path) -> SpecFile:
 
 
 def load_specs(directory: Path) -> Specs:
-    """Load and merge `directory/*.yaml` (and `*.yml`). A missing directory is no specs."""
+    """Load and merge `directory/*.yaml` (and `*.yml`)."""
     queues: dict[str, QueueSpec] = {}
     jobs: dict[str, JobOverride] = {}
     sources: dict[str, str] = {}
     if not directory.exists():
-        return Specs()
+        raise SpecError(
+            f"{directory}: specs directory does not exist (set FORGEJOBS_SPECS, or run from the project directory)"
+        )
     if not directory.is_dir():
         raise SpecError(f"{directory}: specs path is not a directory")
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):

@@ -13,7 +13,7 @@ a worker, on a fake clock: backoff and delays are honoured without sleeping.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -29,6 +29,8 @@ from .execution import Aborted, DeadLettered, Retry, Runtime, Succeeded, execute
 from .job import Job
 from .options import JobOptions
 from .registry import Registry
+from .settings import Settings
+from .specs import load_specs
 from .status import Status
 
 J = TypeVar("J", bound=Job)
@@ -116,8 +118,16 @@ class FakeQueue:
                 found.append(job)
         return found
 
-    def assert_enqueued(self, job_type: type[J], /, count: int | None = None, **fields: Any) -> list[J]:
-        """Assert a `job_type` with these field values (others ignored) was enqueued; return the matches."""
+    def assert_enqueued(
+        self, job_type: type[J], where: Mapping[str, Any] | None = None, /, count: int | None = None, **fields: Any
+    ) -> list[J]:
+        """Assert a `job_type` with these field values (others ignored) was enqueued; return the matches.
+
+        `count=N` asks for exactly N matches. A payload field whose name clashes
+        with this method's own arguments (`count`) goes in `where`:
+        `assert_enqueued(Report, {"count": 3})`.
+        """
+        fields = {**(where or {}), **fields}
         found = self._matches(job_type, fields)
         if not found or (count is not None and len(found) != count):
             want = f"{count} × " if count is not None else ""
@@ -126,8 +136,9 @@ class FakeQueue:
             )
         return found  # type: ignore[return-value]
 
-    def refute_enqueued(self, job_type: type[Job], /, **fields: Any) -> None:
+    def refute_enqueued(self, job_type: type[Job], where: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
         """Assert no `job_type` with these field values was enqueued."""
+        fields = {**(where or {}), **fields}
         found = self._matches(job_type, fields)
         if found:
             raise AssertionError(f"expected no {job_type.job_name()} with {fields}; {self._describe_all()}")
@@ -202,8 +213,22 @@ class FakeQueue:
         return outcome
 
 
+def project_registry(settings: Settings | None = None) -> Registry:
+    """A lenient registry carrying the project's spec overrides (if its specs directory is found).
+
+    Jobs are added as tests enqueue them, on any queue; attempts, backoff and
+    the rest come out as they would in a worker.
+    """
+    settings = settings or Settings()
+    specs = load_specs(settings.specs) if settings.specs.is_dir() else None
+    return Registry(specs=specs, strict=False)
+
+
 @pytest.fixture
 def fake_queue() -> Iterator[FakeQueue]:
-    """A FakeQueue installed as the current client for the duration of the test."""
-    with FakeQueue() as queue:
+    """A FakeQueue installed as the current client for the duration of the test.
+
+    It applies the overrides in the project's `specs/` (FORGEJOBS_SPECS) when that directory exists.
+    """
+    with FakeQueue(registry=project_registry()) as queue:
         yield queue

@@ -37,6 +37,7 @@ from typing import Any, cast
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import AbandonedJobError
 from rq.job import Job as RQJob
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.scheduler import RQScheduler
@@ -49,9 +50,9 @@ from .client import Client, set_client
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .errors import ForgeJobsError
 from .execution import Outcome, Runtime, WorkerShutdown
-from .keys import rq_queue_names, split_rq_queue_name
+from .keys import rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
 from .registry import Registry
-from .settings import Settings
+from .settings import Settings, load_resources
 
 log = logging.getLogger("forgejobs.worker")
 
@@ -136,7 +137,7 @@ def dead_letter_unreadable(
     connection: redis.Redis, dead_letters: DeadLetterStore, job_id: str, rq_queue: str, exc: BaseException
 ) -> None:
     """Keep a job RQ could not load (or that failed outside execution) as a dead letter, raw fields and all."""
-    fields = cast(dict[bytes, bytes], connection.hgetall(f"rq:job:{job_id}"))
+    fields = cast(dict[bytes, bytes], connection.hgetall(rq_job_key(job_id)))
     raw = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
     queue = split_rq_queue_name(rq_queue)[0] if ":p" in rq_queue else rq_queue
     record = DeadLetter(id=job_id, queue=queue, reason=Reason.CORRUPT, error=f"unreadable job: {exc!r}", raw=str(raw))
@@ -160,7 +161,9 @@ def make_slot(
             on_dead()
 
     def exception_handler(job: RQJob, exc_type: type[BaseException], exc: BaseException, tb: Any) -> bool:
-        if not isinstance(exc, rq_backend.DeadLetteredError):
+        if isinstance(exc, AbandonedJobError):
+            rq_backend.on_abandoned(job)  # its worker died: retry or dead-letter as stalled
+        elif not isinstance(exc, rq_backend.DeadLetteredError):
             # It failed outside execution (e.g. data RQ cannot deserialise).
             unreadable(job.id, job.origin, exc)
         return True
@@ -239,7 +242,7 @@ class WorkerBase:
         """Jobs waiting, running, or scheduled to be due within `horizon` seconds."""
         with connection.pipeline() as pipe:
             for name in self.rq_queue_names:
-                pipe.llen(f"rq:queue:{name}")
+                pipe.llen(rq_queue_key(name))
                 pipe.zcard(StartedJobRegistry(name, connection=connection).key)
                 pipe.zcount(ScheduledJobRegistry(name, connection=connection).key, 0, time.time() + horizon)
             return sum(int(n) for n in pipe.execute())
@@ -256,10 +259,12 @@ class Worker(WorkerBase):
         queues: list[str] | None = None,
         concurrency: int | None = None,
         connection: redis.Redis | None = None,
-        resources: Any = None,
+        resources: Any = None,  # None: built by load_resources(settings)
         on_outcome: Callable[[str, Outcome], None] | None = None,
     ) -> None:
         super().__init__(settings, registry, queues=queues, concurrency=concurrency)
+        if resources is None:
+            resources = load_resources(settings)
         self.connection = connection or rq_backend.connect(settings.redis_url_or_default())
         self.backend = rq_backend.RQBackend(self.connection, dead_letter_limit=settings.dead_letter_limit)
         self._user_on_outcome = on_outcome

@@ -111,13 +111,15 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
+        """SIGTERM; if a job is still running after 5 s, SIGTERM again (abort it); SIGKILL as a last resort."""
+        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            if self.process.poll() is not None:
+                return
+            self.signal(sig)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+                continue
 
 
 @pytest.fixture

@@ -127,3 +127,8 @@ def test_worker_burst_drains_and_exits(redis_url: str, client: Client) -> None:
 def test_worker_refuses_an_unknown_queue(redis_url: str) -> None:
     code, out = run_cli("worker", "--queues", "nope", env=sample_env(redis_url))
     assert code == 1 and "unknown queue(s): nope" in out
+
+
+def test_cli_errors_keep_pydantic_details(redis_url: str) -> None:
+    code, out = run_cli("enqueue", "fast.echo", "--data", "{}", env=sample_env(redis_url))
+    assert code == 1 and "text" in out and "[type=missing" in out

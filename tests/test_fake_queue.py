@@ -519,3 +519,32 @@ def test_clear_forgets_what_was_enqueued(fake_queue: FakeQueue, recorder: Record
     assert fake_queue.enqueued(Mark) == []
     assert fake_queue.drain().total == 0
     assert recorder.runs == []
+
+
+def test_a_field_named_like_an_assertion_option_can_be_matched_with_where(fake_queue: FakeQueue) -> None:
+    from forgejobs import Job
+
+    class Tally(Job, queue="reports"):
+        count: int
+
+        def perform(self, ctx: Context) -> None:
+            pass
+
+    Tally.enqueue(count=3)
+    fake_queue.assert_enqueued(Tally, {"count": 3})
+    fake_queue.refute_enqueued(Tally, {"count": 4})
+
+
+def test_an_explicit_job_id_is_enqueued_once_on_the_fake_queue(fake_queue: FakeQueue) -> None:
+    from forgejobs import Job
+
+    class Receipt(Job, queue="email"):
+        order: str
+
+        def perform(self, ctx: Context) -> None:
+            pass
+
+    first = Receipt.with_options(job_id="receipt-1").enqueue(order="1")
+    again = Receipt.with_options(job_id="receipt-1").enqueue(order="1")
+    assert again.existing and not first.existing
+    assert len(fake_queue.enqueued(Receipt)) == 1

@@ -108,8 +108,13 @@ def test_an_empty_file_is_no_specs(tmp_path: Path) -> None:
     assert load_specs(tmp_path) == Specs()
 
 
-def test_a_missing_directory_is_no_specs(tmp_path: Path) -> None:
-    assert load_specs(tmp_path / "absent") == Specs()
+def test_a_missing_directory_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"absent: specs directory does not exist"):
+        load_specs(tmp_path / "absent")
+
+
+def test_an_empty_directory_is_no_specs(tmp_path: Path) -> None:
+    assert load_specs(tmp_path) == Specs()
 
 
 def test_a_queue_declared_in_two_files_is_refused(tmp_path: Path) -> None:
@@ -279,3 +284,10 @@ def test_the_project_registry_loads_the_catalog_and_the_adr_queues() -> None:
         "audit": 5,
         "activity": 5,
     }
+
+
+def test_an_override_is_validated_like_a_class_option(tmp_path: Path) -> None:
+    write_spec(tmp_path, "jobs:\n  fast.echo:\n    timeout: -5\n    result_ttl: 0\n")
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+    assert "jobs.fast.echo.timeout" in str(info.value) and "jobs.fast.echo.result_ttl" in str(info.value)

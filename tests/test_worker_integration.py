@@ -255,3 +255,13 @@ def test_a_killed_child_process_is_replaced(client: Client, start_worker: StartW
     # dead child's BLPOP, a gap left to stalled-job recovery).
     wait_for(replaced, timeout=15, what="a replacement child")
     assert Echo.enqueue(text="after the crash").result(timeout=20).text == "after the crash"
+
+
+def test_an_explicit_job_id_is_enqueued_once(client: Client, conn: redis.Redis) -> None:
+    first = Echo.with_options(job_id="order-42-receipt").enqueue(text="first")
+    again = Echo.with_options(job_id="order-42-receipt").enqueue(text="second")
+    assert not first.existing and again.existing
+    assert conn.llen("rq:queue:fast:p05") == 1
+    delayed = Echo.with_options(job_id="later-1", delay=60).enqueue(text="a")
+    assert Echo.with_options(job_id="later-1", delay=60).enqueue(text="b").existing
+    assert delayed.status() is Status.SCHEDULED

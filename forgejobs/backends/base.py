@@ -29,6 +29,7 @@ class Prepared:
     timeout: float = 300
     result_ttl: float = 3600
     failure_ttl: float = 7 * 86400
+    unique: bool = False  # the caller chose job_id: an existing job with that id wins
 
 
 @dataclass
@@ -60,8 +61,15 @@ class Backend(ABC):
         return datetime.now(UTC)
 
     @abstractmethod
-    def enqueue(self, jobs: Sequence[Prepared]) -> None:
-        """Store `jobs` (all or nothing, in one round trip where the store allows)."""
+    def enqueue(self, jobs: Sequence[Prepared]) -> set[str]:
+        """Store `jobs` (in one round trip where the store allows).
+
+        Returns the ids of `unique` jobs that were not stored because a job with that id exists.
+        """
+
+    @abstractmethod
+    def forget(self, job_id: str) -> None:
+        """Delete every trace of a job (before enqueueing a dead job again under its id)."""
 
     @abstractmethod
     def state(self, job_id: str) -> JobState: ...

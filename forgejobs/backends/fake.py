@@ -64,11 +64,19 @@ class FakeBackend(Backend):
     def now(self) -> datetime:
         return self.clock.now()
 
-    def enqueue(self, jobs: Sequence[Prepared]) -> None:
+    def enqueue(self, jobs: Sequence[Prepared]) -> set[str]:
+        existing = set()
         for job in jobs:
+            if job.unique and job.job_id in self.jobs:
+                existing.add(job.job_id)
+                continue
             self.log.append(job)
             status = Status.SCHEDULED if job.due_at and job.due_at > self.clock.now() else Status.QUEUED
             self.jobs[job.job_id] = StoredJob(job, job.envelope, next(self._seq), status, job.due_at)
+        return existing
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
 
     def state(self, job_id: str) -> JobState:
         stored = self.jobs.get(job_id)

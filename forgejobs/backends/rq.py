@@ -16,17 +16,17 @@ from typing import Any, cast
 
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus, Retry, get_current_job
-from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ..context import ProgressValue
 from ..deadletter import DeadLetter, DeadLetterStore
 from ..errors import BackendError
-from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute
+from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute, stalled
 from ..execution import Retry as RetryOutcome
 from ..keys import Keys, rq_queue_name, rq_queue_names, split_rq_queue_name
 from ..settings import Settings
@@ -124,7 +124,7 @@ class RQBackend(Backend):
             self._queues[name] = queue
         return queue
 
-    def enqueue(self, jobs: Sequence[Prepared]) -> None:
+    def enqueue(self, jobs: Sequence[Prepared]) -> set[str]:
         """One MULTI/EXEC for the whole batch; a dropped connection is retried twice (ids are fixed,
         so a retry rewrites the same jobs)."""
         try:
@@ -134,14 +134,34 @@ class RQBackend(Backend):
                 wait=wait_exponential(multiplier=0.05, max=1),
                 reraise=True,
             ):
-                with attempt, self.connection.pipeline() as pipe:
-                    for job in jobs:
-                        self._enqueue_one(job, pipe)
-                    pipe.execute()
+                with attempt:
+                    return self._enqueue_all(jobs)
         except redis.RedisError as exc:
             raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying re-raises
 
-    def _enqueue_one(self, job: Prepared, pipe: Any) -> None:
+    def _enqueue_all(self, jobs: Sequence[Prepared]) -> set[str]:
+        existing: set[str] = set()
+        plain = [job for job in jobs if not job.unique]
+        if plain:
+            with self.connection.pipeline() as pipe:
+                for job in plain:
+                    self._enqueue_one(job, pipe)
+                pipe.execute()
+        for job in jobs:
+            if job.unique:
+                try:
+                    self._enqueue_one(job, None)  # RQ checks and stores atomically (a Lua script)
+                except DuplicateJobError:
+                    existing.add(job.job_id)
+        return existing
+
+    def forget(self, job_id: str) -> None:
+        job = self._fetch(job_id)
+        if job is not None:
+            job.delete(remove_from_queue=True, delete_dependents=False)
+
+    def _enqueue_one(self, job: Prepared, pipe: Any | None) -> None:
         queue = self.rq_queue(rq_queue_name(job.queue, job.priority))
         rq_job = queue.create_job(
             ENTRY_POINT,
@@ -154,9 +174,9 @@ class RQBackend(Backend):
             status=JobStatus.SCHEDULED if job.due_at else JobStatus.QUEUED,
         )
         if job.due_at is not None:
-            queue.schedule_job(rq_job, not_before(job.due_at), pipeline=pipe)
+            queue.schedule_job(rq_job, not_before(job.due_at), pipeline=pipe, unique=job.unique)
         else:
-            queue.enqueue_job(rq_job, pipeline=pipe)
+            queue.enqueue_job(rq_job, pipeline=pipe, unique=job.unique)
 
     def _fetch(self, job_id: str) -> RQJob | None:
         try:
@@ -184,14 +204,12 @@ class RQBackend(Backend):
             dead_by_queue[record.queue or "?"] = dead_by_queue.get(record.queue or "?", 0) + 1
         rows = []
         for queue in queues:
-            totals = [0, 0, 0, 0]
+            totals = [0, 0, 0]
             waiting = 0
             for name in rq_queue_names(queue):
                 q = self.rq_queue(name)
                 waiting += q.count
-                for i, registry in enumerate(
-                    (ScheduledJobRegistry, StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry)
-                ):
+                for i, registry in enumerate((ScheduledJobRegistry, StartedJobRegistry, FinishedJobRegistry)):
                     totals[i] += registry(queue=q).count
             rows.append(QueueCounts(queue, waiting, totals[0], totals[1], totals[2], dead_by_queue.get(queue, 0)))
         return rows
@@ -258,3 +276,20 @@ def _interval(delay: float) -> int:
     if delay <= 0:
         return 0
     return math.ceil(delay + (time.time() % 1) + 0.01)
+
+
+def on_abandoned(job: RQJob) -> None:
+    """RQ found `job` in a started registry past its deadline: its worker died.
+
+    Execution decides (retry per backoff, or dead-letter as stalled); a retry is
+    handed back to RQ, which reschedules the job after this call.
+    """
+    if _runtime is None:
+        return
+    raw = job.args[0] if job.args else ""
+    queue, _priority = split_rq_queue_name(job.origin)
+    outcome = stalled(raw, _runtime, job_id=job.id, queue=queue)
+    if isinstance(outcome, RetryOutcome):
+        job.args = [outcome.envelope.encode()]
+        job.retries_left = 1
+        job.retry_intervals = [max(1, _interval(outcome.delay))]

@@ -1,0 +1,93 @@
+"""A job whose worker dies mid-job is retried (or dead-lettered as stalled), never lost.
+
+How fast RQ notices a dead worker is the operating-features issue's business;
+here RQ's cleanup is run directly with a far-future clock, as its maintenance
+pass would run it later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from forgejobs import Client, Reason, Registry, Status
+from forgejobs.backends import rq as rq_backend
+from forgejobs.execution import Runtime
+from forgejobs.worker import SlotWorker, make_slot
+from tests.conftest import WorkerProcess, wait_for
+from tests.samplejobs.basic import Slow
+
+pytestmark = pytest.mark.redis
+
+
+def notes(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def kill_child_mid_job(conn: redis.Redis, start_worker: Callable[..., WorkerProcess], path: Path) -> None:
+    from rq import Worker as RQWorker
+
+    worker = start_worker("--queues", "slow")
+    wait_for(lambda: notes(path), timeout=15, what="the job to start")
+    (child,) = [w for w in RQWorker.all(connection=conn) if w.get_current_job_id()]
+    os.kill(child.pid, signal.SIGKILL)
+    worker.stop()
+
+
+def run_rq_cleanup(conn: redis.Redis, registry: Registry, client: Client) -> None:
+    rq_backend.install_runtime(Runtime(registry, client.backend.dead_letters))
+    try:
+        handler = make_slot(SlotWorker, conn, client.backend.dead_letters, "slow", "cleanup")._exc_handlers[0]
+        StartedJobRegistry("slow:p05", connection=conn, serializer=JSONSerializer).cleanup(
+            timestamp=time.time() + 100_000, exception_handlers=[handler]
+        )
+    finally:
+        rq_backend.install_runtime(None)
+
+
+def test_a_job_whose_worker_was_killed_runs_again_as_its_next_attempt(
+    client: Client, registry: Registry, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "slow.jsonl"
+    handle = Slow.enqueue(path=str(path), seconds=30)  # attempts=2, backoff fixed 0
+    kill_child_mid_job(conn, start_worker, path)
+    assert handle.status() is Status.RUNNING  # RQ has not noticed yet
+
+    run_rq_cleanup(conn, registry, client)
+
+    assert handle.status() is Status.SCHEDULED
+    path.write_text("")  # let the second attempt be short: the test changes the file, not the job
+    start_worker("--queues", "slow")
+    wait_for(lambda: [n.get("attempt") for n in notes(path)] == [2], timeout=15, what="attempt 2 to start")
+
+
+def test_a_job_stalled_on_its_last_attempt_is_dead_lettered_as_stalled(
+    client: Client, registry: Registry, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "slow.jsonl"
+    handle = Slow.with_options(job_id="stalls-once").enqueue(path=str(path), seconds=30)
+    # Pretend attempt 1 already stalled: rewrite the stored envelope to attempt 2 of 2.
+    import zlib
+
+    data = json.loads(zlib.decompress(conn.hget("rq:job:stalls-once", "data")))
+    envelope = json.loads(data[2][0])
+    envelope["attempt"] = 2
+    data[2][0] = json.dumps(envelope)
+    conn.hset("rq:job:stalls-once", "data", zlib.compress(json.dumps(data).encode()))
+
+    kill_child_mid_job(conn, start_worker, path)
+    run_rq_cleanup(conn, registry, client)
+
+    assert handle.status() is Status.FAILED
+    record = client.dead_letter("stalls-once")
+    assert record.reason is Reason.STALLED
+    assert record.payload == {"path": str(path), "seconds": 30.0}
