@@ -74,7 +74,7 @@ class FakeQueue:
     def __init__(self, registry: Registry | None = None, resources: Any = None) -> None:
         self.clock = FakeClock()
         self.backend = FakeBackend(self.clock)
-        self.registry = registry or Registry(strict=False)
+        self.registry = registry if registry is not None else Registry(strict=False)
         self.client = Client(self.backend, self.registry)
         self.resources = resources
         self._previous: Client | None = None
