@@ -8,8 +8,8 @@ use. The fake queue installs its own for the length of a test.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -52,8 +52,7 @@ class Client:
         if options.job_id is not None and len(items) > 1:
             raise ValueError("job_id names one job; it cannot be used with enqueue_many")
         job_options = self.registry.ensure(job_type)
-        now = self.backend.now()
-        prepared = [self.prepare(job_type, job_options, item, options, now) for item in items]
+        prepared = self.prepare_many(job_type, job_options, items, options, self.backend.now())
         existing = self.backend.enqueue(prepared) if prepared else set()
         return [JobHandle(self, p.job_id, job_type, existing=p.job_id in existing) for p in prepared]
 
@@ -65,37 +64,62 @@ class Client:
         options: EnqueueOptions,
         now: datetime,
     ) -> Prepared:
-        if isinstance(item, job_type):
-            instance = item
-        elif isinstance(item, Job):
-            raise TypeError(f"expected a {job_type.__qualname__}, got a {type(item).__qualname__}")
-        else:
-            instance = job_type.model_validate(item)  # the Pydantic error names the field
-        payload = instance.__pydantic_serializer__.to_json(instance)
-        limit = job_options.max_payload_bytes
+        return self.prepare_many(job_type, job_options, [item], options, now)[0]
+
+    def prepare_many(
+        self,
+        job_type: type[Job],
+        job_options: JobOptions,
+        items: Sequence[Job | Mapping[str, Any]],
+        options: EnqueueOptions,
+        now: datetime,
+    ) -> list[Prepared]:
+        """Validate, serialise and size-check every item; build their envelopes. Sends nothing."""
         name = job_type.job_name()
-        if len(payload) > limit:
-            raise PayloadTooLarge(name, len(payload), limit, largest_fields(instance))
-        job_id = options.job_id or uuid.uuid4().hex
+        limit = job_options.max_payload_bytes
         priority = options.priority or job_options.priority
-        assert job_options.queue is not None
-        envelope = (
-            f'{{"v":{VERSION},"id":"{job_id}","name":"{name}","payload":{payload.decode()},'
-            f'"options":{{"queue":"{job_options.queue}","priority":{priority}}},"attempt":1,'
+        queue = job_options.queue
+        assert queue is not None
+        # Everything but the id and the payload is the same for the whole batch. Names and ids
+        # are validated against patterns without quotes or backslashes, so they need no escaping.
+        head = f'{{"v":{VERSION},"id":"'
+        middle = f'","name":"{name}","payload":'
+        tail = (
+            f',"options":{{"queue":"{queue}","priority":{priority}}},"attempt":1,'
             f'"history":[],"enqueued_at":"{now.isoformat()}"}}'
         )
-        return Prepared(
-            job_id=job_id,
-            name=name,
-            queue=job_options.queue,
-            priority=priority,
-            envelope=envelope,
-            due_at=options.due_at(now),
-            timeout=job_options.timeout.total_seconds(),
-            result_ttl=job_options.result_ttl.total_seconds(),
-            failure_ttl=job_options.failure_ttl.total_seconds(),
-            unique=options.job_id is not None,
-        )
+        due_at = options.due_at(now)
+        timeout = job_options.timeout.total_seconds()
+        result_ttl = job_options.result_ttl.total_seconds()
+        failure_ttl = job_options.failure_ttl.total_seconds()
+        unique = options.job_id is not None
+        prepared = []
+        for item in items:
+            if isinstance(item, job_type):
+                instance = item
+            elif isinstance(item, Job):
+                raise TypeError(f"expected a {job_type.__qualname__}, got a {type(item).__qualname__}")
+            else:
+                instance = job_type.model_validate(item)  # the Pydantic error names the field
+            payload = instance.__pydantic_serializer__.to_json(instance)
+            if len(payload) > limit:
+                raise PayloadTooLarge(name, len(payload), limit, largest_fields(instance))
+            job_id = options.job_id or secrets.token_hex(16)
+            prepared.append(
+                Prepared(
+                    job_id,
+                    name,
+                    queue,
+                    priority,
+                    f"{head}{job_id}{middle}{payload.decode()}{tail}",
+                    due_at,
+                    timeout,
+                    result_ttl,
+                    failure_ttl,
+                    unique,
+                )
+            )
+        return prepared
 
     def enqueue_raw(self, name: str, data: Mapping[str, Any], options: EnqueueOptions | None = None) -> JobHandle:
         """Enqueue by job name with a payload mapping (the CLI's `forgejobs enqueue`)."""

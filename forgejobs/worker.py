@@ -42,7 +42,6 @@ from rq.job import Job as RQJob
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
-from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from .backends import rq as rq_backend
@@ -53,6 +52,7 @@ from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
 from .registry import Registry
 from .settings import Settings, load_resources
+from .timeouts import WatchdogDeathPenalty
 
 log = logging.getLogger("forgejobs.worker")
 
@@ -117,8 +117,8 @@ class SlotWorker(SimpleWorker):
         while True:
             try:
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time or timeout)
-                if result is not None or self._stop_requested or max_idle_time is not None:
-                    return result
+                if result is not None or self._stop_requested or max_idle_time is not None or timeout is None:
+                    return result  # timeout None: RQ's burst mode, which asks once and stops when empty
             except Exception as exc:
                 job_id = getattr(exc, "job_id", None)
                 queue = getattr(exc, "queue", None)
@@ -128,9 +128,9 @@ class SlotWorker(SimpleWorker):
 
 
 class ThreadSlotWorker(SlotWorker):
-    """A slot in a thread: SIGALRM only reaches the main thread, so timeouts use a timer thread."""
+    """A slot in a thread: SIGALRM only reaches the main thread, so timeouts use the shared watchdog."""
 
-    death_penalty_class = TimerDeathPenalty
+    death_penalty_class = WatchdogDeathPenalty
 
 
 def dead_letter_unreadable(

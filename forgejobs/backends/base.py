@@ -16,7 +16,7 @@ from ..deadletter import DeadLetterStore
 from ..status import Status
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """One validated job, ready for a backend: routing plus the envelope text."""
 
