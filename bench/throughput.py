@@ -281,15 +281,32 @@ class Bench:
 
         return self.measure(run)
 
-    # -- 3. worker -----------------------------------------------------------------------
+    # -- 3. worker ---
 
-    def fj_worker(self, n: int) -> Sample:
-        client = self.client()
+    def prefill_forgejobs(self, n: int) -> list[str]:
+        """Enqueue n no-op jobs (untimed) and return their ids."""
         ids: list[str] = []
-        with use_client(client):
+        with use_client(self.client()):
             for start in range(0, n, PREFILL_CHUNK):
                 count = min(PREFILL_CHUNK, n - start)
                 ids.extend(h.id for h in NoopJob.enqueue_many([{"n": i} for i in range(start, start + count)]))
+        return ids
+
+    def prefill_rq(self, n: int) -> tuple[Queue, list[str]]:
+        queue = self.rq_queue()
+        ids: list[str] = []
+        for start in range(0, n, PREFILL_CHUNK):
+            count = min(PREFILL_CHUNK, n - start)
+            with self.conn.pipeline() as pipe:
+                jobs = queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in range(start, start + count)], pipe)
+                pipe.execute()
+            ids.extend(j.id for j in jobs)
+        return queue, ids
+
+    # -----------------------------------------------------------------------
+
+    def fj_worker(self, n: int) -> Sample:
+        ids = self.prefill_forgejobs(n)
         worker = Worker(self.settings, self.registry, queues=[QUEUE], concurrency=1, connection=self.conn)
 
         def run() -> Timed:
@@ -314,12 +331,7 @@ class Bench:
 
     def fj_slot(self, n: int) -> Sample:
         """The loop each `forgejobs worker` child runs (SlotWorker, SIGALRM timeouts), in this process."""
-        client = self.client()
-        ids: list[str] = []
-        with use_client(client):
-            for start in range(0, n, PREFILL_CHUNK):
-                count = min(PREFILL_CHUNK, n - start)
-                ids.extend(h.id for h in NoopJob.enqueue_many([{"n": i} for i in range(start, start + count)]))
+        ids = self.prefill_forgejobs(n)
         backend = RQBackend(self.conn)
         slot = make_slot(SlotWorker, self.conn, backend.dead_letters, QUEUE, f"bench-slot-{os.getpid()}")
         install_runtime(Runtime(self.registry, backend.dead_letters))
@@ -340,14 +352,7 @@ class Bench:
 
     def rq_slot(self, n: int) -> Sample:
         """Raw RQ's SimpleWorker in the same blocking (non-burst) mode, stopping after n jobs."""
-        queue = self.rq_queue()
-        ids: list[str] = []
-        for start in range(0, n, PREFILL_CHUNK):
-            count = min(PREFILL_CHUNK, n - start)
-            with self.conn.pipeline() as pipe:
-                jobs = queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in range(start, start + count)], pipe)
-                pipe.execute()
-            ids.extend(j.id for j in jobs)
+        queue, ids = self.prefill_rq(n)
         worker = SimpleWorker([queue], connection=self.conn)
 
         def run() -> Timed:
@@ -362,14 +367,7 @@ class Bench:
         return sample
 
     def rq_worker(self, n: int) -> Sample:
-        queue = self.rq_queue()
-        ids: list[str] = []
-        for start in range(0, n, PREFILL_CHUNK):
-            count = min(PREFILL_CHUNK, n - start)
-            with self.conn.pipeline() as pipe:
-                jobs = queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in range(start, start + count)], pipe)
-                pipe.execute()
-            ids.extend(j.id for j in jobs)
+        queue, ids = self.prefill_rq(n)
         worker = SimpleWorker([queue], connection=self.conn)
 
         def run() -> Timed:
