@@ -27,6 +27,7 @@ from pydantic._internal._model_construction import ModelMetaclass
 from .context import Context
 from .errors import OptionsError
 from .options import CLASS_OPTION_NAMES, EnqueueOptions, JobOptions
+from .schedule import Schedule
 
 if TYPE_CHECKING:
     from .handle import JobHandle
@@ -88,7 +89,7 @@ class _JobMeta(ModelMetaclass):
         return super().__new__(mcs, cls_name, bases, namespace, **kwargs)
 
 
-JOB_CLASS_KEYWORDS = CLASS_OPTION_NAMES | {"abstract"}
+JOB_CLASS_KEYWORDS = CLASS_OPTION_NAMES | {"abstract", "every"}
 
 
 class Job(BaseModel, metaclass=_JobMeta):
@@ -108,13 +109,21 @@ class Job(BaseModel, metaclass=_JobMeta):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         abstract = bool(kwargs.pop("abstract", False))
+        if "every" in kwargs:
+            if "schedule" in kwargs:
+                raise OptionsError(f"{cls.__qualname__}: give schedule= or every=, not both")
+            try:
+                kwargs["schedule"] = Schedule(every=kwargs.pop("every"))
+            except ValidationError as exc:
+                raise OptionsError(f"{cls.__qualname__}: option every: {exc.errors()[0]['msg']}") from None
         unknown = sorted(set(kwargs) - CLASS_OPTION_NAMES)
         if unknown:
             raise OptionsError(
                 f"{cls.__qualname__}: unknown option(s) {', '.join(unknown)}; "
                 f"valid options are {', '.join(sorted(CLASS_OPTION_NAMES | {'abstract'}))}"
             )
-        inherited = {k: v for k, v in cls.__forgejobs_declared__.items() if k != "name"}
+        # A subclass gets its own name and does not repeat its parent's schedule.
+        inherited = {k: v for k, v in cls.__forgejobs_declared__.items() if k not in ("name", "schedule")}
         declared = {**inherited, **kwargs}
         try:
             options = JobOptions(**declared)

@@ -6,41 +6,14 @@ the class name in the message, not in a worker at 3 a.m.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import backoff as _backoff
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-
-
-def parse_duration(value: Any) -> Any:
-    """Accept `timedelta`, seconds as a number, or text like `500ms`, `30s`, `5m`, `2h`, `1d`."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or text like '30s', not a boolean")
-    if isinstance(value, (int, float)):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        raise ValueError(f"cannot read {value!r} as a duration; write e.g. '30s', '5m', '2h' or '1d'")
-    return value
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(lambda td: td.total_seconds(), return_type=float),
-]
-"""A non-negative span of time, from a timedelta, seconds, or `'30s'`-style text."""
-
-Priority = Annotated[int, Field(ge=1, le=10)]
-"""1 is the highest priority, 10 the lowest."""
+from .schedule import Schedule
+from .types import Duration, Priority, parse_duration
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
@@ -67,6 +40,7 @@ class JobOptions(BaseModel):
     max_payload_bytes: int = Field(default=16 * 1024, ge=64)
     result_ttl: Duration = timedelta(hours=1)
     failure_ttl: Duration = timedelta(days=7)
+    schedule: Schedule | None = None
 
     @field_validator("timeout", "result_ttl", "failure_ttl")
     @classmethod
@@ -77,8 +51,10 @@ class JobOptions(BaseModel):
         return f"{self.timeout.total_seconds():g}s"
 
 
-# Options a job class may set; `abstract` is handled by the class machinery.
+# Options a job class may set; `abstract` and `every` are handled by the class machinery.
 CLASS_OPTION_NAMES = frozenset(JobOptions.model_fields)
+
+__all__ = ["Duration", "EnqueueOptions", "JobOptions", "JobOverride", "Priority", "parse_duration"]
 
 
 class JobOverride(BaseModel):

@@ -7,17 +7,32 @@ unknown job all raise `RegistryError` with every problem listed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import pkgutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
+
+from pydantic import ValidationError
 
 from .errors import RegistryError, UnknownJob
 from .job import Job
 from .options import JobOptions
+from .schedule import Schedule, id_part
 from .settings import Settings
 from .specs import QueueSpec, Specs, load_specs
+
+
+def _payload_problem(job_type: type[Job], payload: dict[str, Any], where: str) -> str | None:
+    try:
+        job_type.model_validate(payload)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(payload)'}: {e['msg']}" for e in exc.errors())
+        return f"{where}: does not validate as {job_type.job_name()}: {details}"
+    return None
 
 
 def discover(package: str) -> list[type[Job]]:
@@ -49,6 +64,23 @@ class Entry:
     options: JobOptions
 
 
+@dataclass(frozen=True)
+class ScheduledJob:
+    """One repeat: which job, with which payload, when; and where it was declared."""
+
+    name: str
+    job_type: type[Job]
+    payload: dict[str, Any]
+    schedule: Schedule
+    source: str  # "class <module.Class>" or the spec file
+
+    def fingerprint(self) -> str:
+        """Changes whenever what or when it fires changes (a restart with the same fingerprint keeps its next tick)."""
+        when = self.schedule.model_dump(mode="json")
+        data = {"job": self.job_type.job_name(), "payload": self.payload, "schedule": when}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Registry:
     """Job types by name with their effective options (class defaults < spec overrides)."""
 
@@ -66,8 +98,45 @@ class Registry:
             if name not in self._entries:
                 where = self.specs.sources.get(f"jobs.{name}", "specs")
                 problems.append(f"{where}: jobs.{name}: override for an unknown job")
+        self.schedules: dict[str, ScheduledJob] = {}
+        problems.extend(self._resolve_schedules())
         if problems:
             raise RegistryError("\n".join(problems))
+
+    def _resolve_schedules(self) -> list[str]:
+        """Class schedules (named after their job), then spec schedules, which win on a shared name."""
+        problems: list[str] = []
+        for entry in self._entries.values():
+            schedule = entry.options.schedule
+            if schedule is None:
+                continue
+            name = entry.job_type.job_name()
+            source = f"class {entry.job_type.__module__}.{entry.job_type.__qualname__}"
+            problem = _payload_problem(entry.job_type, {}, f"{source}: schedule")
+            if problem:
+                problems.append(f"{problem} (give its fields defaults, or schedule it in a spec with a payload)")
+                continue
+            self.schedules[name] = ScheduledJob(name, entry.job_type, {}, schedule, source)
+        for name, spec in self.specs.schedules.items():
+            where = self.specs.sources.get(f"schedules.{name}", "specs")
+            target = self._entries.get(spec.job)
+            if target is None:
+                if self.strict:
+                    problems.append(f"{where}: schedules.{name}.job: no job named {spec.job!r}")
+                continue
+            problem = _payload_problem(target.job_type, spec.payload, f"{where}: schedules.{name}.payload")
+            if problem:
+                problems.append(problem)
+                continue
+            schedule = Schedule.model_validate(spec.model_dump(exclude={"job", "payload"}))
+            self.schedules[name] = ScheduledJob(name, target.job_type, dict(spec.payload), schedule, where)
+        seen: dict[str, str] = {}
+        for name in self.schedules:
+            key = id_part(name)
+            if key in seen:
+                problems.append(f"schedules {seen[key]!r} and {name!r} differ only in '.' versus '_'; rename one")
+            seen[key] = name
+        return problems
 
     @classmethod
     def load(cls, settings: Settings) -> Registry:

@@ -1,4 +1,4 @@
-"""YAML specs: queues and per-job overrides, validated by Pydantic.
+"""YAML specs: queues, per-job overrides and schedules, validated by Pydantic.
 
 Every `*.yaml` file in the specs directory is one `SpecFile`; together they
 make a `Specs`. Unknown keys are errors, reported with the file and the key
@@ -7,6 +7,7 @@ path (`specs/queues.yaml: queues.email.concurency: unknown key`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SpecError
 from .options import NAME_PATTERN, JobOverride
+from .schedule import SCHEDULE_NAME_PATTERN, ScheduleSpec
 
 
 class QueueSpec(BaseModel):
@@ -31,6 +33,7 @@ class SpecFile(BaseModel):
 
     queues: dict[str, QueueSpec] = Field(default_factory=dict)
     jobs: dict[str, JobOverride] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
 
 
 class Specs(BaseModel):
@@ -40,6 +43,7 @@ class Specs(BaseModel):
 
     queues: dict[str, QueueSpec] = Field(default_factory=dict)
     jobs: dict[str, JobOverride] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     sources: dict[str, str] = Field(default_factory=dict)
 
 
@@ -65,11 +69,12 @@ def load_file(path: Path) -> SpecFile:
         spec = SpecFile.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_message(path, exc)) from None
-    import re
-
     for queue in spec.queues:
         if not re.match(NAME_PATTERN, queue):
             raise SpecError(f"{path}: queues.{queue}: queue names are lower-case letters, digits, '.', '_', '-'")
+    for name in spec.schedules:
+        if not re.match(SCHEDULE_NAME_PATTERN, name):
+            raise SpecError(f"{path}: schedules.{name}: schedule names are lower-case letters, digits, '.', '_', '-'")
     return spec
 
 
@@ -77,6 +82,7 @@ def load_specs(directory: Path) -> Specs:
     """Load and merge `directory/*.yaml` (and `*.yml`)."""
     queues: dict[str, QueueSpec] = {}
     jobs: dict[str, JobOverride] = {}
+    schedules: dict[str, ScheduleSpec] = {}
     sources: dict[str, str] = {}
     if not directory.exists():
         raise SpecError(
@@ -86,7 +92,7 @@ def load_specs(directory: Path) -> Specs:
         raise SpecError(f"{directory}: specs path is not a directory")
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         spec = load_file(path)
-        for kind, keys in (("queues", spec.queues), ("jobs", spec.jobs)):
+        for kind, keys in (("queues", spec.queues), ("jobs", spec.jobs), ("schedules", spec.schedules)):
             for key in keys:
                 source_key = f"{kind}.{key}"
                 if source_key in sources:
@@ -94,4 +100,5 @@ def load_specs(directory: Path) -> Specs:
                 sources[source_key] = str(path)
         queues.update(spec.queues)
         jobs.update(spec.jobs)
-    return Specs(queues=queues, jobs=jobs, sources=sources)
+        schedules.update(spec.schedules)
+    return Specs(queues=queues, jobs=jobs, schedules=schedules, sources=sources)
