@@ -183,6 +183,101 @@ def worker(
     console.print(f"worker stopped: {counts or 'no jobs run'}")
 
 
+@cli.command()
+@click.option("--interval", type=float, default=0.2, show_default=True, help="Seconds between passes.")
+@click.pass_obj
+def scheduler(settings: Settings, interval: float) -> None:
+    """Fire cron and interval repeats (any number may run; each tick is enqueued once)."""
+    import signal
+    import threading
+
+    from .backends.rqscheduler import RQSchedulerStore
+    from .scheduling import Repeater
+
+    if not 0 < interval <= 60:
+        _fail("--interval must be within (0, 60] seconds")
+    with _errors():
+        client = _client(settings)
+        store = RQSchedulerStore(client.backend.connection, client.backend.keys)  # type: ignore[attr-defined]
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+        logging.getLogger("forgejobs").setLevel(min(logging.getLogger().level, logging.INFO))
+        names = ", ".join(sorted(client.registry.schedules)) or "none"
+        console.print(f"scheduler: {len(client.registry.schedules)} schedule(s): {names}")
+        store.run(Repeater(client, store), stop, interval)
+    console.print("scheduler stopped")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """List every schedule: source, next three runs (UTC and its zone), last run and outcome."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from datetime import UTC, datetime
+
+    from .backends.rqscheduler import RQSchedulerStore
+
+    settings: Settings = ctx.obj
+    with _errors():
+        client = _client(settings)
+        store = RQSchedulerStore(client.backend.connection, client.backend.keys)  # type: ignore[attr-defined]
+        stored = store.entries()
+        now = datetime.now(UTC)
+        table = Table(title=f"{len(client.registry.schedules)} schedules")
+        for column in ("schedule", "job", "when", "source", "next runs (UTC)", "next runs (zone)", "last run"):
+            table.add_column(column, overflow="fold")
+        for name, scheduled in sorted(client.registry.schedules.items()):
+            when = scheduled.schedule
+            upcoming = when.upcoming(now)
+            entry = stored.get(name)
+            if entry is not None and entry.next_at > now:
+                upcoming = [entry.next_at, *when.upcoming(entry.next_at, 2)]
+            utc = "\n".join(t.strftime("%Y-%m-%d %H:%M:%S") for t in upcoming)
+            local = "\n".join(t.astimezone(when.zone).strftime("%Y-%m-%d %H:%M:%S %Z") for t in upcoming)
+            table.add_row(
+                name,
+                scheduled.job_type.job_name(),
+                when.describe(),
+                scheduled.source,
+                utc,
+                local,
+                _last_run_text(client, store.last_run(name)),
+            )
+        console.print(table)
+        if not stored:
+            console.print("no scheduler has registered these yet: run `forgejobs scheduler`")
+
+
+def _last_run_text(client: Client, last: Any) -> str:
+    if last is None:
+        return "never"
+    text = last.tick.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if last.job_id is None:
+        return f"{text}: {last.note}"
+    status = client.backend.state(last.job_id).status.value
+    return f"{text}: {last.note or status} ({last.job_id})"
+
+
+@schedules.command("run")
+@click.argument("name")
+@click.pass_obj
+def schedules_run(settings: Settings, name: str) -> None:
+    """Fire schedule NAME once, now."""
+    from .backends.rqscheduler import RQSchedulerStore
+    from .scheduling import Repeater
+
+    with _errors():
+        client = _client(settings)
+        store = RQSchedulerStore(client.backend.connection, client.backend.keys)  # type: ignore[attr-defined]
+        try:
+            handle = Repeater(client, store).run_now(name)
+        except KeyError as exc:
+            _fail(str(exc.args[0]))
+    console.print(f"enqueued {name} as {handle.id}")
+
+
 @cli.group()
 def dead() -> None:
     """Dead letters: list, show, requeue, purge."""

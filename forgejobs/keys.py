@@ -51,5 +51,6 @@ class Keys:
         return f"{self.prefix}:progress:{job_id}"
 
     @property
-    def worker_stop(self) -> str:
-        return f"{self.prefix}:workers:stop"
+    def schedule_last_runs(self) -> str:
+        """Hash: schedule name -> its last run (tick, job id, note) as JSON."""
+        return f"{self.prefix}:schedules:last"

@@ -109,6 +109,13 @@ class SlotWorker(SimpleWorker):
     def stop_after_current(self) -> None:
         self._stop_requested = True
 
+    def handle_job_retry(self, job: RQJob, queue: Queue, retry: Any, *args: Any, **kwargs: Any) -> None:
+        super().handle_job_retry(job, queue, retry, *args, **kwargs)
+        due_at = getattr(retry, "due_at", None)
+        if due_at is not None and job.get_status(refresh=False) == "scheduled":
+            # RQ stored a whole-second score not earlier than due; store the exact one.
+            self.connection.zadd(ScheduledJobRegistry(queue=queue).key, {job.id: due_at}, xx=True)
+
     @property
     def stop_requested(self) -> bool:
         return bool(self._stop_requested)
@@ -191,13 +198,16 @@ def run_scheduler(connection: redis.Redis, rq_queues: list[str], interval: float
     scheduler = RQScheduler(rq_queues, connection=connection, serializer=JSONSerializer, interval=1)
     scheduler.log.setLevel(logging.WARNING)
     scheduler.register_birth()
+    queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in rq_queues}
     try:
         while not stop.is_set():
             try:
                 if scheduler.should_reacquire_locks:
                     scheduler.acquire_locks()
                 scheduler.heartbeat()
-                scheduler.enqueue_scheduled_jobs()
+                now = time.time()
+                for name in scheduler.acquired_locks:
+                    rq_backend.enqueue_due(connection, queues[name], now)
             except redis.RedisError as exc:
                 log.warning("scheduler: %s", exc)
             stop.wait(interval)

@@ -227,6 +227,9 @@ class RQBackend(Backend):
         )
         if job.due_at is not None:
             queue.schedule_job(rq_job, not_before(job.due_at), pipeline=pipe, unique=job.unique)
+            # RQ scores in whole seconds; store the exact due time (forgejobs' scheduler scans with it).
+            target = pipe if pipe is not None else self.connection
+            target.zadd(ScheduledJobRegistry(queue=queue).key, {job.job_id: job.due_at.timestamp()}, xx=True)
         else:
             queue.enqueue_job(rq_job, pipeline=pipe, unique=job.unique)
 
@@ -297,6 +300,35 @@ def install_runtime(runtime: Runtime | None) -> None:
     _runtime = runtime
 
 
+class PreciseRetry(Retry):
+    """RQ's Retry, carrying the exact due time; the slot worker stores it over RQ's whole-second score."""
+
+    def __init__(self, max: int, interval: int, due_at: float) -> None:
+        super().__init__(max=max, interval=interval)
+        self.due_at = due_at
+
+
+def enqueue_due(connection: redis.Redis, rq_queue: Queue, now: float) -> int:
+    """Move jobs of one RQ queue whose scheduled time has passed onto the queue. Returns how many.
+
+    RQ's own scheduler compares whole seconds; this compares the exact scores
+    forgejobs writes, so a delayed job or a retry starts within one scan
+    interval of its due time.
+    """
+    registry = ScheduledJobRegistry(queue=rq_queue)
+    job_ids = [i.decode() for i in cast(list[bytes], connection.zrangebyscore(registry.key, 0, now, start=0, num=1000))]
+    if not job_ids:
+        return 0
+    jobs = RQJob.fetch_many(job_ids, connection=connection, serializer=JSONSerializer)
+    with connection.pipeline() as pipe:
+        for job in jobs:
+            if job is not None:
+                rq_queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
+        pipe.zrem(registry.key, *job_ids)
+        pipe.execute()
+    return len(job_ids)
+
+
 class DeadLetteredError(Exception):
     """Raised to RQ so it marks the job failed; the dead letter is already written."""
 
@@ -314,7 +346,7 @@ def perform_envelope(raw: str) -> Any:
     if isinstance(outcome, (RetryOutcome, Aborted)):
         delay = outcome.delay if isinstance(outcome, RetryOutcome) else 0.0
         job.args = [outcome.envelope.encode()]
-        return Retry(max=(job.number_of_retries or 0) + 1, interval=_interval(delay))
+        return PreciseRetry(max=(job.number_of_retries or 0) + 1, interval=_interval(delay), due_at=time.time() + delay)
     assert isinstance(outcome, DeadLettered)
     raise DeadLetteredError(f"{outcome.record.reason.value}: {outcome.record.error}")
 
