@@ -122,46 +122,59 @@ class WorkerProcess:
                 continue
 
 
+def _sample_env(redis_url: str, extra: dict[str, str] | None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FORGEJOBS_REDIS_URL": redis_url,
+        "FORGEJOBS_JOBS": SAMPLE_JOBS,
+        "FORGEJOBS_SPECS": str(SAMPLE_SPECS),
+        "FORGEJOBS_SCHEDULER_INTERVAL": "0.1",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
 @pytest.fixture
-def start_worker(redis_url: str, tmp_path: Path, conn: redis.Redis) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start `forgejobs worker` subprocesses on the test database; all are stopped at teardown."""
+def start_cli(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `forgejobs ARGS...` subprocesses on the test database; all are stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        full_env = {
-            **os.environ,
-            "FORGEJOBS_REDIS_URL": redis_url,
-            "FORGEJOBS_JOBS": SAMPLE_JOBS,
-            "FORGEJOBS_SPECS": str(SAMPLE_SPECS),
-            "FORGEJOBS_SCHEDULER_INTERVAL": "0.1",
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        before = conn.scard("rq:workers")
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log_path = tmp_path / f"process-{len(started)}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "forgejobs.cli", "-v", "worker", *args],
+                [sys.executable, "-m", "forgejobs.cli", "-v", *args],
                 cwd=ROOT,
-                env=full_env,
+                env=_sample_env(redis_url, env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        worker = WorkerProcess(process, log_path)
-        started.append(worker)
+        started.append(WorkerProcess(process, log_path))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_worker(start_cli: Callable[..., WorkerProcess], conn: redis.Redis) -> Callable[..., WorkerProcess]:
+    """Start `forgejobs worker` subprocesses on the test database and wait until they listen."""
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
+        before = conn.scard("rq:workers")
+        worker = start_cli("worker", *args, env=env)
         if ready:
             wait_for(
-                lambda: conn.scard("rq:workers") > before or process.poll() is not None,
+                lambda: conn.scard("rq:workers") > before or worker.process.poll() is not None,
                 timeout=20,
                 what="the worker to register",
             )
-            assert process.poll() is None, f"worker exited early:\n{worker.log()}"
+            assert worker.process.poll() is None, f"worker exited early:\n{worker.log()}"
         return worker
 
-    yield start
-    for worker in started:
-        worker.stop()
+    return start
 
 
 @pytest.fixture

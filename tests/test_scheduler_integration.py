@@ -1,0 +1,90 @@
+"""`forgejobs scheduler` on a real Redis: JSON storage, once per tick across processes, restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from forgejobs import Client, Registry
+from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.rqscheduler import RQSchedulerStore
+from forgejobs.cli import cli
+from forgejobs.scheduling import Repeater
+from forgejobs.specs import Specs
+from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.redis
+
+QUEUE = "rq:queue:fast:p05"
+SCHEDULE = "echo-every-second"  # tests/samplespecs/schedules.yaml: every 1s, overlap allow
+
+
+def tick_ids(conn: redis.Redis) -> list[str]:
+    return [i.decode() for i in conn.lrange(QUEUE, 0, -1)]
+
+
+def test_repeats_and_their_ticks_are_stored_as_json(client: Client, conn: redis.Redis) -> None:
+    store = RQSchedulerStore(conn)
+    repeater = Repeater(client, store)
+    repeater.sync()
+    (raw_id,) = conn.zrange("rq:scheduler:scheduled_jobs", 0, -1)
+    data = conn.hget(f"rq:job:{raw_id.decode()}", "data")
+    assert data is not None
+    func, _instance, args, _kwargs = json.loads(zlib.decompress(data))  # JSON, not pickle
+    assert func.endswith("repeat_placeholder") and args == [SCHEDULE]
+    (tick,) = repeater.run_once(datetime.fromtimestamp(time.time() + 2, UTC))
+    envelope = json.loads(json.loads(zlib.decompress(conn.hget(f"rq:job:{tick.id}", "data")))[2][0])
+    assert envelope["name"] == "fast.echo" and envelope["payload"] == {"text": "tick"}
+
+
+def test_two_scheduler_processes_enqueue_each_tick_once(
+    conn: redis.Redis, start_cli: Callable[..., WorkerProcess]
+) -> None:
+    first = start_cli("scheduler", "--interval", "0.05")
+    second = start_cli("scheduler", "--interval", "0.05")
+    wait_for(lambda: len(tick_ids(conn)) >= 5, timeout=20, what="five ticks")
+    first.stop()
+    second.stop()
+    ids = tick_ids(conn)
+    assert len(ids) == len(set(ids)), f"a tick was enqueued twice: {ids}"
+    seconds = sorted(datetime.strptime(i.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ") for i in ids)
+    gaps = {(b - a).total_seconds() for a, b in zip(seconds, seconds[1:])}
+    assert gaps == {1.0}, f"ticks were skipped or doubled: {seconds}"
+    assert "echo-every-second" in first.log() + second.log()
+
+
+def test_a_restart_neither_duplicates_nor_drops_a_repeat(client: Client, conn: redis.Redis) -> None:
+    store = RQSchedulerStore(conn)
+    assert Repeater(client, store).sync().added == [SCHEDULE]
+    before = store.entries()
+    restarted = Repeater(client, RQSchedulerStore(conn)).sync()
+    assert (restarted.added, restarted.changed, restarted.removed) == ([], [], [])
+    assert store.entries() == before
+    assert conn.zcard("rq:scheduler:scheduled_jobs") == 1
+    # the schedule leaves the specs: the next scheduler to start unregisters it
+    without = Registry([e.job_type for e in client.registry], Specs(queues=client.registry.queues))
+    gone = Client(RQBackend(conn), without)
+    assert Repeater(gone, RQSchedulerStore(conn)).sync().removed == [SCHEDULE]
+    assert conn.zcard("rq:scheduler:scheduled_jobs") == 0
+    assert not conn.keys("rq:job:fj-repeat-*")
+
+
+def test_schedules_command_lists_and_runs(client: Client, conn: redis.Redis, redis_url: str) -> None:
+    env = {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": SAMPLE_JOBS, "FORGEJOBS_SPECS": str(SAMPLE_SPECS)}
+    Repeater(client, RQSchedulerStore(conn)).sync()
+    listing = CliRunner().invoke(cli, ["schedules"], env=env)
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if SCHEDULE in line)
+    assert "every 1s" in row and "schedules.yaml" in row and "never" in row
+    ran = CliRunner().invoke(cli, ["schedules", "run", SCHEDULE], env=env)
+    assert ran.exit_code == 0 and "echo-every-second-manual-" in ran.output
+    assert len(tick_ids(conn)) == 1
+    missing = CliRunner().invoke(cli, ["schedules", "run", "nope"], env=env)
+    assert missing.exit_code == 1 and "no schedule named 'nope'" in missing.output
