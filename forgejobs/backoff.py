@@ -9,6 +9,7 @@ and returns seconds to wait before the next one.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Annotated, Literal, Union
@@ -53,7 +54,10 @@ class Exponential(_Strategy):
     jitter: float = Field(default=0.0, ge=0, le=1)
 
     def delay(self, attempt: int) -> float:
-        value = self.seconds * self.factor ** max(attempt - 1, 0)
+        try:
+            value = self.seconds * self.factor ** max(attempt - 1, 0)
+        except OverflowError:
+            value = math.inf
         if self.jitter:
             value *= random.uniform(1 - self.jitter, 1 + self.jitter)
         if self.max_seconds is not None:

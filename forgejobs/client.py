@@ -101,7 +101,8 @@ class Client:
                 raise TypeError(f"expected a {job_type.__qualname__}, got a {type(item).__qualname__}")
             else:
                 instance = job_type.model_validate(item)  # the Pydantic error names the field
-            payload = instance.__pydantic_serializer__.to_json(instance)
+            # As the worker validates it: field aliases, and no computed fields (extra="forbid" refuses them).
+            payload = instance.__pydantic_serializer__.to_json(instance, by_alias=True, exclude_computed_fields=True)
             if len(payload) > limit:
                 raise PayloadTooLarge(name, len(payload), limit, largest_fields(instance))
             job_id = options.job_id or secrets.token_hex(16)
@@ -150,9 +151,15 @@ class Client:
             raise UnknownJob(f"cannot requeue {job_id}: {exc}") from None
         options = EnqueueOptions(priority=record.priority, job_id=record.id)
         prepared = self.prepare(entry.job_type, entry.options, record.payload, options, self.backend.now())
-        self.backend.forget(job_id)  # the failed job's record, so the id is free again
-        self.backend.enqueue([prepared])
+        # Remove the dead letter first: once enqueued, the job may fail and be dead-lettered again
+        # before a later remove, which would then delete the new record.
         self.backend.dead_letters.remove(job_id)
+        try:
+            self.backend.forget(job_id)  # the failed job's record, so the id is free again
+            self.backend.enqueue([prepared])
+        except Exception:
+            self.backend.dead_letters.add(record)
+            raise
         return JobHandle(self, job_id, entry.job_type)
 
     def requeue_all(self) -> list[JobHandle]:

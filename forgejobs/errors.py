@@ -87,7 +87,7 @@ class RetryLater(ForgeJobsError):
 
     def __init__(self, delay: timedelta | float, reason: str = "") -> None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
+        if not seconds >= 0:  # also refuses NaN
             raise ValueError(f"RetryLater delay must be >= 0, got {seconds}")
         self.delay = seconds
         self.reason = reason

@@ -27,6 +27,9 @@ from .registry import Registry
 log = logging.getLogger("forgejobs.execution")
 
 
+MAX_DELAY = 30 * 86400.0
+"""No retry waits longer than 30 days, whatever a backoff computes."""
+
 MAX_RETRY_LATER = 50
 """RetryLater does not spend an attempt, up to this many times per attempt; beyond it, it does."""
 
@@ -143,12 +146,13 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
     except WorkerShutdown:
         return Aborted(envelope)
     except RetryLater as exc:
+        wait = min(exc.delay, MAX_DELAY)
         snoozes = sum(1 for a in envelope.history if a.attempt == envelope.attempt)
         if snoozes < MAX_RETRY_LATER:
-            return Retry(exc.delay, envelope.next_attempt(describe(exc), exc.delay, counts=False), describe(exc))
+            return Retry(wait, envelope.next_attempt(describe(exc), wait, counts=False), describe(exc))
         error = f"{describe(exc)} (RetryLater {MAX_RETRY_LATER} times on one attempt; counted as a failure)"
         if envelope.attempt < options.attempts:
-            return Retry(exc.delay, envelope.next_attempt(error, exc.delay), error)
+            return Retry(wait, envelope.next_attempt(error, wait), error)
         return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error), exc)
     except Unrecoverable as exc:
         record = _record(envelope, queue, Reason.UNRECOVERABLE, describe(exc), traceback.format_exc())
@@ -156,7 +160,11 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
     except Exception as exc:
         error = describe(exc)
         if envelope.attempt < options.attempts:
-            delay = options.backoff.delay(envelope.attempt)
+            try:
+                delay = min(options.backoff.delay(envelope.attempt), MAX_DELAY)
+            except Exception as backoff_error:  # a custom strategy that raises: keep the job, stop retrying
+                error = f"{error} (and its backoff failed: {describe(backoff_error)})"
+                return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error, traceback.format_exc()), exc)
             ctx.logger.warning(
                 "attempt %d/%d failed, retrying in %.3gs: %s", envelope.attempt, options.attempts, delay, error
             )
@@ -181,7 +189,10 @@ def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
         return execute(raw, runtime, job_id=job_id, queue=queue)  # dead-letters it with the precise reason
     options = entry.options
     if envelope.attempt < options.attempts:
-        delay = options.backoff.delay(envelope.attempt)
+        try:
+            delay = min(options.backoff.delay(envelope.attempt), MAX_DELAY)
+        except Exception:
+            delay = 0.0
         log.warning("%s %s stalled on attempt %d; retrying in %.3gs", envelope.name, job_id, envelope.attempt, delay)
         outcome: Outcome = Retry(delay, envelope.next_attempt(STALL_ERROR, delay), STALL_ERROR)
     else:

@@ -35,6 +35,7 @@ from .worker import SlotWorker, WorkerBase, WorkerStats, make_slot, run_schedule
 log = logging.getLogger("forgejobs.worker")
 
 SCHEDULER = "<scheduler>"
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ProcessWorker(WorkerBase):
         self._children: dict[int, _Child] = {}
         self._stopping = False
         self._signals = 0
+        self._stop_early = False  # set in a child by a SIGTERM that came before its handler
 
     # -- supervisor -------------------------------------------------------------
 
@@ -100,13 +102,20 @@ class ProcessWorker(WorkerBase):
                 os.kill(pid, sig)
 
     def _spawn(self, queue: str, index: int) -> None:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
-            os.close(read_fd)
-            self._child_main(queue, index, write_fd)
-        os.close(write_fd)
-        self._children[pid] = _Child(pid, queue, index, read_fd, time.monotonic())
+        # Signals are blocked across the fork: a SIGTERM arriving in between is then seen by the
+        # supervisor after it has recorded the child (and forwarded to it), and by the child only
+        # once it has its own handler, never by the supervisor's handler running in the child.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child
+                os.close(read_fd)
+                self._child_main(queue, index, write_fd)
+            os.close(write_fd)
+            self._children[pid] = _Child(pid, queue, index, read_fd, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def _reap(self) -> None:
         while self._children:
@@ -127,7 +136,8 @@ class ProcessWorker(WorkerBase):
             log.error("child %d (%s #%d) exited with %s; starting another", pid, child.queue, child.index, code)
             if time.monotonic() - child.started < 1:
                 time.sleep(1)  # do not spin if children die at start
-            self._spawn(child.queue, child.index)
+            if not self._stopping:  # a stop may have come during the pause
+                self._spawn(child.queue, child.index)
 
     def _collect(self, child: _Child) -> None:
         chunks = []
@@ -150,9 +160,10 @@ class ProcessWorker(WorkerBase):
         code = 0
         stats = WorkerStats()
         try:
-            signal.signal(
-                signal.SIGINT, signal.SIG_IGN
-            )  # a terminal's Ctrl+C reaches the supervisor, which forwards it
+            # A terminal's Ctrl+C reaches the supervisor, which forwards it as SIGTERM.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, self._early_stop)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             if queue == SCHEDULER:
                 self._scheduler_child()
             else:
@@ -168,11 +179,18 @@ class ProcessWorker(WorkerBase):
                 logging.shutdown()
                 os._exit(code)
 
+    def _early_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A child's SIGTERM handler until it has set up its own."""
+        self._stop_early = True
+
     def _scheduler_child(self) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        if self._stop_early:
+            stop.set()
         connection = rq_backend.connect(self.settings.redis_url_or_default())
-        run_scheduler(connection, self.rq_queue_names, self.settings.scheduler_interval, stop)
+        # One name per supervisor: a replaced scheduler child refreshes its predecessor's locks.
+        run_scheduler(connection, self.rq_queue_names, self.settings.scheduler_interval, stop, f"{self.name}-scheduler")
 
     def _slot_child(self, queue: str, index: int, stats: WorkerStats) -> None:
         connection = rq_backend.connect(self.settings.redis_url_or_default())
@@ -201,10 +219,14 @@ class ProcessWorker(WorkerBase):
             nonlocal signals
             signals += 1
             slot.stop_after_current()
-            if signals > 1:
+            # Interrupt only a running handler: anywhere else (waiting, RQ's bookkeeping) the job
+            # could be lost, and the loop ends by itself within a second.
+            if signals > 1 and rq_backend.handler_running():
                 raise WorkerShutdown()
 
         signal.signal(signal.SIGTERM, on_term)
+        if self._stop_early:
+            slot.stop_after_current()
         while not slot.stop_requested:
             try:
                 slot.work(burst=False, logging_level="WARNING", with_scheduler=False)

@@ -189,20 +189,33 @@ def make_slot(
     return worker
 
 
-def run_scheduler(connection: redis.Redis, rq_queues: list[str], interval: float, stop: threading.Event) -> None:
+LOCK_RETRY_SECONDS = 2.0
+
+
+def run_scheduler(
+    connection: redis.Redis, rq_queues: list[str], interval: float, stop: threading.Event, name: str | None = None
+) -> None:
     """Move due delayed jobs and retries onto their queues until `stop` is set.
 
     RQ's scheduler takes a lock per queue, so any number of workers can run
-    this loop and each due job is enqueued once.
+    this loop and each due job is enqueued once. Locks not held are retried
+    every LOCK_RETRY_SECONDS (RQ waits 120 s), so when a scheduler stops
+    another takes over within seconds. A stable `name` (per supervisor) lets a
+    restarted scheduler child refresh its predecessor's locks at once.
     """
     scheduler = RQScheduler(rq_queues, connection=connection, serializer=JSONSerializer, interval=1)
+    if name:
+        scheduler.name = name
     scheduler.log.setLevel(logging.WARNING)
     scheduler.register_birth()
     queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in rq_queues}
+    wanted = set(rq_queues)
+    last_try = 0.0
     try:
         while not stop.is_set():
             try:
-                if scheduler.should_reacquire_locks:
+                if set(scheduler.acquired_locks) != wanted and time.monotonic() - last_try >= LOCK_RETRY_SECONDS:
+                    last_try = time.monotonic()
                     scheduler.acquire_locks()
                 scheduler.heartbeat()
                 now = time.time()
@@ -328,6 +341,7 @@ class Worker(WorkerBase):
             threading.Thread(
                 target=run_scheduler,
                 args=(self.connection, self.rq_queue_names, self.settings.scheduler_interval, self._stop),
+                kwargs={"name": f"{self.name}-scheduler"},
                 name=f"{self.name}.scheduler",
                 daemon=True,
             )
@@ -345,8 +359,8 @@ class Worker(WorkerBase):
     def abort(self) -> None:
         """Stop now: running jobs are interrupted and put back on their queue."""
         self.stop()
-        for slot, thread in zip(self._slots, self._threads):
-            if slot.get_state() == WorkerStatus.BUSY and thread.ident is not None:
+        for thread in self._threads:
+            if thread.ident is not None and rq_backend.handler_running(thread.ident):
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(thread.ident), ctypes.py_object(WorkerShutdown)
                 )
@@ -390,6 +404,6 @@ class Worker(WorkerBase):
                 self._stop.wait(0.1)
         finally:
             self.stop()
-            self.join(timeout=30)
+            self.join()  # running jobs finish; a second signal aborts them (see _on_signal)
             rq_backend.install_runtime(None)
         return self.stats

@@ -9,6 +9,7 @@ a higher-priority job is always taken before a lower one.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import zlib
 from collections.abc import Sequence
@@ -257,16 +258,25 @@ class RQBackend(Backend):
         dead_by_queue: dict[str, int] = {}
         for record in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
             dead_by_queue[record.queue or "?"] = dead_by_queue.get(record.queue or "?", 0) + 1
+        # Raw LLEN/ZCARD: RQ's `registry.count` runs its cleanup, which would fail stalled jobs
+        # without the worker's handlers (no retry, no dead letter).
+        registries = (ScheduledJobRegistry, StartedJobRegistry, FinishedJobRegistry)
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for name in rq_queue_names(queue):
+                    q = self.rq_queue(name)
+                    pipe.llen(q.key)
+                    for registry in registries:
+                        pipe.zcard(registry(queue=q).key)
+            counts = iter(int(n) for n in pipe.execute())
         rows = []
         for queue in queues:
-            totals = [0, 0, 0]
-            waiting = 0
-            for name in rq_queue_names(queue):
-                q = self.rq_queue(name)
-                waiting += q.count
-                for i, registry in enumerate((ScheduledJobRegistry, StartedJobRegistry, FinishedJobRegistry)):
-                    totals[i] += registry(queue=q).count
-            rows.append(QueueCounts(queue, waiting, totals[0], totals[1], totals[2], dead_by_queue.get(queue, 0)))
+            totals = [0, 0, 0, 0]
+            for _name in rq_queue_names(queue):
+                for i in range(4):
+                    totals[i] += next(counts)
+            waiting, scheduled, running, finished = totals
+            rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
         return rows
 
     def report_progress(self, job_id: str, value: ProgressValue) -> None:
@@ -292,6 +302,17 @@ def _last_line(result: Any) -> str | None:
 # -- the worker side ----------------------------------------------------------------
 
 _runtime: Runtime | None = None
+_running: set[int] = set()  # idents of threads inside a handler right now
+
+
+def handler_running(thread_id: int | None = None) -> bool:
+    """Whether a thread (default: this one) is inside `perform_envelope`'s execution right now.
+
+    A second SIGTERM aborts a job only then; anywhere else (waiting for work,
+    RQ's bookkeeping) interrupting could lose the job, so the worker just stops
+    after it.
+    """
+    return (thread_id if thread_id is not None else threading.get_ident()) in _running
 
 
 def install_runtime(runtime: Runtime | None) -> None:
@@ -340,7 +361,12 @@ def perform_envelope(raw: str) -> Any:
     job = get_current_job()
     assert job is not None
     queue, _priority = split_rq_queue_name(job.origin)
-    outcome = execute(raw, _runtime, job_id=job.id, queue=queue)
+    me = threading.get_ident()
+    _running.add(me)
+    try:
+        outcome = execute(raw, _runtime, job_id=job.id, queue=queue)
+    finally:
+        _running.discard(me)
     if isinstance(outcome, Succeeded):
         return outcome.value
     if isinstance(outcome, (RetryOutcome, Aborted)):

@@ -1,0 +1,115 @@
+"""Regressions for bugs found in review: each test failed before its fix."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from functools import cached_property
+
+import pytest
+import redis
+from pydantic import Field, computed_field
+
+from forgejobs import Client, Context, Job, Reason, RetryLater, Status, backoff
+from forgejobs.testing import FakeQueue
+from tests.conftest import WorkerProcess, wait_for
+from tests.samplejobs.basic import Echo
+
+
+class Aliased(Job, queue="reports"):
+    user_id: str = Field(alias="userId")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @cached_property
+    def shout(self) -> str:
+        return self.user_id.upper()
+
+    def perform(self, ctx: Context) -> str:
+        return self.shout
+
+
+def test_aliased_and_computed_fields_survive_the_round_trip() -> None:
+    with FakeQueue() as queue:
+        handle = Aliased.enqueue(userId="u1")
+        assert queue.drain().succeeded == 1
+        assert handle.result() == "U1"
+
+
+def test_a_huge_exponential_backoff_is_capped_not_an_overflow() -> None:
+    assert backoff.exponential(1, factor=3).delay(700) == float("inf")
+    assert backoff.exponential(1, factor=3, max_seconds=60).delay(700) == 60
+
+
+def broken_backoff(attempt: int) -> float:
+    raise ZeroDivisionError("bad strategy")
+
+
+class BadBackoff(Job, queue="reports", attempts=3, backoff=backoff.custom(broken_backoff)):
+    def perform(self, ctx: Context) -> None:
+        raise RuntimeError("handler failed")
+
+
+def test_a_backoff_that_raises_dead_letters_the_job_with_its_payload() -> None:
+    with FakeQueue() as queue:
+        BadBackoff.enqueue()
+        assert queue.drain(raise_on_failure=False).failed == 1
+        (record,) = queue.dead_letters()
+        assert record.reason is Reason.EXHAUSTED and record.requeueable
+        assert "handler failed" in record.error and "bad strategy" in record.error
+
+
+class Snoozer(Job, queue="reports", attempts=2):
+    def perform(self, ctx: Context) -> None:
+        raise RetryLater(timedelta(days=10_000))
+
+
+def test_retry_later_waits_are_capped_at_thirty_days() -> None:
+    with FakeQueue() as queue:
+        start = queue.clock.now()
+        Snoozer.enqueue()
+        with pytest.raises(AssertionError, match="drain stopped after 2 jobs"):
+            queue.drain(max_jobs=2)
+        assert queue.clock.now() - start == timedelta(days=30)
+
+
+@pytest.mark.redis
+def test_info_does_not_fail_a_stalled_job_behind_the_workers_back(client: Client, conn: redis.Redis) -> None:
+    handle = Echo.enqueue(text="x")
+    conn.lrem("rq:queue:fast:p05", 0, handle.id)
+    conn.zadd("rq:wip:fast:p05", {f"{handle.id}:exec1": time.time() - 3600})  # a dead worker's entry
+    client.backend.counts(["fast"])
+    assert conn.zcard("rq:wip:fast:p05") == 1  # RQ's cleanup did not run
+    assert handle.status() is Status.QUEUED
+
+
+@pytest.mark.redis
+def test_sigterm_during_child_start_up_still_stops_the_worker(start_worker: Callable[..., WorkerProcess]) -> None:
+    worker = start_worker(
+        "--queues",
+        "fast",
+        "--concurrency",
+        "3",
+        env={"FORGEJOBS_RESOURCES": "tests.samplejobs.slowresources:build"},
+        ready=False,
+    )
+    time.sleep(0.5)  # the children are inside their 2 s resources factory
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert "aborting" not in worker.log()
+
+
+@pytest.mark.redis
+def test_a_stopped_scheduler_is_replaced_within_seconds(
+    client: Client, start_worker: Callable[..., WorkerProcess], conn: redis.Redis
+) -> None:
+    first = start_worker("--queues", "fast", "--concurrency", "1")
+    wait_for(lambda: conn.exists("rq:scheduler-lock:fast:p05"), timeout=10, what="the first scheduler's lock")
+    start_worker("--queues", "fast", "--concurrency", "1")
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=15) == 0
+    enqueued = time.time()
+    handle = Echo.with_options(delay=1).enqueue(text="late?")
+    assert handle.result(timeout=15).text == "late?"
+    assert time.time() - enqueued < 6  # RQ alone waits 120 s before trying the lock again
