@@ -98,6 +98,25 @@ def check(settings: Settings) -> None:
         count = sum(1 for e in registry if e.options.queue == name)
         queues.add_row(name, str(spec.concurrency), str(count))
     console.print(queues)
+    if registry.schedules:
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        table = Table(title="schedules")
+        for column in ("schedule", "job", "when", "overlap", "catch up", "next run (UTC)", "source"):
+            table.add_column(column, overflow="fold")
+        for name, scheduled in sorted(registry.schedules.items()):
+            when = scheduled.schedule
+            table.add_row(
+                name,
+                scheduled.job_type.job_name(),
+                when.describe(),
+                when.overlap,
+                when.catch_up,
+                when.next_after(now).strftime("%Y-%m-%d %H:%M:%S"),
+                scheduled.source,
+            )
+        console.print(table)
     console.print("[green]ok[/]")
 
 

@@ -84,8 +84,9 @@ class Client:
         # are validated against patterns without quotes or backslashes, so they need no escaping.
         head = f'{{"v":{VERSION},"id":"'
         middle = f'","name":"{name}","payload":'
+        extra = f',"scheduled_for":"{options.scheduled_for.isoformat()}"' if options.scheduled_for else ""
         tail = (
-            f',"options":{{"queue":"{queue}","priority":{priority}}},"attempt":1,'
+            f',"options":{{"queue":"{queue}","priority":{priority}{extra}}},"attempt":1,'
             f'"history":[],"enqueued_at":"{now.isoformat()}"}}'
         )
         due_at = options.due_at(now)

@@ -38,6 +38,7 @@ class Context:
     attempt: int = 1
     max_attempts: int = 1
     enqueued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    scheduled_for: datetime | None = None  # the repeat tick, for jobs a scheduler enqueued
     resources: Any = None
     logger: JobLogger = field(init=False)
     _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)

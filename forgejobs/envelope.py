@@ -40,6 +40,14 @@ class Envelope(BaseModel):
     history: list[AttemptRecord] = Field(default_factory=list)
     enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
+    def scheduled_for(self) -> datetime | None:
+        """The repeat tick this job was enqueued for, if a scheduler enqueued it."""
+        value = self.options.get("scheduled_for")
+        try:
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
     def encode(self) -> str:
         return self.model_dump_json()
 

@@ -138,6 +138,7 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         attempt=envelope.attempt,
         max_attempts=options.attempts,
         enqueued_at=envelope.enqueued_at,
+        scheduled_for=envelope.scheduled_for(),
         resources=runtime.resources,
         _report_progress=_progress_reporter(runtime, envelope.id),
     )

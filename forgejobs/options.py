@@ -92,12 +92,14 @@ class EnqueueOptions(BaseModel):
     job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
     """Your own id. While a job with this id is still known (pending, or kept for its result/failure TTL),
     enqueueing it again stores nothing and returns a handle to the existing job (`handle.existing`)."""
+    scheduled_for: datetime | None = None
+    """The tick a repeat fired for (set by the scheduler; handlers read it as `ctx.scheduled_for`)."""
 
-    @field_validator("at")
+    @field_validator("at", "scheduled_for")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("'at' must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            raise ValueError("datetimes must be timezone-aware (e.g. datetime.now(timezone.utc))")
         return value
 
     def model_post_init(self, __context: Any) -> None:

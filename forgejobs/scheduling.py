@@ -169,7 +169,7 @@ class Repeater:
                 log.warning("%s tick %s %s", scheduled.name, tick.isoformat(), note)
                 self.store.record(scheduled.name, LastRun(tick=tick, job_id=last.job_id, fired_at=now, note=note))
                 return None
-        handle = self._enqueue(scheduled, tick_id(scheduled.name, tick))
+        handle = self._enqueue(scheduled, tick_id(scheduled.name, tick), tick)
         self.store.record(scheduled.name, LastRun(tick=tick, job_id=handle.id, fired_at=now))
         if not handle.existing:
             log.info("%s: enqueued tick %s as %s", scheduled.name, tick.isoformat(), handle.id)
@@ -183,12 +183,12 @@ class Repeater:
             known = ", ".join(sorted(self.schedules)) or "none"
             raise KeyError(f"no schedule named {name!r} (known: {known})")
         stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
-        handle = self._enqueue(scheduled, f"{id_part(name)}-manual-{stamp}")
+        handle = self._enqueue(scheduled, f"{id_part(name)}-manual-{stamp}", now)
         self.store.record(name, LastRun(tick=now, job_id=handle.id, fired_at=now, note="manual"))
         return handle
 
-    def _enqueue(self, scheduled: ScheduledJob, job_id: str) -> JobHandle:
-        options = EnqueueOptions(job_id=job_id)
+    def _enqueue(self, scheduled: ScheduledJob, job_id: str, tick: datetime) -> JobHandle:
+        options = EnqueueOptions(job_id=job_id, scheduled_for=tick)
         return self.client.enqueue(scheduled.job_type, [scheduled.payload], options)[0]
 
 

@@ -36,6 +36,8 @@ def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str) -> None:
     assert f"configured Redis at {redis_url}" in out
     assert "succeeded 9, retried 1, dead-lettered 1" in out
     assert "outbox: 3 messages" in out and "webhook receiver got 3 deliveries" in out
+    # the declared cron job, end to end: its next tick fired once, worked, and aggregated this run's audit events
+    assert "usage_aggregate-daily-usage-" in out and "succeeded, counts {'user.signed_up': 2, 'demo.delayed': 1}" in out
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")

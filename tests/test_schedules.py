@@ -268,3 +268,19 @@ def test_run_now_fires_outside_the_ticks(sweep_repeater: tuple[FakeQueue, Repeat
     assert repeater.store.last_run("files.sweep").note == "manual"  # type: ignore[union-attr]
     with pytest.raises(KeyError, match="no schedule named 'nope'"):
         repeater.run_now("nope")
+
+
+class Stamp(Job, queue="usage", every=timedelta(hours=1)):
+    def perform(self, ctx: Context) -> str | None:
+        return ctx.scheduled_for.isoformat() if ctx.scheduled_for else None
+
+
+def test_each_caught_up_tick_knows_which_tick_it_is() -> None:
+    caught_up = ScheduleSpec(job="usage.stamp", every=timedelta(hours=1), catch_up="all", overlap="allow")
+    registry = Registry([Stamp], Specs(queues=QUEUES, schedules={"usage.stamp": caught_up}))
+    with FakeQueue(registry) as queue:
+        repeater = Repeater(queue.client, MemoryRepeatStore())
+        repeater.sync(utc(2026, 1, 1, 0, 30))
+        handles = repeater.run_once(utc(2026, 1, 1, 3, 30))  # down since 00:30: ticks 01:00, 02:00, 03:00
+        queue.drain()
+        assert [h.result() for h in handles] == [utc(2026, 1, 1, h).isoformat() for h in (1, 2, 3)]
