@@ -45,7 +45,10 @@ def load_resources(settings: Settings) -> Any:
     path = settings.resources
     if path is None:
         module_name = f"{settings.jobs}.resources"
-        if importlib.util.find_spec(settings.jobs) is None or importlib.util.find_spec(module_name) is None:
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                return None
+        except ModuleNotFoundError:  # FORGEJOBS_JOBS names a module, not a package, or is missing
             return None
         path = f"{module_name}:build"
     module_name, _, attr = path.partition(":")

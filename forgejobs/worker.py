@@ -218,9 +218,9 @@ def run_scheduler(
                     last_try = time.monotonic()
                     scheduler.acquire_locks()
                 scheduler.heartbeat()
-                now = time.time()
-                for name in scheduler.acquired_locks:
-                    rq_backend.enqueue_due(connection, queues[name], now)
+                held = [queues[name] for name in scheduler.acquired_locks]
+                if held:
+                    rq_backend.enqueue_due(connection, held, time.time())
             except redis.RedisError as exc:
                 log.warning("scheduler: %s", exc)
             stop.wait(interval)

@@ -329,25 +329,32 @@ class PreciseRetry(Retry):
         self.due_at = due_at
 
 
-def enqueue_due(connection: redis.Redis, rq_queue: Queue, now: float) -> int:
-    """Move jobs of one RQ queue whose scheduled time has passed onto the queue. Returns how many.
+def enqueue_due(connection: redis.Redis, rq_queues: Sequence[Queue], now: float) -> int:
+    """Move jobs whose scheduled time has passed onto their queues. Returns how many.
 
     RQ's own scheduler compares whole seconds; this compares the exact scores
     forgejobs writes, so a delayed job or a retry starts within one scan
-    interval of its due time.
+    interval of its due time. One round trip finds the due ids of every queue.
     """
-    registry = ScheduledJobRegistry(queue=rq_queue)
-    job_ids = [i.decode() for i in cast(list[bytes], connection.zrangebyscore(registry.key, 0, now, start=0, num=1000))]
-    if not job_ids:
-        return 0
-    jobs = RQJob.fetch_many(job_ids, connection=connection, serializer=JSONSerializer)
-    with connection.pipeline() as pipe:
-        for job in jobs:
-            if job is not None:
-                rq_queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
-        pipe.zrem(registry.key, *job_ids)
-        pipe.execute()
-    return len(job_ids)
+    registries = [ScheduledJobRegistry(queue=q) for q in rq_queues]
+    with connection.pipeline(transaction=False) as pipe:
+        for registry in registries:
+            pipe.zrangebyscore(registry.key, 0, now, start=0, num=1000)
+        found = cast(list[list[bytes]], pipe.execute())
+    moved = 0
+    for rq_queue, registry, raw_ids in zip(rq_queues, registries, found):
+        if not raw_ids:
+            continue
+        job_ids = [i.decode() for i in raw_ids]
+        jobs = RQJob.fetch_many(job_ids, connection=connection, serializer=JSONSerializer)
+        with connection.pipeline() as pipe:
+            for job in jobs:
+                if job is not None:
+                    rq_queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
+            pipe.zrem(registry.key, *job_ids)
+            pipe.execute()
+        moved += len(job_ids)
+    return moved
 
 
 class DeadLetteredError(Exception):
