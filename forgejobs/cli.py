@@ -150,11 +150,14 @@ def info(settings: Settings) -> None:
     with _errors():
         client = _client(settings)
         rows = client.backend.counts(sorted(client.registry.queues))
+        paused = client.paused()
     table = Table(title=f"queues on {settings.redis_url_or_default()}")
-    for column in ("queue", "waiting", "scheduled", "running", "finished", "dead"):
-        table.add_column(column, justify="right" if column != "queue" else "left")
+    for column in ("queue", "waiting", "scheduled", "running", "finished", "dead", "state"):
+        table.add_column(column, justify="left" if column in ("queue", "state") else "right")
     for row in rows:
-        table.add_row(row.queue, *(str(v) for v in (row.waiting, row.scheduled, row.running, row.finished, row.failed)))
+        state = "paused" if row.queue in paused else "active"
+        counts = (row.waiting, row.scheduled, row.running, row.finished, row.failed)
+        table.add_row(row.queue, *(str(v) for v in counts), state)
     console.print(table)
 
 
@@ -295,6 +298,55 @@ def schedules_run(settings: Settings, name: str) -> None:
         except KeyError as exc:
             _fail(str(exc.args[0]))
     console.print(f"enqueued {name} as {handle.id}")
+
+
+@cli.group()
+def queue() -> None:
+    """Pause, resume, drain or obliterate a queue."""
+
+
+@queue.command("pause")
+@click.argument("name")
+@click.pass_obj
+def queue_pause(settings: Settings, name: str) -> None:
+    """Workers stop taking NAME's jobs (in every process, within a second); enqueueing goes on."""
+    with _errors():
+        _client(settings).pause(name)
+    console.print(f"paused {name}")
+
+
+@queue.command("resume")
+@click.argument("name")
+@click.pass_obj
+def queue_resume(settings: Settings, name: str) -> None:
+    """Workers take NAME's jobs again."""
+    with _errors():
+        _client(settings).resume(name)
+    console.print(f"resumed {name}")
+
+
+@queue.command("drain")
+@click.argument("name")
+@click.pass_obj
+def queue_drain(settings: Settings, name: str) -> None:
+    """Delete NAME's waiting and scheduled jobs; running ones finish."""
+    with _errors():
+        count = _client(settings).drain(name)
+    console.print(f"drained {name}: {count} job(s) deleted")
+
+
+@queue.command("obliterate")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Even while jobs of NAME are running.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_obj
+def queue_obliterate(settings: Settings, name: str, force: bool, yes: bool) -> None:
+    """Delete every job, result and dead letter of NAME."""
+    if not yes and not click.confirm(f"delete everything queue {name} holds?"):
+        return
+    with _errors():
+        count = _client(settings).obliterate(name, force=force)
+    console.print(f"obliterated {name}: {count} job(s) deleted")
 
 
 @cli.group()

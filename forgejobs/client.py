@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .backends.base import Backend, Prepared
 from .deadletter import DeadLetter
 from .envelope import VERSION
-from .errors import NoSuchJob, PayloadTooLarge, UnknownJob
+from .errors import ForgeJobsError, NoSuchJob, PayloadTooLarge, UnknownJob
 from .job import Job
 from .options import EnqueueOptions, JobOptions
 from .registry import Registry
@@ -172,6 +172,34 @@ class Client:
 
     def purge_dead_letters(self) -> int:
         return self.backend.dead_letters.purge()
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def _declared(self, queue: str) -> str:
+        if queue not in self.registry.queues:
+            raise UnknownJob(f"no queue named {queue!r}; declared: {', '.join(sorted(self.registry.queues))}")
+        return queue
+
+    def pause(self, queue: str) -> None:
+        """Workers of `queue`, in every process, stop taking new jobs (within a second); enqueueing goes on."""
+        self.backend.set_paused(self._declared(queue), True)
+
+    def resume(self, queue: str) -> None:
+        self.backend.set_paused(self._declared(queue), False)
+
+    def paused(self) -> set[str]:
+        return self.backend.paused()
+
+    def drain(self, queue: str) -> int:
+        """Delete the queue's waiting and scheduled jobs (running ones finish). Returns how many."""
+        return self.backend.drain(self._declared(queue))
+
+    def obliterate(self, queue: str, *, force: bool = False) -> int:
+        """Delete every job, result and dead letter of `queue`. Refuses while jobs run, unless `force`."""
+        running = getattr(self.backend, "running", lambda q: 0)(self._declared(queue))
+        if running and not force:
+            raise ForgeJobsError(f"{queue} has {running} running job(s); wait, or pass force=True (--force)")
+        return self.backend.obliterate(queue)
 
     def close(self) -> None:
         self.backend.close()

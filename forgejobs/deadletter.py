@@ -25,7 +25,7 @@ class Reason(StrEnum):
     INVALID_PAYLOAD = "invalid-payload"  # the payload does not validate against the job model
     CORRUPT = "corrupt"  # the stored bytes are not an envelope
     BAD_RESULT = "bad-result"  # perform returned something that is not JSON
-    STALLED = "stalled"  # its worker died while running it, on the last attempt
+    STALLED = "stalled"  # its worker died while running it: on the last attempt, or once too often
 
 
 class DeadLetter(BaseModel):

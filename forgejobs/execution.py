@@ -182,14 +182,16 @@ STALL_ERROR = "stalled: the worker running it stopped (killed, crashed or lost)"
 
 
 def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
-    """The worker running this job died mid-job. That uses up the attempt: retry per backoff, or dead-letter."""
+    """The worker running this job died mid-job. That uses up the attempt: retry per backoff, or dead-letter
+    (as `stalled`) when attempts are spent or the job has already stalled `max_stalled` times."""
     try:
         envelope = decode(raw)
         entry = runtime.registry.resolve(envelope.name)
     except (EnvelopeError, UnknownJob):
         return execute(raw, runtime, job_id=job_id, queue=queue)  # dead-letters it with the precise reason
     options = entry.options
-    if envelope.attempt < options.attempts:
+    stalls_before = sum(1 for a in envelope.history if a.error.startswith(STALL_ERROR))
+    if envelope.attempt < options.attempts and stalls_before < options.max_stalled:
         try:
             delay = min(options.backoff.delay(envelope.attempt), MAX_DELAY)
         except Exception:

@@ -29,6 +29,11 @@ def rq_job_key(job_id: str) -> str:
     return f"rq:job:{job_id}"
 
 
+def rq_results_key(job_id: str) -> str:
+    """RQ's stream of results for one job (RQ's own naming)."""
+    return f"rq:results:{job_id}"
+
+
 def split_rq_queue_name(name: str) -> tuple[str, int]:
     queue, _, p = name.rpartition(":p")
     return queue, int(p)
@@ -46,6 +51,15 @@ class Keys:
     def dead_record(self, job_id: str) -> str:
         """String: one dead letter as JSON."""
         return f"{self.prefix}:dead:{job_id}"
+
+    @property
+    def paused(self) -> str:
+        """Set of queue names whose workers take no new jobs."""
+        return f"{self.prefix}:paused"
+
+    def lease(self, job_id: str) -> str:
+        """String with a TTL: "a live worker is running this job"; refreshed by its heartbeat."""
+        return f"{self.prefix}:lease:{job_id}"
 
     def progress(self, job_id: str) -> str:
         return f"{self.prefix}:progress:{job_id}"

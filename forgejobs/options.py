@@ -40,6 +40,7 @@ class JobOptions(BaseModel):
     max_payload_bytes: int = Field(default=16 * 1024, ge=64)
     result_ttl: Duration = timedelta(hours=1)
     failure_ttl: Duration = timedelta(days=7)
+    max_stalled: int = Field(default=1, ge=0, le=100)
     schedule: Schedule | None = None
 
     @field_validator("timeout", "result_ttl", "failure_ttl")
@@ -69,6 +70,7 @@ class JobOverride(BaseModel):
     max_payload_bytes: int | None = Field(default=None, ge=64)
     result_ttl: Duration | None = None
     failure_ttl: Duration | None = None
+    max_stalled: int | None = Field(default=None, ge=0, le=100)
 
     @field_validator("timeout", "result_ttl", "failure_ttl")
     @classmethod

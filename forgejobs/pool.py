@@ -25,9 +25,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
+from rq import Queue
+
 from .backends import rq as rq_backend
+from .backends.leases import LeaseKeeper, reap
 from .client import Client, set_client
 from .execution import Outcome, Runtime, WorkerShutdown
+from .keys import Keys
 from .registry import Registry
 from .settings import Settings, load_resources
 from .worker import SlotWorker, WorkerBase, WorkerStats, make_slot, run_scheduler
@@ -189,12 +193,23 @@ class ProcessWorker(WorkerBase):
         if self._stop_early:
             stop.set()
         connection = rq_backend.connect(self.settings.redis_url_or_default())
+        keys = Keys(self.settings.key_prefix)
+        backend = rq_backend.RQBackend(connection, keys, dead_letter_limit=self.settings.dead_letter_limit)
+        runtime = Runtime(self.registry, backend.dead_letters)
+        timeout = self.settings.stall_timeout
+
+        def reaper(queues: list[Queue]) -> None:
+            reap(connection, queues, runtime, keys, timeout)
+
         # One name per supervisor: a replaced scheduler child refreshes its predecessor's locks.
-        run_scheduler(connection, self.rq_queue_names, self.settings.scheduler_interval, stop, f"{self.name}-scheduler")
+        run_scheduler(
+            connection, self.rq_queue_names, self.settings.scheduler_interval, stop, f"{self.name}-scheduler", reaper
+        )
 
     def _slot_child(self, queue: str, index: int, stats: WorkerStats) -> None:
         connection = rq_backend.connect(self.settings.redis_url_or_default())
-        backend = rq_backend.RQBackend(connection, dead_letter_limit=self.settings.dead_letter_limit)
+        keys = Keys(self.settings.key_prefix)
+        backend = rq_backend.RQBackend(connection, keys, dead_letter_limit=self.settings.dead_letter_limit)
 
         def on_outcome(name: str, outcome: Outcome) -> None:
             stats.add_outcome(outcome)
@@ -212,6 +227,8 @@ class ProcessWorker(WorkerBase):
             queue,
             f"{self.name}.{queue}.{index}.{os.getpid()}",  # unique: a replaced child's record may still be live
             on_dead=lambda: stats.add("dead"),
+            lease_keeper=LeaseKeeper(connection, keys, self.settings.stall_timeout),
+            keys=keys,
         )
         signals = 0
 

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="'module:function' building the object handlers see as ctx.resources; "
         "unset: '<jobs>.resources:build' if that module exists.",
     )
+    stall_timeout: float = Field(
+        default=20.0,
+        ge=2,
+        le=3600,
+        description="Seconds without a heartbeat after which a running job counts as stalled (its worker died).",
+    )
     dead_letter_limit: int = Field(default=10_000, ge=1, description="Dead letters kept; the oldest go first.")
 
     def redis_url_or_default(self) -> str:

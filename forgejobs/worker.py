@@ -21,6 +21,7 @@ again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -45,11 +46,12 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from .backends import rq as rq_backend
+from .backends.leases import LeaseKeeper, reap
 from .client import Client, set_client
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .errors import ForgeJobsError
 from .execution import Outcome, Runtime, WorkerShutdown
-from .keys import rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
+from .keys import Keys, rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
 from .registry import Registry
 from .settings import Settings, load_resources
 from .timeouts import WatchdogDeathPenalty
@@ -96,6 +98,21 @@ class SlotWorker(SimpleWorker):
     """
 
     on_unreadable: Callable[[str, str, Exception], None] | None = None
+    lease_keeper: LeaseKeeper | None = None
+    is_paused: Callable[[], bool] | None = None
+
+    def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
+        # The lease exists before RQ lists the job as started, so the reaper never sees one without the other.
+        if self.lease_keeper is not None:
+            self.lease_keeper.take(job.id, self.name)
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+    def perform_job(self, job: RQJob, queue: Queue) -> bool:
+        try:
+            return bool(super().perform_job(job, queue))
+        finally:
+            if self.lease_keeper is not None:
+                self.lease_keeper.release(job.id)
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -122,6 +139,12 @@ class SlotWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         while True:
+            if self.is_paused is not None and self.is_paused():
+                if self._stop_requested or timeout is None:
+                    return None
+                self.heartbeat()
+                time.sleep(min(1.0, timeout))  # paused: take nothing, look again in a second
+                continue
             try:
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time or timeout)
                 if result is not None or self._stop_requested or max_idle_time is not None or timeout is None:
@@ -132,6 +155,26 @@ class SlotWorker(SimpleWorker):
                 if job_id is None or self.on_unreadable is None:
                     raise
                 self.on_unreadable(str(job_id), getattr(queue, "name", "?"), exc)
+
+
+class PauseFlag:
+    """Whether a queue is paused, read from Redis at most once a second (no per-job cost)."""
+
+    def __init__(self, connection: redis.Redis, keys: Keys, queue: str, every: float = 1.0) -> None:
+        self.connection = connection
+        self.key = keys.paused
+        self.queue = queue
+        self.every = every
+        self._value = False
+        self._read_at = float("-inf")
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self._read_at >= self.every:
+            # On a Redis error keep the last known state; RQ's own loop reports the connection problem.
+            with contextlib.suppress(redis.RedisError):
+                self._value = bool(self.connection.sismember(self.key, self.queue))
+            self._read_at = time.monotonic()
+        return self._value
 
 
 class ThreadSlotWorker(SlotWorker):
@@ -159,6 +202,8 @@ def make_slot(
     queue: str,
     name: str,
     on_dead: Callable[[], None] | None = None,
+    lease_keeper: LeaseKeeper | None = None,
+    keys: Keys | None = None,
 ) -> SlotWorker:
     """One RQ worker listening to `queue`'s priority sub-queues, highest first."""
 
@@ -185,6 +230,8 @@ def make_slot(
         exception_handlers=[exception_handler],
     )
     worker.on_unreadable = unreadable
+    worker.lease_keeper = lease_keeper
+    worker.is_paused = PauseFlag(connection, Keys() if keys is None else keys, queue)
     worker.log_result_lifespan = False
     return worker
 
@@ -192,8 +239,16 @@ def make_slot(
 LOCK_RETRY_SECONDS = 2.0
 
 
+REAP_SECONDS = 1.0
+
+
 def run_scheduler(
-    connection: redis.Redis, rq_queues: list[str], interval: float, stop: threading.Event, name: str | None = None
+    connection: redis.Redis,
+    rq_queues: list[str],
+    interval: float,
+    stop: threading.Event,
+    name: str | None = None,
+    reaper: Callable[[list[Queue]], object] | None = None,
 ) -> None:
     """Move due delayed jobs and retries onto their queues until `stop` is set.
 
@@ -210,7 +265,7 @@ def run_scheduler(
     scheduler.register_birth()
     queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in rq_queues}
     wanted = set(rq_queues)
-    last_try = 0.0
+    last_try = last_reap = 0.0
     try:
         while not stop.is_set():
             try:
@@ -221,6 +276,9 @@ def run_scheduler(
                 held = [queues[name] for name in scheduler.acquired_locks]
                 if held:
                     rq_backend.enqueue_due(connection, held, time.time())
+                    if reaper is not None and time.monotonic() - last_reap >= REAP_SECONDS:
+                        last_reap = time.monotonic()
+                        reaper(held)
             except redis.RedisError as exc:
                 log.warning("scheduler: %s", exc)
             stop.wait(interval)
@@ -289,7 +347,9 @@ class Worker(WorkerBase):
         if resources is None:
             resources = load_resources(settings)
         self.connection = connection or rq_backend.connect(settings.redis_url_or_default())
-        self.backend = rq_backend.RQBackend(self.connection, dead_letter_limit=settings.dead_letter_limit)
+        self.keys = Keys(settings.key_prefix)
+        self.backend = rq_backend.RQBackend(self.connection, self.keys, dead_letter_limit=settings.dead_letter_limit)
+        self.leases = LeaseKeeper(self.connection, self.keys, settings.stall_timeout)
         self._user_on_outcome = on_outcome
         self.runtime = Runtime(
             registry=registry,
@@ -332,6 +392,8 @@ class Worker(WorkerBase):
                     queue,
                     f"{self.name}.{queue}.{index}",
                     on_dead=lambda: self.stats.add("dead"),
+                    lease_keeper=self.leases,
+                    keys=self.keys,
                 )
                 self._slots.append(slot)
                 self._threads.append(
@@ -341,7 +403,7 @@ class Worker(WorkerBase):
             threading.Thread(
                 target=run_scheduler,
                 args=(self.connection, self.rq_queue_names, self.settings.scheduler_interval, self._stop),
-                kwargs={"name": f"{self.name}-scheduler"},
+                kwargs={"name": f"{self.name}-scheduler", "reaper": self._reap},
                 name=f"{self.name}.scheduler",
                 daemon=True,
             )
@@ -349,6 +411,9 @@ class Worker(WorkerBase):
         for thread in self._threads:
             thread.start()
         log.info("worker %s (threads) serving %s", self.name, self.describe())
+
+    def _reap(self, queues: list[Queue]) -> None:
+        reap(self.connection, queues, self.runtime, self.keys, self.settings.stall_timeout)
 
     def stop(self) -> None:
         """Finish running jobs, then stop."""

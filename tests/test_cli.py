@@ -83,7 +83,7 @@ def test_info_counts_per_queue(redis_url: str, client: Client) -> None:
     code, out = run_cli("info", env=sample_env(redis_url))
     assert code == 0, out
     fast = next(line for line in out.splitlines() if "fast" in line)
-    assert [cell.strip() for cell in fast.split("│")[1:-1]] == ["fast", "3", "1", "0", "0", "0"]
+    assert [cell.strip() for cell in fast.split("│")[1:-1]] == ["fast", "3", "1", "0", "0", "0", "active"]
 
 
 def test_dead_letters_from_the_command_line(redis_url: str, client: Client) -> None:

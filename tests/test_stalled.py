@@ -1,8 +1,7 @@
 """A job whose worker dies mid-job is retried (or dead-lettered as stalled), never lost.
 
-How fast RQ notices a dead worker is the operating-features issue's business;
-here RQ's cleanup is run directly with a far-future clock, as its maintenance
-pass would run it later.
+Two detectors: forgejobs' leases (a reaper notices within the stall timeout),
+and RQ's own maintenance pass (run here directly with a far-future clock).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import json
 import os
 import signal
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from forgejobs import Client, Reason, Registry, Status
 from forgejobs.backends import rq as rq_backend
-from forgejobs.execution import Runtime
+from forgejobs.execution import STALL_ERROR, Runtime
 from forgejobs.worker import SlotWorker, make_slot
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.basic import Slow
@@ -76,8 +76,6 @@ def test_a_job_stalled_on_its_last_attempt_is_dead_lettered_as_stalled(
     path = tmp_path / "slow.jsonl"
     handle = Slow.with_options(job_id="stalls-once").enqueue(path=str(path), seconds=30)
     # Pretend attempt 1 already stalled: rewrite the stored envelope to attempt 2 of 2.
-    import zlib
-
     data = json.loads(zlib.decompress(conn.hget("rq:job:stalls-once", "data")))
     envelope = json.loads(data[2][0])
     envelope["attempt"] = 2
@@ -91,3 +89,43 @@ def test_a_job_stalled_on_its_last_attempt_is_dead_lettered_as_stalled(
     record = client.dead_letter("stalls-once")
     assert record.reason is Reason.STALLED
     assert record.payload == {"path": str(path), "seconds": 30.0}
+
+
+def test_a_sigkilled_worker_s_job_is_finished_by_another_within_the_stall_timeout(
+    client: Client, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    from rq import Worker as RQWorker
+
+    from tests.samplejobs.basic import SlowFirstAttempt
+
+    path = tmp_path / "slow.jsonl"
+    start_worker("--queues", "slow", "--concurrency", "2", env={"FORGEJOBS_STALL_TIMEOUT": "3"})
+    handle = SlowFirstAttempt.enqueue(path=str(path))
+    wait_for(lambda: notes(path), timeout=15, what="attempt 1 to start")
+    (child,) = [w for w in RQWorker.all(connection=conn) if w.get_current_job_id() == handle.id]
+    killed = time.monotonic()
+    os.kill(child.pid, signal.SIGKILL)
+    assert handle.result(timeout=20) == 2
+    recovery = time.monotonic() - killed
+    print(f"stalled job finished by another worker {recovery:.2f} s after SIGKILL (stall timeout 3 s)")
+    assert recovery < 3 + 3  # the lease's TTL, plus a reaper pass and the run
+    assert [n["attempt"] for n in notes(path)] == [1, 2]
+
+
+def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
+    client: Client, registry: Registry, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    from tests.samplejobs.basic import SlowFirstAttempt
+
+    # attempt 1 already stalled once (max_stalled=1): the next stall is one too many
+    path = tmp_path / "slow.jsonl"
+    handle = SlowFirstAttempt.with_options(job_id="stalls-twice").enqueue(path=str(path))
+    data = json.loads(zlib.decompress(conn.hget("rq:job:stalls-twice", "data")))
+    envelope = json.loads(data[2][0])
+    envelope["history"] = [{"attempt": 1, "at": "2026-01-01T00:00:00Z", "error": STALL_ERROR, "delay": 0}]
+    data[2][0] = json.dumps(envelope)
+    conn.hset("rq:job:stalls-twice", "data", zlib.compress(json.dumps(data).encode()))
+    kill_child_mid_job(conn, start_worker, path)
+    run_rq_cleanup(conn, registry, client)
+    assert handle.status() is Status.FAILED
+    assert client.dead_letter("stalls-twice").reason is Reason.STALLED

@@ -77,5 +77,21 @@ class Backend(ABC):
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
         raise NotImplementedError
 
+    # -- queue administration (pause, resume, drain, obliterate) ------------------------
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        raise NotImplementedError
+
+    def paused(self) -> set[str]:
+        raise NotImplementedError
+
+    def drain(self, queue: str) -> int:
+        """Delete the queue's waiting and scheduled jobs; return how many."""
+        raise NotImplementedError
+
+    def obliterate(self, queue: str) -> int:
+        """Delete everything the queue holds (the caller checks nothing is running); return how many jobs."""
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""

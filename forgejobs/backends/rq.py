@@ -21,7 +21,7 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus, Retry, get_current_job
-from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -31,7 +31,7 @@ from ..deadletter import DeadLetter, DeadLetterStore
 from ..errors import BackendError
 from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute, stalled
 from ..execution import Retry as RetryOutcome
-from ..keys import Keys, rq_job_key, rq_queue_name, rq_queue_names, split_rq_queue_name
+from ..keys import Keys, rq_job_key, rq_queue_name, rq_queue_names, rq_results_key, split_rq_queue_name
 from ..settings import Settings
 from ..status import Status
 from .base import Backend, JobState, Prepared, QueueCounts
@@ -278,6 +278,55 @@ class RQBackend(Backend):
             waiting, scheduled, running, finished = totals
             rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
         return rows
+
+    # -- queue administration ------------------------------------------------------------
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            self.connection.sadd(self.keys.paused, queue)
+        else:
+            self.connection.srem(self.keys.paused, queue)
+
+    def paused(self) -> set[str]:
+        return {m.decode() for m in cast(set[bytes], self.connection.smembers(self.keys.paused))}
+
+    def _job_ids(self, queue: str, registries: Sequence[type[Any]]) -> dict[str, list[str]]:
+        """Job ids per RQ queue key or registry key, for the queue's ten sub-queues."""
+        found: dict[str, list[str]] = {}
+        for name in rq_queue_names(queue):
+            q = self.rq_queue(name)
+            found[q.key] = [i.decode() for i in cast(list[bytes], self.connection.lrange(q.key, 0, -1))]
+            for registry_class in registries:
+                registry = registry_class(queue=q)
+                entries = cast(list[bytes], self.connection.zrange(registry.key, 0, -1))
+                found[registry.key] = [e.decode().split(":", 1)[0] for e in entries]
+        return found
+
+    def _delete(self, found: dict[str, list[str]]) -> int:
+        ids = {job_id for ids in found.values() for job_id in ids}
+        with self.connection.pipeline() as pipe:
+            for key in found:
+                pipe.delete(key)
+            for job_id in ids:
+                pipe.delete(rq_job_key(job_id), rq_results_key(job_id))
+            pipe.execute()
+        return len(ids)
+
+    def drain(self, queue: str) -> int:
+        return self._delete(self._job_ids(queue, [ScheduledJobRegistry]))
+
+    def running(self, queue: str) -> int:
+        keys = [StartedJobRegistry(queue=self.rq_queue(n)).key for n in rq_queue_names(queue)]
+        return sum(int(cast(int, self.connection.zcard(key))) for key in keys)
+
+    def obliterate(self, queue: str) -> int:
+        registries = [ScheduledJobRegistry, FinishedJobRegistry, FailedJobRegistry, StartedJobRegistry]
+        removed = self._delete(self._job_ids(queue, registries))
+        for record in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
+            if record.queue == queue:
+                self.dead_letters.remove(record.id)
+        self.set_paused(queue, False)
+        return removed
 
     def report_progress(self, job_id: str, value: ProgressValue) -> None:
         job = get_current_job()

@@ -109,3 +109,15 @@ class Progressing(Job, queue="fast", attempts=1):
     def perform(self, ctx: Context) -> None:
         ctx.progress(50)
         ctx.progress({"done": 2, "total": 2})
+
+
+class SlowFirstAttempt(Job, queue="slow", attempts=3, backoff=backoff.fixed(0), timeout=120):
+    """Sleeps on its first attempt (long enough to be killed); later attempts return at once."""
+
+    path: str
+
+    def perform(self, ctx: Context) -> int:
+        _note(self.path, event="start", attempt=ctx.attempt)
+        if ctx.attempt == 1:
+            time.sleep(60)
+        return ctx.attempt
