@@ -300,6 +300,40 @@ def schedules_run(settings: Settings, name: str) -> None:
     console.print(f"enqueued {name} as {handle.id}")
 
 
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing events as they happen (Ctrl+C to stop).")
+@click.option("--job", "job_name", default=None, help="Only events of this job name.")
+@click.option("--after", default="0-0", show_default=True, help="Start after this stream id (with --follow: now).")
+@click.option("--count", type=int, default=50, show_default=True, help="Without --follow: how many events.")
+@click.pass_obj
+def events(settings: Settings, follow: bool, job_name: str | None, after: str, count: int) -> None:
+    """Job events (enqueued, started, progress, completed, failed, retrying, dead_lettered, ...)."""
+    import signal
+    import threading
+
+    from .backends.rq import RQBackend
+
+    def show(event: Any) -> None:
+        data = " ".join(f"{k}={v}" for k, v in event.data.items())
+        click.echo(
+            f"{event.id} {event.at:%H:%M:%S.%f} {event.kind.value:<13} {event.name} {event.job_id} "
+            f"#{event.attempt} {data}".rstrip()
+        )
+
+    with _errors():
+        stream = RQBackend.from_settings(settings).events
+        if not follow:
+            shown = [e for e in stream.read(after=after, count=100_000) if job_name in (None, e.name)]
+            for event in shown[-count:]:
+                show(event)
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+        for event in stream.follow(after=None if after == "0-0" else after, job_name=job_name, stop=stop):
+            show(event)
+
+
 @cli.group()
 def queue() -> None:
     """Pause, resume, drain or obliterate a queue."""

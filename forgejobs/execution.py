@@ -22,6 +22,7 @@ from .context import Context, ProgressValue
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .envelope import Envelope, EnvelopeError, decode
 from .errors import RetryLater, UnknownJob, Unrecoverable, describe
+from .events import Event, EventKind, Hooks
 from .registry import Registry
 
 log = logging.getLogger("forgejobs.execution")
@@ -50,12 +51,14 @@ class Runtime:
     resources: Any = None
     report_progress: Callable[[str, ProgressValue], None] | None = None
     on_outcome: Callable[[str, Outcome], None] | None = None
+    hooks: Hooks | None = None  # in-process callbacks, no Redis round trip
 
 
 @dataclass(frozen=True)
 class Succeeded:
     value: Any  # JSON-compatible
     name: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,31 @@ def execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
     outcome = _execute(raw, runtime, job_id=job_id, queue=queue)
     if runtime.on_outcome is not None:
         runtime.on_outcome(outcome.name, outcome)
+    if runtime.hooks is not None:
+        for event in outcome_events(outcome, job_id, queue):
+            runtime.hooks.emit(event)
     return outcome
+
+
+def outcome_events(outcome: Outcome, job_id: str, queue: str) -> list[Event]:
+    """The events that report an outcome (a failed attempt that will run again: `failed`, then `retrying`)."""
+
+    def event(kind: EventKind, attempt: int, **data: Any) -> Event:
+        return Event(kind=kind, job_id=job_id, name=outcome.name, queue=queue, attempt=attempt, data=data)
+
+    if isinstance(outcome, Succeeded):
+        return [event(EventKind.COMPLETED, outcome.attempt)]
+    if isinstance(outcome, Retry):
+        envelope = outcome.envelope
+        attempt = envelope.history[-1].attempt if envelope.history else envelope.attempt
+        first = EventKind.STALLED if outcome.error.startswith(STALL_ERROR) else EventKind.FAILED
+        retrying = event(EventKind.RETRYING, attempt, error=outcome.error, delay=outcome.delay, next=envelope.attempt)
+        return [event(first, attempt, error=outcome.error), retrying]
+    if isinstance(outcome, DeadLettered):
+        record = outcome.record
+        attempt = record.attempts[-1].attempt if record.attempts else 1
+        return [event(EventKind.DEAD_LETTERED, attempt, reason=record.reason.value, error=record.error)]
+    return [event(EventKind.ABORTED, outcome.envelope.attempt)]
 
 
 def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
@@ -172,7 +199,7 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
             return Retry(delay, envelope.next_attempt(error, delay), error)
         return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error, traceback.format_exc()), exc)
     try:
-        return Succeeded(to_json_value(value), envelope.name)
+        return Succeeded(to_json_value(value), envelope.name, envelope.attempt)
     except (TypeError, ValueError) as exc:
         message = f"perform returned {type(value).__name__}, which is not JSON-serialisable: {exc}"
         return _dead(runtime, _record(envelope, queue, Reason.BAD_RESULT, message))
@@ -202,6 +229,9 @@ def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
         outcome = _dead(runtime, _record(envelope, queue, Reason.STALLED, STALL_ERROR))
     if runtime.on_outcome is not None:
         runtime.on_outcome(outcome.name, outcome)
+    if runtime.hooks is not None:
+        for event in outcome_events(outcome, job_id, queue):
+            runtime.hooks.emit(event)
     return outcome
 
 

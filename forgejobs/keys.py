@@ -53,6 +53,11 @@ class Keys:
         return f"{self.prefix}:dead:{job_id}"
 
     @property
+    def events(self) -> str:
+        """Stream of job events (capped)."""
+        return f"{self.prefix}:events"
+
+    @property
     def paused(self) -> str:
         """Set of queue names whose workers take no new jobs."""
         return f"{self.prefix}:paused"

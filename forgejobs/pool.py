@@ -33,7 +33,7 @@ from .client import Client, set_client
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys
 from .registry import Registry
-from .settings import Settings, load_resources
+from .settings import Settings, load_hooks, load_resources
 from .worker import SlotWorker, WorkerBase, WorkerStats, make_slot, run_scheduler
 
 log = logging.getLogger("forgejobs.worker")
@@ -199,7 +199,7 @@ class ProcessWorker(WorkerBase):
         timeout = self.settings.stall_timeout
 
         def reaper(queues: list[Queue]) -> None:
-            reap(connection, queues, runtime, keys, timeout)
+            reap(connection, queues, runtime, keys, timeout, backend.events)
 
         # One name per supervisor: a replaced scheduler child refreshes its predecessor's locks.
         run_scheduler(
@@ -216,7 +216,12 @@ class ProcessWorker(WorkerBase):
 
         rq_backend.install_runtime(
             Runtime(
-                self.registry, backend.dead_letters, load_resources(self.settings), backend.report_progress, on_outcome
+                self.registry,
+                backend.dead_letters,
+                load_resources(self.settings),
+                backend.report_progress,
+                on_outcome,
+                load_hooks(self.settings),
             )
         )
         set_client(Client(backend, self.registry))
@@ -227,7 +232,7 @@ class ProcessWorker(WorkerBase):
             queue,
             f"{self.name}.{queue}.{index}.{os.getpid()}",  # unique: a replaced child's record may still be live
             on_dead=lambda: stats.add("dead"),
-            lease_keeper=LeaseKeeper(connection, keys, self.settings.stall_timeout),
+            lease_keeper=LeaseKeeper(connection, keys, self.settings.stall_timeout, backend.events),
             keys=keys,
         )
         signals = 0

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         description="'module:function' building the object handlers see as ctx.resources; "
         "unset: '<jobs>.resources:build' if that module exists.",
     )
+    hooks: str | None = Field(
+        default=None,
+        description="'module:attribute' naming a forgejobs.events.Hooks whose callbacks workers run in-process.",
+    )
     stall_timeout: float = Field(
         default=20.0,
         ge=2,
@@ -60,3 +64,11 @@ def load_resources(settings: Settings) -> Any:
     module_name, _, attr = path.partition(":")
     factory = getattr(importlib.import_module(module_name), attr or "build")
     return factory(settings)
+
+
+def load_hooks(settings: Settings) -> Any:
+    """The `Hooks` named by `settings.hooks`, or None."""
+    if not settings.hooks:
+        return None
+    module_name, _, attr = settings.hooks.partition(":")
+    return getattr(importlib.import_module(module_name), attr or "hooks")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -50,10 +51,11 @@ from .backends.leases import LeaseKeeper, reap
 from .client import Client, set_client
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .errors import ForgeJobsError
+from .events import Event, EventKind, Hooks
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys, rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
 from .registry import Registry
-from .settings import Settings, load_resources
+from .settings import Settings, load_hooks, load_resources
 from .timeouts import WatchdogDeathPenalty
 
 log = logging.getLogger("forgejobs.worker")
@@ -104,7 +106,7 @@ class SlotWorker(SimpleWorker):
     def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
         # The lease exists before RQ lists the job as started, so the reaper never sees one without the other.
         if self.lease_keeper is not None:
-            self.lease_keeper.take(job.id, self.name)
+            self.lease_keeper.take(job.id, self.name, [_started_event(job)])
         super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def perform_job(self, job: RQJob, queue: Queue) -> bool:
@@ -112,7 +114,7 @@ class SlotWorker(SimpleWorker):
             return bool(super().perform_job(job, queue))
         finally:
             if self.lease_keeper is not None:
-                self.lease_keeper.release(job.id)
+                self.lease_keeper.release(job.id, rq_backend.take_outcome_events())
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -155,6 +157,16 @@ class SlotWorker(SimpleWorker):
                 if job_id is None or self.on_unreadable is None:
                     raise
                 self.on_unreadable(str(job_id), getattr(queue, "name", "?"), exc)
+
+
+def _started_event(job: RQJob) -> Event:
+    queue = split_rq_queue_name(job.origin)[0] if ":p" in job.origin else job.origin
+    try:
+        envelope = json.loads(job.args[0])
+        name, attempt = str(envelope["name"]), int(envelope["attempt"])
+    except Exception:  # noqa: BLE001 - unreadable envelopes are dead-lettered by execution, not here
+        name, attempt = job.description or "?", 1
+    return Event(kind=EventKind.STARTED, job_id=job.id, name=name, queue=queue, attempt=attempt)
 
 
 class PauseFlag:
@@ -342,6 +354,7 @@ class Worker(WorkerBase):
         connection: redis.Redis | None = None,
         resources: Any = None,  # None: built by load_resources(settings)
         on_outcome: Callable[[str, Outcome], None] | None = None,
+        hooks: Hooks | None = None,  # None: load_hooks(settings)
     ) -> None:
         super().__init__(settings, registry, queues=queues, concurrency=concurrency)
         if resources is None:
@@ -349,7 +362,7 @@ class Worker(WorkerBase):
         self.connection = connection or rq_backend.connect(settings.redis_url_or_default())
         self.keys = Keys(settings.key_prefix)
         self.backend = rq_backend.RQBackend(self.connection, self.keys, dead_letter_limit=settings.dead_letter_limit)
-        self.leases = LeaseKeeper(self.connection, self.keys, settings.stall_timeout)
+        self.leases = LeaseKeeper(self.connection, self.keys, settings.stall_timeout, self.backend.events)
         self._user_on_outcome = on_outcome
         self.runtime = Runtime(
             registry=registry,
@@ -357,6 +370,7 @@ class Worker(WorkerBase):
             resources=resources,
             report_progress=self.backend.report_progress,
             on_outcome=self._on_outcome,
+            hooks=hooks if hooks is not None else load_hooks(settings),
         )
         self._slots: list[SlotWorker] = []
         self._threads: list[threading.Thread] = []
@@ -413,7 +427,7 @@ class Worker(WorkerBase):
         log.info("worker %s (threads) serving %s", self.name, self.describe())
 
     def _reap(self, queues: list[Queue]) -> None:
-        reap(self.connection, queues, self.runtime, self.keys, self.settings.stall_timeout)
+        reap(self.connection, queues, self.runtime, self.keys, self.settings.stall_timeout, self.backend.events)
 
     def stop(self) -> None:
         """Finish running jobs, then stop."""

@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import redis
 from rq import Queue
@@ -32,7 +32,8 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
-from ..execution import DeadLettered, Retry, Runtime, stalled
+from ..events import Event, EventStream
+from ..execution import DeadLettered, Retry, Runtime, outcome_events, stalled
 from ..keys import Keys, rq_job_key, split_rq_queue_name
 
 log = logging.getLogger("forgejobs.stalls")
@@ -41,27 +42,41 @@ log = logging.getLogger("forgejobs.stalls")
 class LeaseKeeper:
     """Holds the leases of the jobs this process is running; one heartbeat thread per process."""
 
-    def __init__(self, connection: redis.Redis, keys: Keys, ttl: float) -> None:
+    def __init__(self, connection: redis.Redis, keys: Keys, ttl: float, events: EventStream | None = None) -> None:
         self.connection = connection
         self.keys = keys
+        self.events = events
         self.ttl_ms = int(ttl * 1000)
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def take(self, job_id: str, holder: str) -> None:
-        self.connection.set(self.keys.lease(job_id), holder, px=self.ttl_ms)
+    def take(self, job_id: str, holder: str, events: Sequence[Event] = ()) -> None:
+        """Hold the job's lease; `events` (its `started` event) go out in the same round trip."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.lease(job_id), holder, px=self.ttl_ms)
+            self._append(events, pipe)
+            pipe.execute()
         with self._lock:
             self._held[job_id] = holder
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._beat, name="forgejobs-leases", daemon=True)
                 self._thread.start()
 
-    def release(self, job_id: str) -> None:
+    def release(self, job_id: str, events: Sequence[Event] = ()) -> None:
+        """Drop the job's lease; `events` (its outcome) go out in the same round trip."""
         with self._lock:
             self._held.pop(job_id, None)
-        self.connection.delete(self.keys.lease(job_id))
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.lease(job_id))
+            self._append(events, pipe)
+            pipe.execute()
+
+    def _append(self, events: Sequence[Event], pipe: Any) -> None:
+        if self.events is not None:
+            for event in events:
+                self.events.append(event, pipeline=pipe)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):
@@ -82,7 +97,12 @@ class LeaseKeeper:
 
 
 def reap(
-    connection: redis.Redis, rq_queues: Sequence[Queue], runtime: Runtime, keys: Keys, stall_timeout: float
+    connection: redis.Redis,
+    rq_queues: Sequence[Queue],
+    runtime: Runtime,
+    keys: Keys,
+    stall_timeout: float,
+    events: EventStream | None = None,
 ) -> list[str]:
     """Recover the jobs of these RQ queues whose worker stopped holding their lease. Returns their ids."""
     registries = [StartedJobRegistry(queue=q) for q in rq_queues]
@@ -112,13 +132,19 @@ def reap(
         if started and str_to_date(started).replace(tzinfo=UTC) > cutoff:
             continue  # just started: its lease is being taken right now
         job_id = entry.split(":", 1)[0]
-        if _recover(connection, queue, registry, entry, job_id, runtime):
+        if _recover(connection, queue, registry, entry, job_id, runtime, events):
             recovered.append(job_id)
     return recovered
 
 
 def _recover(
-    connection: redis.Redis, queue: Queue, registry: StartedJobRegistry, entry: str, job_id: str, runtime: Runtime
+    connection: redis.Redis,
+    queue: Queue,
+    registry: StartedJobRegistry,
+    entry: str,
+    job_id: str,
+    runtime: Runtime,
+    events: EventStream | None,
 ) -> bool:
     # Take the entry out first: if another reaper got here, ZREM says so and nothing happens twice.
     if not connection.zrem(registry.key, entry):
@@ -129,7 +155,13 @@ def _recover(
         log.error("stalled job %s cannot be read: %r", job_id, exc)
         return False
     raw = job.args[0] if job.args else ""
-    outcome = stalled(raw, runtime, job_id=job_id, queue=split_rq_queue_name(queue.name)[0])
+    logical_queue = split_rq_queue_name(queue.name)[0]
+    outcome = stalled(raw, runtime, job_id=job_id, queue=logical_queue)
+    if events is not None:
+        with connection.pipeline(transaction=False) as pipe:
+            for event in outcome_events(outcome, job_id, logical_queue):
+                events.append(event, pipeline=pipe)
+            pipe.execute()
     if isinstance(outcome, Retry):
         job.args = [outcome.envelope.encode()]
         due = datetime.now(UTC) + timedelta(seconds=outcome.delay)

@@ -29,7 +29,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from ..context import ProgressValue
 from ..deadletter import DeadLetter, DeadLetterStore
 from ..errors import BackendError
-from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute, stalled
+from ..events import Event, EventKind, EventStream
+from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute, outcome_events, stalled
 from ..execution import Retry as RetryOutcome
 from ..keys import Keys, rq_job_key, rq_queue_name, rq_queue_names, rq_results_key, split_rq_queue_name
 from ..settings import Settings
@@ -109,11 +110,19 @@ class RedisDeadLetters(DeadLetterStore):
         return int(cast(int, self.connection.zcard(self.keys.dead_index)))
 
 
+def _enqueued_event(job: Prepared, kind: EventKind = EventKind.ENQUEUED) -> Event:
+    data: dict[str, Any] = {"priority": job.priority}
+    if job.due_at is not None:
+        data["due_at"] = job.due_at.isoformat()
+    return Event(kind=kind, job_id=job.job_id, name=job.name, queue=job.queue, attempt=1, data=data)
+
+
 class RQBackend(Backend):
     def __init__(self, connection: redis.Redis, keys: Keys | None = None, dead_letter_limit: int = 10_000) -> None:
         self.connection = connection
         self.keys = keys or Keys()
         self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
+        self.events = EventStream(connection, self.keys.events)
         self._queues: dict[str, Queue] = {}
 
     @classmethod
@@ -163,13 +172,18 @@ class RQBackend(Backend):
                     self._push_many(name, group, pipe)
                 for job in later:
                     self._enqueue_one(job, pipe)
+                for job in jobs:
+                    if not job.unique:
+                        self.events.append(_enqueued_event(job), pipeline=pipe)
                 pipe.execute()
         for job in jobs:
             if job.unique:
                 try:
                     self._enqueue_one(job, None)  # RQ checks and stores atomically (a Lua script)
+                    self.events.append(_enqueued_event(job))
                 except DuplicateJobError:
                     existing.add(job.job_id)
+                    self.events.append(_enqueued_event(job, EventKind.DEDUPLICATED))
         return existing
 
     def _push_many(self, rq_queue: str, jobs: Sequence[Prepared], pipe: Any) -> None:
@@ -335,6 +349,11 @@ class RQBackend(Backend):
         if job is not None:
             job.meta["progress"] = value
             job.save_meta()
+            queue, _priority = split_rq_queue_name(job.origin)
+            name = job.description or "?"
+            self.events.append(
+                Event(kind=EventKind.PROGRESS, job_id=job_id, name=name, queue=queue, data={"progress": value})
+            )
 
     def close(self) -> None:
         self.connection.close()
@@ -352,6 +371,12 @@ def _last_line(result: Any) -> str | None:
 
 _runtime: Runtime | None = None
 _running: set[int] = set()  # idents of threads inside a handler right now
+_outcome_events: dict[int, list[Event]] = {}  # per thread: the events of the job it just ran
+
+
+def take_outcome_events() -> list[Event]:
+    """The events of the job this thread just ran (the worker writes them with the lease release)."""
+    return _outcome_events.pop(threading.get_ident(), [])
 
 
 def handler_running(thread_id: int | None = None) -> bool:
@@ -423,6 +448,7 @@ def perform_envelope(raw: str) -> Any:
         outcome = execute(raw, _runtime, job_id=job.id, queue=queue)
     finally:
         _running.discard(me)
+    _outcome_events[me] = outcome_events(outcome, job.id, queue)
     if isinstance(outcome, Succeeded):
         return outcome.value
     if isinstance(outcome, (RetryOutcome, Aborted)):
