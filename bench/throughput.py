@@ -77,6 +77,7 @@ for _path in (str(REPO_ROOT), str(BENCH_DIR)):
 from benchjobs import QUEUE, NoopJob, registry  # noqa: E402
 from benchjobs.rqfuncs import noop  # noqa: E402
 
+from forgejobs.backends.leases import Heartbeat  # noqa: E402
 from forgejobs.backends.rq import RQBackend, install_runtime  # noqa: E402
 from forgejobs.client import Client, use_client  # noqa: E402
 from forgejobs.execution import Runtime  # noqa: E402
@@ -333,7 +334,10 @@ class Bench:
         """The loop each `forgejobs worker` child runs (SlotWorker, SIGALRM timeouts), in this process."""
         ids = self.prefill_forgejobs(n)
         backend = RQBackend(self.conn)
-        slot = make_slot(SlotWorker, self.conn, backend.dead_letters, QUEUE, f"bench-slot-{os.getpid()}")
+        # As a `forgejobs worker` child builds it: with its heartbeat, which also writes the job's events.
+        beat = Heartbeat(self.conn, backend.keys, self.settings.stall_timeout, backend.events)
+        name = f"bench-slot-{os.getpid()}"
+        slot = make_slot(SlotWorker, self.conn, backend.dead_letters, QUEUE, name, heartbeat=beat)
         install_runtime(Runtime(self.registry, backend.dead_letters))
 
         def run() -> Timed:

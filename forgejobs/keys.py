@@ -62,9 +62,9 @@ class Keys:
         """Set of queue names whose workers take no new jobs."""
         return f"{self.prefix}:paused"
 
-    def lease(self, job_id: str) -> str:
-        """String with a TTL: "a live worker is running this job"; refreshed by its heartbeat."""
-        return f"{self.prefix}:lease:{job_id}"
+    def alive(self, worker_name: str) -> str:
+        """String with a TTL: "this RQ worker (a forgejobs slot) is alive"; renewed by its process's heartbeat."""
+        return f"{self.prefix}:alive:{worker_name}"
 
     def progress(self, job_id: str) -> str:
         return f"{self.prefix}:progress:{job_id}"

@@ -28,7 +28,7 @@ from typing import NoReturn
 from rq import Queue
 
 from .backends import rq as rq_backend
-from .backends.leases import LeaseKeeper, reap
+from .backends.leases import Heartbeat, reap
 from .client import Client, set_client
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys
@@ -225,6 +225,8 @@ class ProcessWorker(WorkerBase):
             )
         )
         set_client(Client(backend, self.registry))
+        heartbeat = Heartbeat(connection, keys, self.settings.stall_timeout, backend.events)
+        backend.event_sink = heartbeat.emit
         slot: SlotWorker = make_slot(
             SlotWorker,
             connection,
@@ -232,7 +234,7 @@ class ProcessWorker(WorkerBase):
             queue,
             f"{self.name}.{queue}.{index}.{os.getpid()}",  # unique: a replaced child's record may still be live
             on_dead=lambda: stats.add("dead"),
-            lease_keeper=LeaseKeeper(connection, keys, self.settings.stall_timeout, backend.events),
+            heartbeat=heartbeat,
             keys=keys,
         )
         signals = 0
@@ -257,3 +259,4 @@ class ProcessWorker(WorkerBase):
             except Exception:
                 log.exception("worker loop %s crashed; restarting it in 1 s", slot.name)
                 time.sleep(1)
+        heartbeat.close()  # write the last events before the process exits

@@ -47,7 +47,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from .backends import rq as rq_backend
-from .backends.leases import LeaseKeeper, reap
+from .backends.leases import Heartbeat, reap
 from .client import Client, set_client
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .errors import ForgeJobsError
@@ -100,21 +100,20 @@ class SlotWorker(SimpleWorker):
     """
 
     on_unreadable: Callable[[str, str, Exception], None] | None = None
-    lease_keeper: LeaseKeeper | None = None
+    liveness: Heartbeat | None = None  # not `heartbeat`: that is RQ's own method
     is_paused: Callable[[], bool] | None = None
 
     def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
-        # The lease exists before RQ lists the job as started, so the reaper never sees one without the other.
-        if self.lease_keeper is not None:
-            self.lease_keeper.take(job.id, self.name, [_started_event(job)])
+        if self.liveness is not None:
+            self.liveness.emit([_started_event(job)])
         super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def perform_job(self, job: RQJob, queue: Queue) -> bool:
         try:
             return bool(super().perform_job(job, queue))
         finally:
-            if self.lease_keeper is not None:
-                self.lease_keeper.release(job.id, rq_backend.take_outcome_events())
+            if self.liveness is not None:
+                self.liveness.emit(rq_backend.take_outcome_events())
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -214,7 +213,7 @@ def make_slot(
     queue: str,
     name: str,
     on_dead: Callable[[], None] | None = None,
-    lease_keeper: LeaseKeeper | None = None,
+    heartbeat: Heartbeat | None = None,
     keys: Keys | None = None,
 ) -> SlotWorker:
     """One RQ worker listening to `queue`'s priority sub-queues, highest first."""
@@ -242,7 +241,9 @@ def make_slot(
         exception_handlers=[exception_handler],
     )
     worker.on_unreadable = unreadable
-    worker.lease_keeper = lease_keeper
+    worker.liveness = heartbeat
+    if heartbeat is not None:
+        heartbeat.register(name)
     worker.is_paused = PauseFlag(connection, Keys() if keys is None else keys, queue)
     worker.log_result_lifespan = False
     return worker
@@ -362,7 +363,8 @@ class Worker(WorkerBase):
         self.connection = connection or rq_backend.connect(settings.redis_url_or_default())
         self.keys = Keys(settings.key_prefix)
         self.backend = rq_backend.RQBackend(self.connection, self.keys, dead_letter_limit=settings.dead_letter_limit)
-        self.leases = LeaseKeeper(self.connection, self.keys, settings.stall_timeout, self.backend.events)
+        self.heartbeat = Heartbeat(self.connection, self.keys, settings.stall_timeout, self.backend.events)
+        self.backend.event_sink = self.heartbeat.emit
         self._user_on_outcome = on_outcome
         self.runtime = Runtime(
             registry=registry,
@@ -406,7 +408,7 @@ class Worker(WorkerBase):
                     queue,
                     f"{self.name}.{queue}.{index}",
                     on_dead=lambda: self.stats.add("dead"),
-                    lease_keeper=self.leases,
+                    heartbeat=self.heartbeat,
                     keys=self.keys,
                 )
                 self._slots.append(slot)
@@ -484,5 +486,6 @@ class Worker(WorkerBase):
         finally:
             self.stop()
             self.join()  # running jobs finish; a second signal aborts them (see _on_signal)
+            self.heartbeat.close()
             rq_backend.install_runtime(None)
         return self.stats

@@ -1,28 +1,30 @@
-"""Stalled-job recovery: leases held by live workers, and a reaper for jobs whose lease lapsed.
+"""Stalled-job recovery: live workers say so; a reaper recovers the jobs of workers that stopped.
 
 Guarantee: a job whose worker dies mid-job (SIGKILL, power loss, OOM) is
 handed to execution's `stalled` rule within about `stall_timeout` plus one
 reaper pass (default 20 s + 1 s, so back in its queue within 30 s): retried
-as its next attempt, or
-dead-lettered as `stalled` once it has stalled `max_stalled` times or spent
-its attempts. RQ alone notices only in its maintenance pass, 10 minutes
-apart, after the job's timeout plus 60 s.
+as its next attempt, or dead-lettered as `stalled` once it has stalled
+`max_stalled` times or spent its attempts. RQ alone notices only in its
+maintenance pass, 10 minutes apart, after the job's timeout plus 60 s.
 
-How: a worker SETs `forgejobs:lease:<job id>` with a TTL of `stall_timeout`
-before RQ marks the job started, a heartbeat thread in the worker process
-refreshes it every third of that, and the worker deletes it after RQ has
-recorded the outcome. The reaper (run by whichever scheduler holds a queue's
-lock) looks at the queue's started registry: an entry with no lease, started
-more than `stall_timeout` ago, belongs to a dead worker.
+How, at no cost per job: each worker process runs one heartbeat thread that
+keeps `forgejobs:alive:<RQ worker name>` alive (TTL `stall_timeout`, renewed
+every third of it) for every slot it runs. RQ records the worker's name on the
+job when it starts it. The reaper (run by whichever scheduler holds a queue's
+lock) reads the queue's started registry: a job started more than
+`stall_timeout` ago by a worker whose key has expired belongs to a dead worker.
+The same thread writes the slots' job events to the stream in batches, every
+0.1 s, so events add no round trip to a job either.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import redis
 from rq import Queue
@@ -38,62 +40,69 @@ from ..keys import Keys, rq_job_key, split_rq_queue_name
 
 log = logging.getLogger("forgejobs.stalls")
 
+FLUSH_SECONDS = 0.1
 
-class LeaseKeeper:
-    """Holds the leases of the jobs this process is running; one heartbeat thread per process."""
+
+class Heartbeat:
+    """One per worker process: keeps its slots' liveness keys and writes their events."""
 
     def __init__(self, connection: redis.Redis, keys: Keys, ttl: float, events: EventStream | None = None) -> None:
         self.connection = connection
         self.keys = keys
-        self.events = events
         self.ttl_ms = int(ttl * 1000)
-        self._held: dict[str, str] = {}
+        self.events = events
+        self._names: set[str] = set()
+        self._buffer: list[Event] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beaten_at = float("-inf")
 
-    def take(self, job_id: str, holder: str, events: Sequence[Event] = ()) -> None:
-        """Hold the job's lease; `events` (its `started` event) go out in the same round trip."""
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.lease(job_id), holder, px=self.ttl_ms)
-            self._append(events, pipe)
-            pipe.execute()
+    def register(self, worker_name: str) -> None:
+        """A slot of this process; it counts as alive from now on."""
+        self.connection.set(self.keys.alive(worker_name), "1", px=self.ttl_ms)
         with self._lock:
-            self._held[job_id] = holder
+            self._names.add(worker_name)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._beat, name="forgejobs-leases", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="forgejobs-heartbeat", daemon=True)
                 self._thread.start()
 
-    def release(self, job_id: str, events: Sequence[Event] = ()) -> None:
-        """Drop the job's lease; `events` (its outcome) go out in the same round trip."""
-        with self._lock:
-            self._held.pop(job_id, None)
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.lease(job_id))
-            self._append(events, pipe)
-            pipe.execute()
-
-    def _append(self, events: Sequence[Event], pipe: Any) -> None:
-        if self.events is not None:
-            for event in events:
-                self.events.append(event, pipeline=pipe)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 3000):
+    def emit(self, events: Sequence[Event]) -> None:
+        """Queue events for the stream (written within FLUSH_SECONDS)."""
+        if self.events is not None and events:
             with self._lock:
-                held = dict(self._held)
-            if not held:
-                continue
-            try:
-                with self.connection.pipeline(transaction=False) as pipe:
-                    for job_id, holder in held.items():
-                        pipe.set(self.keys.lease(job_id), holder, px=self.ttl_ms)
-                    pipe.execute()
-            except redis.RedisError as exc:
-                log.warning("could not refresh job leases: %s", exc)
+                self._buffer.extend(events)
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            events, self._buffer = self._buffer, []
+            names = set(self._names)
+        beat = time.monotonic() - self._beaten_at >= self.ttl_ms / 3000
+        if not events and not beat:
+            return
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                if beat:
+                    for name in names:
+                        pipe.set(self.keys.alive(name), "1", px=self.ttl_ms)
+                for event in events:
+                    self.events.append(event, pipeline=pipe)  # type: ignore[union-attr]
+                pipe.execute()
+            if beat:
+                self._beaten_at = time.monotonic()
+        except redis.RedisError as exc:
+            log.warning("heartbeat: %s", exc)
+            with self._lock:
+                self._buffer[:0] = events  # try again with the next flush
 
     def close(self) -> None:
+        """Write what is buffered and stop (a worker shutting down cleanly)."""
         self._stop.set()
+        self.flush()
 
 
 def reap(
@@ -119,18 +128,20 @@ def reap(
         return []
     with connection.pipeline(transaction=False) as pipe:
         for _queue, _registry, entry in candidates:
-            job_id = entry.split(":", 1)[0]
-            pipe.exists(keys.lease(job_id))
-            pipe.hget(rq_job_key(job_id), "started_at")
-        answers = pipe.execute()
+            pipe.hmget(rq_job_key(entry.split(":", 1)[0]), ["worker_name", "started_at"])
+        details = cast(list[list[bytes | None]], pipe.execute())
+    with connection.pipeline(transaction=False) as pipe:
+        for worker_name, _started in details:
+            pipe.exists(keys.alive(worker_name.decode() if worker_name else "?"))
+        alive = pipe.execute()
     cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
     recovered = []
     for index, (queue, registry, entry) in enumerate(candidates):
-        leased, started = answers[2 * index], answers[2 * index + 1]
-        if leased:
+        _worker, started = details[index]
+        if alive[index]:
             continue
         if started and str_to_date(started).replace(tzinfo=UTC) > cutoff:
-            continue  # just started: its lease is being taken right now
+            continue  # started moments ago
         job_id = entry.split(":", 1)[0]
         if _recover(connection, queue, registry, entry, job_id, runtime, events):
             recovered.append(job_id)

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -123,6 +123,8 @@ class RQBackend(Backend):
         self.keys = keys or Keys()
         self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
         self.events = EventStream(connection, self.keys.events)
+        # Workers route their events through their heartbeat's buffer, so they stay in order.
+        self.event_sink: Callable[[Sequence[Event]], None] | None = None
         self._queues: dict[str, Queue] = {}
 
     @classmethod
@@ -351,9 +353,11 @@ class RQBackend(Backend):
             job.save_meta()
             queue, _priority = split_rq_queue_name(job.origin)
             name = job.description or "?"
-            self.events.append(
-                Event(kind=EventKind.PROGRESS, job_id=job_id, name=name, queue=queue, data={"progress": value})
-            )
+            event = Event(kind=EventKind.PROGRESS, job_id=job_id, name=name, queue=queue, data={"progress": value})
+            if self.event_sink is not None:
+                self.event_sink([event])
+            else:
+                self.events.append(event)
 
     def close(self) -> None:
         self.connection.close()
