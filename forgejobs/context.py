@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 ProgressValue = int | float | dict[str, Any]
 
@@ -52,6 +52,12 @@ class Context:
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    def rate_limited(self, retry_after: float | timedelta) -> NoReturn:
+        """Stop now and run again after `retry_after` (e.g. a remote's Retry-After), without using an attempt."""
+        from .errors import RateLimited
+
+        raise RateLimited(retry_after, "rate limited by the remote")
 
     def progress(self, value: ProgressValue) -> None:
         """Report progress: a percentage (0-100) or a dict such as `{"done": 10, "total": 50}`."""

@@ -102,3 +102,7 @@ def describe(exc: BaseException) -> str:
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc)}
+
+
+class RateLimited(RetryLater):
+    """Raised by `ctx.rate_limited(retry_after)`: a remote said "too many requests". Waits without an attempt."""

@@ -21,8 +21,11 @@ from pydantic import BaseModel, ValidationError
 from .context import Context, ProgressValue
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .envelope import Envelope, EnvelopeError, decode
-from .errors import RetryLater, UnknownJob, Unrecoverable, describe
+from .errors import RateLimited, RetryLater, UnknownJob, Unrecoverable, describe
 from .events import Event, EventKind, Hooks
+from .job import Job
+from .options import JobOptions
+from .ratelimit import RateLimiter
 from .registry import Registry
 
 log = logging.getLogger("forgejobs.execution")
@@ -52,6 +55,7 @@ class Runtime:
     report_progress: Callable[[str, ProgressValue], None] | None = None
     on_outcome: Callable[[str, Outcome], None] | None = None
     hooks: Hooks | None = None  # in-process callbacks, no Redis round trip
+    limiter: RateLimiter | None = None  # None: rate limits are not applied (unit tests of handlers)
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,9 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
     except ValidationError as exc:
         return _dead(runtime, _record(envelope, queue, Reason.INVALID_PAYLOAD, f"{entry.job_type.__qualname__}: {exc}"))
     options = entry.options
+    limited = _rate_limited(runtime, entry.options, job, envelope, queue)
+    if limited is not None:
+        return limited
     ctx = Context(
         job_id=envelope.id,
         name=envelope.name,
@@ -175,8 +182,8 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         return Aborted(envelope)
     except RetryLater as exc:
         wait = min(exc.delay, MAX_DELAY)
-        snoozes = sum(1 for a in envelope.history if a.attempt == envelope.attempt)
-        if snoozes < MAX_RETRY_LATER:
+        snoozes = sum(1 for a in envelope.history if a.attempt == envelope.attempt and not _is_rate_limit(a.error))
+        if snoozes < MAX_RETRY_LATER or isinstance(exc, RateLimited):
             return Retry(wait, envelope.next_attempt(describe(exc), wait, counts=False), describe(exc))
         error = f"{describe(exc)} (RetryLater {MAX_RETRY_LATER} times on one attempt; counted as a failure)"
         if envelope.attempt < options.attempts:
@@ -206,6 +213,31 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
 
 
 STALL_ERROR = "stalled: the worker running it stopped (killed, crashed or lost)"
+RATE_LIMITED = "rate limited"
+
+
+def _is_rate_limit(error: str) -> bool:
+    return error.startswith((RATE_LIMITED, "RateLimited"))
+
+
+def _rate_limited(runtime: Runtime, options: JobOptions, job: Job, envelope: Envelope, queue: str) -> Retry | None:
+    """Take a slot of every rate limit the job is under, or say how long to wait (not using an attempt)."""
+    if runtime.limiter is None:
+        return None
+    checks = []
+    if options.rate_limit is not None:
+        key = options.rate_limit_key
+        part = "" if key is None else str(key(job) if callable(key) else getattr(job, key))
+        checks.append((f"job:{envelope.name}:{part}", options.rate_limit))
+    queue_spec = runtime.registry.queues.get(queue)
+    if queue_spec is not None and queue_spec.rate_limit is not None:
+        checks.append((f"queue:{queue}", queue_spec.rate_limit))
+    for key_name, limit in checks:
+        wait = runtime.limiter.acquire(key_name, limit)
+        if wait > 0:
+            reason = f"{RATE_LIMITED} ({key_name}: {limit.describe()})"
+            return Retry(wait, envelope.next_attempt(reason, wait, counts=False), reason)
+    return None
 
 
 def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:

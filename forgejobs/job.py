@@ -131,6 +131,11 @@ class Job(BaseModel, metaclass=_JobMeta):
             first = exc.errors()[0]
             key = ".".join(str(p) for p in first["loc"])
             raise OptionsError(f"{cls.__qualname__}: option {key}={first.get('input')!r}: {first['msg']}") from None
+        limit_key = options.rate_limit_key
+        if isinstance(limit_key, str) and limit_key not in cls.model_fields:
+            raise OptionsError(f"{cls.__qualname__}: rate_limit_key {limit_key!r} is not one of its fields")
+        if limit_key is not None and options.rate_limit is None:
+            raise OptionsError(f"{cls.__qualname__}: rate_limit_key needs a rate_limit")
         if not abstract:
             if options.queue is None:
                 raise OptionsError(f"{cls.__qualname__}: needs a queue= option (or abstract=True for a base class)")

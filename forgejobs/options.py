@@ -6,12 +6,14 @@ the class name in the message, not in a worker at 3 a.m.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import backoff as _backoff
+from .ratelimit import RateLimit
 from .schedule import Schedule
 from .types import Duration, Priority, parse_duration
 
@@ -42,6 +44,10 @@ class JobOptions(BaseModel):
     failure_ttl: Duration = timedelta(days=7)
     max_stalled: int = Field(default=1, ge=0, le=100)
     schedule: Schedule | None = None
+    rate_limit: RateLimit | None = None
+    """Per key: at most `max` runs per `per` for each value of `rate_limit_key` (all of this job if unset)."""
+    rate_limit_key: str | Callable[[Any], str] | None = None
+    """A payload field name, or a function of the job instance, naming the key a `rate_limit` applies to."""
 
     @field_validator("timeout", "result_ttl", "failure_ttl")
     @classmethod
@@ -71,6 +77,7 @@ class JobOverride(BaseModel):
     result_ttl: Duration | None = None
     failure_ttl: Duration | None = None
     max_stalled: int | None = Field(default=None, ge=0, le=100)
+    rate_limit: RateLimit | None = None
 
     @field_validator("timeout", "result_ttl", "failure_ttl")
     @classmethod

@@ -32,6 +32,7 @@ from .backends.leases import Heartbeat, reap
 from .client import Client, set_client
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys
+from .ratelimit import RedisRateLimiter
 from .registry import Registry
 from .settings import Settings, load_hooks, load_resources
 from .worker import SlotWorker, WorkerBase, WorkerStats, make_slot, run_scheduler
@@ -222,6 +223,7 @@ class ProcessWorker(WorkerBase):
                 backend.report_progress,
                 on_outcome,
                 load_hooks(self.settings),
+                RedisRateLimiter(connection, keys.prefix),
             )
         )
         set_client(Client(backend, self.registry))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import SpecError
 from .options import NAME_PATTERN, JobOverride
+from .ratelimit import RateLimit
 from .schedule import SCHEDULE_NAME_PATTERN, ScheduleSpec
 
 
@@ -26,6 +27,7 @@ class QueueSpec(BaseModel):
 
     concurrency: int = Field(default=1, ge=1, le=1000)
     description: str = ""
+    rate_limit: RateLimit | None = None  # shared by every worker of the queue, across processes and hosts
 
 
 class SpecFile(BaseModel):

@@ -28,6 +28,7 @@ from .envelope import decode
 from .execution import Aborted, DeadLettered, Retry, Runtime, Succeeded, execute
 from .job import Job
 from .options import JobOptions
+from .ratelimit import MemoryRateLimiter
 from .registry import Registry
 from .settings import Settings
 from .specs import load_specs
@@ -165,7 +166,8 @@ class FakeQueue:
             if stored is not None:
                 stored.progress = value
 
-        return Runtime(self.registry, self.backend.dead_letters, self.resources, progress)
+        limiter = MemoryRateLimiter(clock=lambda: self.clock.now().timestamp())
+        return Runtime(self.registry, self.backend.dead_letters, self.resources, progress, limiter=limiter)
 
     def drain(self, *, raise_on_failure: bool = True, max_jobs: int = 10_000) -> DrainResult:
         """Run every enqueued job, and the jobs they enqueue, until none is pending.

@@ -54,6 +54,7 @@ from .errors import ForgeJobsError
 from .events import Event, EventKind, Hooks
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys, rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
+from .ratelimit import RedisRateLimiter
 from .registry import Registry
 from .settings import Settings, load_hooks, load_resources
 from .timeouts import WatchdogDeathPenalty
@@ -373,6 +374,7 @@ class Worker(WorkerBase):
             report_progress=self.backend.report_progress,
             on_outcome=self._on_outcome,
             hooks=hooks if hooks is not None else load_hooks(settings),
+            limiter=RedisRateLimiter(self.connection, self.keys.prefix),
         )
         self._slots: list[SlotWorker] = []
         self._threads: list[threading.Thread] = []

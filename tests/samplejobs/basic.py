@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from forgejobs import Context, Job, RetryLater, Unrecoverable, backoff
+from forgejobs.ratelimit import RateLimit
 
 
 def _note(path: str, **fields: object) -> None:
@@ -120,4 +121,26 @@ class SlowFirstAttempt(Job, queue="slow", attempts=3, backoff=backoff.fixed(0), 
         _note(self.path, event="start", attempt=ctx.attempt)
         if ctx.attempt == 1:
             time.sleep(60)
+        return ctx.attempt
+
+
+class LimitedMark(Job, queue="limited", attempts=1):
+    """Notes when it ran; its queue allows 5 runs a second across all workers."""
+
+    path: str
+    label: str
+
+    def perform(self, ctx: Context) -> int:
+        _note(self.path, label=self.label, attempt=ctx.attempt)
+        return ctx.attempt
+
+
+class CallEndpoint(Job, queue="keyed", attempts=1, rate_limit=RateLimit(max=2, per=1), rate_limit_key="endpoint"):
+    """At most 2 runs a second per endpoint; endpoints do not slow each other."""
+
+    path: str
+    endpoint: str
+
+    def perform(self, ctx: Context) -> int:
+        _note(self.path, endpoint=self.endpoint, attempt=ctx.attempt)
         return ctx.attempt
