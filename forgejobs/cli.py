@@ -334,6 +334,23 @@ def events(settings: Settings, follow: bool, job_name: str | None, after: str, c
             show(event)
 
 
+@cli.command("job")
+@click.argument("job_id")
+@click.pass_obj
+def job_show(settings: Settings, job_id: str) -> None:
+    """One job: status, progress, last error and its `ctx.log` lines (also while it runs)."""
+    with _errors():
+        client = _client(settings)
+        state = client.backend.state(job_id)
+        console.print(f"{job_id}: {state.status.value}", highlight=False)
+        if state.progress is not None:
+            console.print(f"progress: {state.progress}", highlight=False)
+        if state.error:
+            console.print(f"error: {escape(state.error)}", highlight=False)
+        for line in client.backend.logs(job_id):
+            click.echo(line)
+
+
 @cli.group()
 def queue() -> None:
     """Pause, resume, drain or obliterate a queue."""

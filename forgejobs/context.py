@@ -42,6 +42,8 @@ class Context:
     resources: Any = None
     logger: JobLogger = field(init=False)
     _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)
+    _report_log: Callable[[str], None] | None = field(default=None, repr=False)
+    log_lines: list[str] = field(default_factory=list, init=False)
     last_progress: ProgressValue | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,13 @@ class Context:
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    def log(self, message: str) -> None:
+        """Append a line to this job's own log (capped; readable with `handle.logs()` while it runs)."""
+        line = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S.%fZ} #{self.attempt} {message}"
+        self.log_lines.append(line)
+        if self._report_log is not None:
+            self._report_log(line)
 
     def rate_limited(self, retry_after: float | timedelta) -> NoReturn:
         """Stop now and run again after `retry_after` (e.g. a remote's Retry-After), without using an attempt."""

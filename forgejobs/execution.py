@@ -56,6 +56,7 @@ class Runtime:
     on_outcome: Callable[[str, Outcome], None] | None = None
     hooks: Hooks | None = None  # in-process callbacks, no Redis round trip
     limiter: RateLimiter | None = None  # None: rate limits are not applied (unit tests of handlers)
+    report_log: Callable[[str, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         scheduled_for=envelope.scheduled_for(),
         resources=runtime.resources,
         _report_progress=_progress_reporter(runtime, envelope.id),
+        _report_log=_log_reporter(runtime, envelope.id),
     )
     try:
         value = job.perform(ctx)
@@ -265,6 +267,13 @@ def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
         for event in outcome_events(outcome, job_id, queue):
             runtime.hooks.emit(event)
     return outcome
+
+
+def _log_reporter(runtime: Runtime, job_id: str) -> Callable[[str], None] | None:
+    report = runtime.report_log
+    if report is None:
+        return None
+    return lambda line: report(job_id, line)
 
 
 def _progress_reporter(runtime: Runtime, job_id: str) -> Callable[[ProgressValue], None] | None:

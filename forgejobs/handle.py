@@ -49,6 +49,10 @@ class JobHandle:
         """The last value the job passed to `ctx.progress()`, or None."""
         return self.refresh().progress
 
+    def logs(self) -> list[str]:
+        """Lines the job wrote with `ctx.log()`, oldest first (the last 1000)."""
+        return self.client.backend.logs(self.id)
+
     def result(self, timeout: float = 0) -> Any:
         """The job's result, waiting up to `timeout` seconds for it to finish.
 

@@ -66,6 +66,10 @@ class Keys:
         """String with a TTL: "this RQ worker (a forgejobs slot) is alive"; renewed by its process's heartbeat."""
         return f"{self.prefix}:alive:{worker_name}"
 
+    def log(self, job_id: str) -> str:
+        """List: one job's log lines (capped, expiring)."""
+        return f"{self.prefix}:log:{job_id}"
+
     def progress(self, job_id: str) -> str:
         return f"{self.prefix}:progress:{job_id}"
 

@@ -224,6 +224,7 @@ class ProcessWorker(WorkerBase):
                 on_outcome,
                 load_hooks(self.settings),
                 RedisRateLimiter(connection, keys.prefix),
+                backend.append_log,
             )
         )
         set_client(Client(backend, self.registry))

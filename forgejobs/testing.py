@@ -166,8 +166,15 @@ class FakeQueue:
             if stored is not None:
                 stored.progress = value
 
+        def log(job_id: str, line: str) -> None:
+            stored = self.backend.jobs.get(job_id)
+            if stored is not None:
+                stored.log.append(line)
+
         limiter = MemoryRateLimiter(clock=lambda: self.clock.now().timestamp())
-        return Runtime(self.registry, self.backend.dead_letters, self.resources, progress, limiter=limiter)
+        return Runtime(
+            self.registry, self.backend.dead_letters, self.resources, progress, limiter=limiter, report_log=log
+        )
 
     def drain(self, *, raise_on_failure: bool = True, max_jobs: int = 10_000) -> DrainResult:
         """Run every enqueued job, and the jobs they enqueue, until none is pending.

@@ -375,6 +375,7 @@ class Worker(WorkerBase):
             on_outcome=self._on_outcome,
             hooks=hooks if hooks is not None else load_hooks(settings),
             limiter=RedisRateLimiter(self.connection, self.keys.prefix),
+            report_log=self.backend.append_log,
         )
         self._slots: list[SlotWorker] = []
         self._threads: list[threading.Thread] = []

@@ -548,3 +548,11 @@ def test_an_explicit_job_id_is_enqueued_once_on_the_fake_queue(fake_queue: FakeQ
     again = Receipt.with_options(job_id="receipt-1").enqueue(order="1")
     assert again.existing and not first.existing
     assert len(fake_queue.enqueued(Receipt)) == 1
+
+
+def test_job_logs_are_kept_per_job(fake_queue: FakeQueue) -> None:
+    from tests.samplejobs.basic import Progressing
+
+    handle = Progressing.enqueue()
+    fake_queue.drain()
+    assert [line.split(" ", 2)[2] for line in handle.logs()] == ["halfway", "done"]

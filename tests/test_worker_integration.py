@@ -12,16 +12,23 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 from pydantic import ValidationError
 
 from forgejobs import Client, PayloadTooLarge, Reason, Status
 from forgejobs.backends.rq import ENTRY_POINT
+from forgejobs.cli import cli
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.basic import Doomed, Echo, EchoResult, Flaky, Mark, Progressing, Slow, Snooze, TimesOut
 
 pytestmark = pytest.mark.redis
 
 StartWorker = Callable[..., WorkerProcess]
+
+
+def client_url(client: Client) -> str:
+    kwargs = client.backend.connection.connection_pool.connection_kwargs  # type: ignore[attr-defined]
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
 
 
 def notes(path: Path) -> list[dict[str, Any]]:
@@ -207,6 +214,9 @@ def test_progress_is_readable_from_the_handle(client: Client, start_worker: Star
     handle = Progressing.enqueue()
     handle.result(timeout=15)
     assert handle.progress() == {"done": 2, "total": 2}
+    assert [line.split(" ", 2)[2] for line in handle.logs()] == ["halfway", "done"]
+    out = CliRunner().invoke(cli, ["job", handle.id], env={"FORGEJOBS_REDIS_URL": client_url(client)}).output
+    assert "succeeded" in out and "progress: {'done': 2, 'total': 2}" in out and out.rstrip().endswith("#1 done")
 
 
 def test_dead_letters_can_be_requeued_and_purged(client: Client, start_worker: StartWorker, tmp_path: Path) -> None:

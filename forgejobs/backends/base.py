@@ -77,6 +77,10 @@ class Backend(ABC):
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
         raise NotImplementedError
 
+    def logs(self, job_id: str) -> list[str]:
+        """The job's `ctx.log` lines, oldest first."""
+        return []
+
     # -- queue administration (pause, resume, drain, obliterate) ------------------------
 
     def set_paused(self, queue: str, paused: bool) -> None:

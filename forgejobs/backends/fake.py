@@ -51,6 +51,7 @@ class StoredJob:
     progress: Any = None
     attempts_run: int = 0
     history: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
 
 
 class FakeBackend(Backend):
@@ -83,6 +84,10 @@ class FakeBackend(Backend):
         if stored is None:
             return JobState(Status.UNKNOWN)
         return JobState(stored.status, result=stored.result, error=stored.error, progress=stored.progress)
+
+    def logs(self, job_id: str) -> list[str]:
+        stored = self.jobs.get(job_id)
+        return list(stored.log) if stored is not None else []
 
     def pending(self) -> list[StoredJob]:
         return [j for j in self.jobs.values() if j.status in (Status.QUEUED, Status.SCHEDULED)]

@@ -295,6 +295,20 @@ class RQBackend(Backend):
             rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
         return rows
 
+    LOG_LINES = 1000  # kept per job; older lines are dropped
+    LOG_TTL = 7 * 86400
+
+    def append_log(self, job_id: str, line: str) -> None:
+        key = self.keys.log(job_id)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, line)
+            pipe.ltrim(key, -self.LOG_LINES, -1)
+            pipe.expire(key, self.LOG_TTL)
+            pipe.execute()
+
+    def logs(self, job_id: str) -> list[str]:
+        return [b.decode() for b in cast(list[bytes], self.connection.lrange(self.keys.log(job_id), 0, -1))]
+
     # -- queue administration ------------------------------------------------------------
 
     def set_paused(self, queue: str, paused: bool) -> None:

@@ -108,8 +108,10 @@ class Progressing(Job, queue="fast", attempts=1):
     """Report progress, then finish."""
 
     def perform(self, ctx: Context) -> None:
+        ctx.log("halfway")
         ctx.progress(50)
         ctx.progress({"done": 2, "total": 2})
+        ctx.log("done")
 
 
 class SlowFirstAttempt(Job, queue="slow", attempts=3, backoff=backoff.fixed(0), timeout=120):
