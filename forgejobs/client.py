@@ -7,6 +7,7 @@ use. The fake queue installs its own for the length of a test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import threading
@@ -53,8 +54,19 @@ class Client:
             raise ValueError("job_id names one job; it cannot be used with enqueue_many")
         job_options = self.registry.ensure(job_type)
         prepared = self.prepare_many(job_type, job_options, items, options, self.backend.now())
-        existing = self.backend.enqueue(prepared) if prepared else set()
-        return [JobHandle(self, p.job_id, job_type, existing=p.job_id in existing) for p in prepared]
+        taken = self.backend.claim(prepared) if job_options.unique_for is not None else {}
+        fresh = [p for p in prepared if p.job_id not in taken]
+        try:
+            existing = self.backend.enqueue(fresh) if fresh else set()
+        except Exception:
+            self.backend.unclaim(fresh)
+            raise
+        return [
+            JobHandle(self, taken[p.job_id], job_type, existing=True)
+            if p.job_id in taken
+            else JobHandle(self, p.job_id, job_type, existing=p.job_id in existing)
+            for p in prepared
+        ]
 
     def prepare(
         self,
@@ -94,6 +106,7 @@ class Client:
         result_ttl = job_options.result_ttl.total_seconds()
         failure_ttl = job_options.failure_ttl.total_seconds()
         unique = options.job_id is not None
+        window = job_options.unique_for.total_seconds() if job_options.unique_for is not None else 0.0
         prepared = []
         for item in items:
             if isinstance(item, job_type):
@@ -119,6 +132,8 @@ class Client:
                     result_ttl,
                     failure_ttl,
                     unique,
+                    dedupe_key(name, instance, job_options) if window else None,
+                    window,
                 )
             )
         return prepared
@@ -203,6 +218,18 @@ class Client:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def dedupe_key(name: str, instance: Job, options: JobOptions) -> str:
+    """The key two enqueues share when they are "the same job" for `unique_for`."""
+    spec = options.dedupe_key
+    if callable(spec):
+        material: Any = str(spec(instance))
+    else:
+        data = instance.model_dump(mode="json")
+        material = {f: data.get(f) for f in spec} if spec else data
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return f"{name}:{digest}"
 
 
 def largest_fields(instance: Job, top: int = 3) -> list[tuple[str, int]]:

@@ -134,6 +134,13 @@ class Job(BaseModel, metaclass=_JobMeta):
         limit_key = options.rate_limit_key
         if isinstance(limit_key, str) and limit_key not in cls.model_fields:
             raise OptionsError(f"{cls.__qualname__}: rate_limit_key {limit_key!r} is not one of its fields")
+        dedupe = options.dedupe_key
+        if isinstance(dedupe, tuple):
+            missing = [f for f in dedupe if f not in cls.model_fields]
+            if missing:
+                raise OptionsError(f"{cls.__qualname__}: dedupe_key names unknown field(s) {', '.join(missing)}")
+        if dedupe is not None and options.unique_for is None:
+            raise OptionsError(f"{cls.__qualname__}: dedupe_key needs unique_for")
         if limit_key is not None and options.rate_limit is None:
             raise OptionsError(f"{cls.__qualname__}: rate_limit_key needs a rate_limit")
         if not abstract:

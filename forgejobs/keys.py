@@ -66,6 +66,10 @@ class Keys:
         """String with a TTL: "this RQ worker (a forgejobs slot) is alive"; renewed by its process's heartbeat."""
         return f"{self.prefix}:alive:{worker_name}"
 
+    def dedupe(self, key: str) -> str:
+        """String with a TTL: the job that holds a dedupe key (unique_for)."""
+        return f"{self.prefix}:unique:{key}"
+
     def log(self, job_id: str) -> str:
         """List: one job's log lines (capped, expiring)."""
         return f"{self.prefix}:log:{job_id}"

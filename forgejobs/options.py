@@ -44,6 +44,10 @@ class JobOptions(BaseModel):
     failure_ttl: Duration = timedelta(days=7)
     max_stalled: int = Field(default=1, ge=0, le=100)
     schedule: Schedule | None = None
+    unique_for: Duration | None = None
+    """Deduplication window: an enqueue matching a job enqueued less than this ago returns that job instead."""
+    dedupe_key: tuple[str, ...] | Callable[[Any], str] | None = None
+    """Which payload fields (or a function of the job) make two enqueues "the same"; default: the whole payload."""
     rate_limit: RateLimit | None = None
     """Per key: at most `max` runs per `per` for each value of `rate_limit_key` (all of this job if unset)."""
     rate_limit_key: str | Callable[[Any], str] | None = None

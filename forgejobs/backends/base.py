@@ -30,6 +30,8 @@ class Prepared:
     result_ttl: float = 3600
     failure_ttl: float = 7 * 86400
     unique: bool = False  # the caller chose job_id: an existing job with that id wins
+    dedupe: str | None = None  # unique_for: the dedupe key this job claims
+    dedupe_ttl: float = 0.0
 
 
 @dataclass
@@ -75,6 +77,15 @@ class Backend(ABC):
     def state(self, job_id: str) -> JobState: ...
 
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
+        raise NotImplementedError
+
+    def claim(self, jobs: Sequence[Prepared]) -> dict[str, str]:
+        """For jobs with a dedupe key: claim it for the job, atomically. Returns job id -> the id that
+        already holds the key (those jobs must not be enqueued)."""
+        raise NotImplementedError
+
+    def unclaim(self, jobs: Sequence[Prepared]) -> None:
+        """Release claims of jobs that could not be enqueued."""
         raise NotImplementedError
 
     def logs(self, job_id: str) -> list[str]:

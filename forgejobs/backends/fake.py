@@ -60,6 +60,7 @@ class FakeBackend(Backend):
         self.dead_letters = MemoryDeadLetters()
         self.jobs: dict[str, StoredJob] = {}
         self.log: list[Prepared] = []  # every enqueue, in order
+        self.claims: dict[str, tuple[str, datetime]] = {}
         self._seq = itertools.count()
 
     def now(self) -> datetime:
@@ -84,6 +85,24 @@ class FakeBackend(Backend):
         if stored is None:
             return JobState(Status.UNKNOWN)
         return JobState(stored.status, result=stored.result, error=stored.error, progress=stored.progress)
+
+    def claim(self, jobs: Sequence[Prepared]) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        now = self.clock.now()
+        for job in jobs:
+            if job.dedupe is None:
+                continue
+            holder = self.claims.get(job.dedupe)
+            if holder is not None and holder[1] > now:
+                taken[job.job_id] = holder[0]
+            else:
+                self.claims[job.dedupe] = (job.job_id, now + timedelta(seconds=job.dedupe_ttl))
+        return taken
+
+    def unclaim(self, jobs: Sequence[Prepared]) -> None:
+        for job in jobs:
+            if job.dedupe is not None and self.claims.get(job.dedupe, ("",))[0] == job.job_id:
+                del self.claims[job.dedupe]
 
     def logs(self, job_id: str) -> list[str]:
         stored = self.jobs.get(job_id)

@@ -295,6 +295,36 @@ class RQBackend(Backend):
             rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
         return rows
 
+    _CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+    def claim(self, jobs: Sequence[Prepared]) -> dict[str, str]:
+        wanted = [job for job in jobs if job.dedupe is not None]
+        if not wanted:
+            return {}
+        script = self.connection.register_script(self._CLAIM)
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job in wanted:
+                assert job.dedupe is not None
+                ttl_ms = max(1, int(job.dedupe_ttl * 1000))
+                script(keys=[self.keys.dedupe(job.dedupe)], args=[job.job_id, ttl_ms], client=pipe)
+            holders = pipe.execute()
+        taken = {job.job_id: h.decode() for job, h in zip(wanted, holders) if h and h.decode() != job.job_id}
+        for job in wanted:
+            if job.job_id in taken:
+                event = _enqueued_event(job, EventKind.DEDUPLICATED)
+                self.events.append(event.model_copy(update={"data": {"existing": taken[job.job_id]}}))
+        return taken
+
+    def unclaim(self, jobs: Sequence[Prepared]) -> None:
+        keys = [self.keys.dedupe(job.dedupe) for job in jobs if job.dedupe is not None]
+        if keys:
+            self.connection.delete(*keys)
+
     LOG_LINES = 1000  # kept per job; older lines are dropped
     LOG_TTL = 7 * 86400
 
