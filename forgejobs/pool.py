@@ -204,7 +204,13 @@ class ProcessWorker(WorkerBase):
 
         # One name per supervisor: a replaced scheduler child refreshes its predecessor's locks.
         run_scheduler(
-            connection, self.rq_queue_names, self.settings.scheduler_interval, stop, f"{self.name}-scheduler", reaper
+            connection,
+            self.rq_queue_names,
+            self.settings.scheduler_interval,
+            stop,
+            f"{self.name}-scheduler",
+            reaper,
+            self.registry.queues,
         )
 
     def _slot_child(self, queue: str, index: int, stats: WorkerStats) -> None:

@@ -18,6 +18,25 @@ from .errors import SpecError
 from .options import NAME_PATTERN, JobOverride
 from .ratelimit import RateLimit
 from .schedule import SCHEDULE_NAME_PATTERN, ScheduleSpec
+from .types import Duration
+
+
+class Keep(BaseModel):
+    """How much of one kind of finished job a queue keeps: the newest `count`, none older than `age`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int | None = Field(default=None, ge=0)
+    age: Duration | None = None
+
+
+class Retention(BaseModel):
+    """Per queue. Defaults keep Redis memory bounded under sustained load."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    completed: Keep = Keep(count=1000)  # age: each job's result_ttl (1 h by default)
+    failed: Keep = Keep(count=1000)  # age: each job's failure_ttl (7 days by default)
 
 
 class QueueSpec(BaseModel):
@@ -28,6 +47,7 @@ class QueueSpec(BaseModel):
     concurrency: int = Field(default=1, ge=1, le=1000)
     description: str = ""
     rate_limit: RateLimit | None = None  # shared by every worker of the queue, across processes and hosts
+    retention: Retention = Retention()
 
 
 class SpecFile(BaseModel):

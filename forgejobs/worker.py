@@ -46,6 +46,7 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
+from .backends import retention
 from .backends import rq as rq_backend
 from .backends.leases import Heartbeat, reap
 from .client import Client, set_client
@@ -57,6 +58,7 @@ from .keys import Keys, rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue
 from .ratelimit import RedisRateLimiter
 from .registry import Registry
 from .settings import Settings, load_hooks, load_resources
+from .specs import QueueSpec
 from .timeouts import WatchdogDeathPenalty
 
 log = logging.getLogger("forgejobs.worker")
@@ -254,6 +256,7 @@ LOCK_RETRY_SECONDS = 2.0
 
 
 REAP_SECONDS = 1.0
+TRIM_SECONDS = 5.0
 
 
 def run_scheduler(
@@ -263,6 +266,7 @@ def run_scheduler(
     stop: threading.Event,
     name: str | None = None,
     reaper: Callable[[list[Queue]], object] | None = None,
+    specs: dict[str, QueueSpec] | None = None,
 ) -> None:
     """Move due delayed jobs and retries onto their queues until `stop` is set.
 
@@ -279,7 +283,7 @@ def run_scheduler(
     scheduler.register_birth()
     queues = {name: Queue(name, connection=connection, serializer=JSONSerializer) for name in rq_queues}
     wanted = set(rq_queues)
-    last_try = last_reap = 0.0
+    last_try = last_reap = last_trim = 0.0
     try:
         while not stop.is_set():
             try:
@@ -293,6 +297,9 @@ def run_scheduler(
                     if reaper is not None and time.monotonic() - last_reap >= REAP_SECONDS:
                         last_reap = time.monotonic()
                         reaper(held)
+                    if specs is not None and time.monotonic() - last_trim >= TRIM_SECONDS:
+                        last_trim = time.monotonic()
+                        retention.trim(connection, held, specs)
             except redis.RedisError as exc:
                 log.warning("scheduler: %s", exc)
             stop.wait(interval)
@@ -422,7 +429,7 @@ class Worker(WorkerBase):
             threading.Thread(
                 target=run_scheduler,
                 args=(self.connection, self.rq_queue_names, self.settings.scheduler_interval, self._stop),
-                kwargs={"name": f"{self.name}-scheduler", "reaper": self._reap},
+                kwargs={"name": f"{self.name}-scheduler", "reaper": self._reap, "specs": self.registry.queues},
                 name=f"{self.name}.scheduler",
                 daemon=True,
             )
