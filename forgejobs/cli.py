@@ -91,12 +91,13 @@ def check(settings: Settings) -> None:
         )
     console.print(table)
     queues = Table(title="queues")
-    queues.add_column("queue")
-    queues.add_column("concurrency")
-    queues.add_column("jobs")
+    for column in ("queue", "concurrency", "jobs", "rate limit", "keeps completed", "keeps failed"):
+        queues.add_column(column)
     for name, spec in sorted(registry.queues.items()):
         count = sum(1 for e in registry if e.options.queue == name)
-        queues.add_row(name, str(spec.concurrency), str(count))
+        limit = spec.rate_limit.describe() if spec.rate_limit else "-"
+        keep = spec.retention
+        queues.add_row(name, str(spec.concurrency), str(count), limit, _keep(keep.completed), _keep(keep.failed))
     console.print(queues)
     if registry.schedules:
         from datetime import UTC, datetime
@@ -270,6 +271,15 @@ def schedules(ctx: click.Context) -> None:
         console.print(table)
         if not stored:
             console.print("no scheduler has registered these yet: run `forgejobs scheduler`")
+
+
+def _keep(keep: Any) -> str:
+    parts = []
+    if keep.count is not None:
+        parts.append(f"{keep.count} newest")
+    if keep.age is not None:
+        parts.append(f"{keep.age.total_seconds():g}s")
+    return ", ".join(parts) or "job TTLs"
 
 
 def _last_run_text(client: Client, last: Any) -> str:
