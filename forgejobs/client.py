@@ -53,6 +53,8 @@ class Client:
         if options.job_id is not None and len(items) > 1:
             raise ValueError("job_id names one job; it cannot be used with enqueue_many")
         job_options = self.registry.ensure(job_type)
+        if job_options.debounce is not None:
+            return [self._debounce(job_type, job_options, item, options) for item in items]
         prepared = self.prepare_many(job_type, job_options, items, options, self.backend.now())
         taken = self.backend.claim(prepared) if job_options.unique_for is not None else {}
         fresh = [p for p in prepared if p.job_id not in taken]
@@ -67,6 +69,25 @@ class Client:
             else JobHandle(self, p.job_id, job_type, existing=p.job_id in existing)
             for p in prepared
         ]
+
+    def _debounce(
+        self, job_type: type[Job], job_options: JobOptions, item: Job | Mapping[str, Any], options: EnqueueOptions
+    ) -> JobHandle:
+        from .handle import JobHandle
+
+        assert job_options.debounce is not None
+        now = self.backend.now()
+        window = job_options.debounce
+        probe = self.prepare_many(job_type, job_options, [item], EnqueueOptions(), now)[0]  # validates, sizes
+        key = dedupe_key(probe.name, job_type.model_validate(json.loads(probe.envelope)["payload"]), job_options)
+        delayed = EnqueueOptions(delay=window, priority=options.priority)
+
+        def build(job_id: str) -> Prepared:
+            with_id = delayed.model_copy(update={"job_id": job_id})
+            return self.prepare_many(job_type, job_options, [item], with_id, now)[0]
+
+        job_id, replaced = self.backend.debounce(key, build, probe.job_id, window.total_seconds() + 60)
+        return JobHandle(self, job_id, job_type, existing=replaced)
 
     def prepare(
         self,

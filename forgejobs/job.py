@@ -139,8 +139,10 @@ class Job(BaseModel, metaclass=_JobMeta):
             missing = [f for f in dedupe if f not in cls.model_fields]
             if missing:
                 raise OptionsError(f"{cls.__qualname__}: dedupe_key names unknown field(s) {', '.join(missing)}")
-        if dedupe is not None and options.unique_for is None:
-            raise OptionsError(f"{cls.__qualname__}: dedupe_key needs unique_for")
+        if options.unique_for is not None and options.debounce is not None:
+            raise OptionsError(f"{cls.__qualname__}: give unique_for or debounce, not both")
+        if dedupe is not None and options.unique_for is None and options.debounce is None:
+            raise OptionsError(f"{cls.__qualname__}: dedupe_key needs unique_for or debounce")
         if limit_key is not None and options.rate_limit is None:
             raise OptionsError(f"{cls.__qualname__}: rate_limit_key needs a rate_limit")
         if not abstract:

@@ -70,6 +70,10 @@ class Keys:
         """String with a TTL: the job that holds a dedupe key (unique_for)."""
         return f"{self.prefix}:unique:{key}"
 
+    def debounce(self, key: str) -> str:
+        """String with a TTL: the pending job that a debounce key currently points at."""
+        return f"{self.prefix}:debounce:{key}"
+
     def log(self, job_id: str) -> str:
         """List: one job's log lines (capped, expiring)."""
         return f"{self.prefix}:log:{job_id}"

@@ -46,6 +46,8 @@ class JobOptions(BaseModel):
     schedule: Schedule | None = None
     unique_for: Duration | None = None
     """Deduplication window: an enqueue matching a job enqueued less than this ago returns that job instead."""
+    debounce: Duration | None = None
+    """An enqueue matching a job still waiting to start replaces its payload and pushes its start back by this."""
     dedupe_key: tuple[str, ...] | Callable[[Any], str] | None = None
     """Which payload fields (or a function of the job) make two enqueues "the same"; default: the whole payload."""
     rate_limit: RateLimit | None = None

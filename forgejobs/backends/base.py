@@ -7,7 +7,7 @@ the client and in execution; a backend only stores what it is handed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -86,6 +86,12 @@ class Backend(ABC):
 
     def unclaim(self, jobs: Sequence[Prepared]) -> None:
         """Release claims of jobs that could not be enqueued."""
+        raise NotImplementedError
+
+    def debounce(self, key: str, build: Callable[[str], Prepared], new_id: str, ttl: float) -> tuple[str, bool]:
+        """Atomically: if `key` points at a job still waiting to start, replace it with `build(its id)`
+        (payload and due time) and return (its id, True); else store `build(new_id)`, point `key` at it,
+        and return (new_id, False)."""
         raise NotImplementedError
 
     def logs(self, job_id: str) -> list[str]:

@@ -7,7 +7,7 @@ enqueue round-trips through JSON and the size guard as in production.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,6 +61,7 @@ class FakeBackend(Backend):
         self.jobs: dict[str, StoredJob] = {}
         self.log: list[Prepared] = []  # every enqueue, in order
         self.claims: dict[str, tuple[str, datetime]] = {}
+        self.debounced: dict[str, str] = {}
         self._seq = itertools.count()
 
     def now(self) -> datetime:
@@ -103,6 +104,18 @@ class FakeBackend(Backend):
         for job in jobs:
             if job.dedupe is not None and self.claims.get(job.dedupe, ("",))[0] == job.job_id:
                 del self.claims[job.dedupe]
+
+    def debounce(self, key: str, build: Callable[[str], Prepared], new_id: str, ttl: float) -> tuple[str, bool]:
+        current = self.debounced.get(key)
+        stored = self.jobs.get(current) if current else None
+        if current is not None and stored is not None and stored.status is Status.SCHEDULED:
+            job = build(current)
+            stored.prepared, stored.envelope, stored.due_at = job, job.envelope, job.due_at
+            self.log.append(job)
+            return current, True
+        self.enqueue([build(new_id)])
+        self.debounced[key] = new_id
+        return new_id, False
 
     def logs(self, job_id: str) -> list[str]:
         stored = self.jobs.get(job_id)

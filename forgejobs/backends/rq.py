@@ -325,6 +325,50 @@ return false
         if keys:
             self.connection.delete(*keys)
 
+    def debounce(self, key: str, build: Callable[[str], Prepared], new_id: str, ttl: float) -> tuple[str, bool]:
+        pointer = self.keys.debounce(key)
+        ttl_ms = max(1, int(ttl * 1000))
+
+        def transaction(pipe: Any) -> tuple[str, bool]:
+            raw = pipe.get(pointer)
+            if raw:
+                current = raw.decode()
+                job_key = rq_job_key(current)
+                pipe.watch(job_key)  # a scheduler moving it to its queue meanwhile makes us try again
+                status, origin = pipe.hmget(job_key, ["status", "origin"])
+                if status == JobStatus.SCHEDULED.value.encode() and origin:
+                    job = build(current)
+                    assert job.due_at is not None
+                    data = zlib.compress(JSONSerializer.dumps((ENTRY_POINT, None, [job.envelope], {})))
+                    scheduled = ScheduledJobRegistry(origin.decode(), connection=self.connection).key
+                    pipe.multi()
+                    pipe.hset(job_key, "data", data)
+                    pipe.zadd(scheduled, {current: job.due_at.timestamp()})
+                    pipe.pexpire(pointer, ttl_ms)
+                    return current, True
+            job = build(new_id)
+            assert job.due_at is not None
+            queue = self.rq_queue(rq_queue_name(job.queue, job.priority))
+            # Written field by field (from RQ's own template): RQ's schedule_job sends its ZADD outside
+            # the pipeline, which a retried WATCH transaction would leave behind.
+            data = zlib.compress(JSONSerializer.dumps((ENTRY_POINT, None, [job.envelope], {})))
+            mapping = {**self._template(queue, job), "status": JobStatus.SCHEDULED.value, "data": data}
+            pipe.multi()
+            pipe.hset(rq_job_key(new_id), mapping=mapping)
+            pipe.zadd(ScheduledJobRegistry(queue=queue).key, {new_id: job.due_at.timestamp()})
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            pipe.set(pointer, new_id, px=ttl_ms)
+            return new_id, False
+
+        result = cast(
+            tuple[str, bool],
+            self.connection.transaction(transaction, pointer, value_from_callable=True),  # type: ignore[arg-type]
+        )
+        if not result[1]:
+            job = build(result[0])
+            self.events.append(_enqueued_event(job))
+        return result
+
     LOG_LINES = 1000  # kept per job; older lines are dropped
     LOG_TTL = 7 * 86400
 
