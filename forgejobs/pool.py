@@ -195,7 +195,7 @@ class ProcessWorker(WorkerBase):
             stop.set()
         connection = rq_backend.connect(self.settings.redis_url_or_default())
         keys = Keys(self.settings.key_prefix)
-        backend = rq_backend.RQBackend(connection, keys, dead_letter_limit=self.settings.dead_letter_limit)
+        backend = rq_backend.RQBackend.for_connection(connection, self.settings)
         runtime = Runtime(self.registry, backend.dead_letters)
         timeout = self.settings.stall_timeout
 
@@ -216,7 +216,7 @@ class ProcessWorker(WorkerBase):
     def _slot_child(self, queue: str, index: int, stats: WorkerStats) -> None:
         connection = rq_backend.connect(self.settings.redis_url_or_default())
         keys = Keys(self.settings.key_prefix)
-        backend = rq_backend.RQBackend(connection, keys, dead_letter_limit=self.settings.dead_letter_limit)
+        backend = rq_backend.RQBackend.for_connection(connection, self.settings)
 
         def on_outcome(name: str, outcome: Outcome) -> None:
             stats.add_outcome(outcome)

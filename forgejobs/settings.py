@@ -44,6 +44,7 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds without a heartbeat after which a running job counts as stalled (its worker died).",
     )
+    events_max: int = Field(default=100_000, ge=100, description="Job events the stream keeps (oldest go first).")
     dead_letter_limit: int = Field(default=10_000, ge=1, description="Dead letters kept; the oldest go first.")
 
     def redis_url_or_default(self) -> str:

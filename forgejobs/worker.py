@@ -370,7 +370,7 @@ class Worker(WorkerBase):
             resources = load_resources(settings)
         self.connection = connection or rq_backend.connect(settings.redis_url_or_default())
         self.keys = Keys(settings.key_prefix)
-        self.backend = rq_backend.RQBackend(self.connection, self.keys, dead_letter_limit=settings.dead_letter_limit)
+        self.backend = rq_backend.RQBackend.for_connection(self.connection, settings)
         self.heartbeat = Heartbeat(self.connection, self.keys, settings.stall_timeout, self.backend.events)
         self.backend.event_sink = self.heartbeat.emit
         self._user_on_outcome = on_outcome

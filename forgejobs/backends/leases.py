@@ -128,21 +128,26 @@ def reap(
         return []
     with connection.pipeline(transaction=False) as pipe:
         for _queue, _registry, entry in candidates:
-            pipe.hmget(rq_job_key(entry.split(":", 1)[0]), ["worker_name", "started_at"])
+            pipe.hmget(rq_job_key(entry.split(":", 1)[0]), ["worker_name", "started_at", "status"])
         details = cast(list[list[bytes | None]], pipe.execute())
     with connection.pipeline(transaction=False) as pipe:
-        for worker_name, _started in details:
+        for worker_name, _started, _status in details:
             pipe.exists(keys.alive(worker_name.decode() if worker_name else "?"))
         alive = pipe.execute()
     cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
     recovered = []
     for index, (queue, registry, entry) in enumerate(candidates):
-        _worker, started = details[index]
-        if alive[index]:
+        worker, started, status = details[index]
+        if alive[index] or worker is None or started is None:
             continue
-        if started and str_to_date(started).replace(tzinfo=UTC) > cutoff:
+        if str_to_date(started.decode()).replace(tzinfo=UTC) > cutoff:
             continue  # started moments ago
         job_id = entry.split(":", 1)[0]
+        if status != JobStatus.STARTED.value.encode():
+            # An entry left behind by an execution that ended (or a job since requeued): not running,
+            # so there is nothing to recover; running it again would run it twice.
+            connection.zrem(registry.key, entry)
+            continue
         if _recover(connection, queue, registry, entry, job_id, runtime, events):
             recovered.append(job_id)
     return recovered

@@ -118,18 +118,28 @@ def _enqueued_event(job: Prepared, kind: EventKind = EventKind.ENQUEUED) -> Even
 
 
 class RQBackend(Backend):
-    def __init__(self, connection: redis.Redis, keys: Keys | None = None, dead_letter_limit: int = 10_000) -> None:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        keys: Keys | None = None,
+        dead_letter_limit: int = 10_000,
+        events_max: int = 100_000,
+    ) -> None:
         self.connection = connection
         self.keys = keys or Keys()
         self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
-        self.events = EventStream(connection, self.keys.events)
+        self.events = EventStream(connection, self.keys.events, maxlen=events_max)
         # Workers route their events through their heartbeat's buffer, so they stay in order.
         self.event_sink: Callable[[Sequence[Event]], None] | None = None
         self._queues: dict[str, Queue] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RQBackend:
-        return cls(connect(settings.redis_url_or_default()), Keys(settings.key_prefix), settings.dead_letter_limit)
+        return cls.for_connection(connect(settings.redis_url_or_default()), settings)
+
+    @classmethod
+    def for_connection(cls, connection: redis.Redis, settings: Settings) -> RQBackend:
+        return cls(connection, Keys(settings.key_prefix), settings.dead_letter_limit, settings.events_max)
 
     def rq_queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
