@@ -75,7 +75,7 @@ def check(settings: Settings) -> None:
     with _errors():
         registry = _registry(settings)
     table = Table(title=f"{len(registry)} jobs ({settings.jobs}, specs from {settings.specs})")
-    for column in ("job", "class", "queue", "attempts", "backoff", "priority", "timeout", "max payload"):
+    for column in ("job", "class", "queue", "attempts", "backoff", "priority", "timeout", "max payload", "limits"):
         table.add_column(column)
     for entry in registry:
         o = entry.options
@@ -88,6 +88,7 @@ def check(settings: Settings) -> None:
             str(o.priority),
             o.describe_timeout(),
             f"{o.max_payload_bytes} B",
+            _limits(o),
         )
     console.print(table)
     queues = Table(title="queues")
@@ -271,6 +272,21 @@ def schedules(ctx: click.Context) -> None:
         console.print(table)
         if not stored:
             console.print("no scheduler has registered these yet: run `forgejobs scheduler`")
+
+
+def _limits(options: Any) -> str:
+    """Rate limit, dedupe/debounce window and stall policy, in a few words."""
+    parts = []
+    if options.rate_limit is not None:
+        key = options.rate_limit_key
+        by = f" per {key if isinstance(key, str) else 'key'}" if key is not None else ""
+        parts.append(f"{options.rate_limit.describe()}{by}")
+    if options.unique_for is not None:
+        parts.append(f"unique {options.unique_for.total_seconds():g}s")
+    if options.debounce is not None:
+        parts.append(f"debounce {options.debounce.total_seconds():g}s")
+    parts.append(f"max_stalled {options.max_stalled}")
+    return ", ".join(parts)
 
 
 def _keep(keep: Any) -> str:
