@@ -382,14 +382,19 @@ def queue() -> None:
     """Pause, resume, drain or obliterate a queue."""
 
 
+def _set_paused(settings: Settings, name: str, paused: bool) -> None:
+    with _errors():
+        client = _client(settings)
+        (client.pause if paused else client.resume)(name)
+    console.print(f"{'paused' if paused else 'resumed'} {name}")
+
+
 @queue.command("pause")
 @click.argument("name")
 @click.pass_obj
 def queue_pause(settings: Settings, name: str) -> None:
     """Workers stop taking NAME's jobs (in every process, within a second); enqueueing goes on."""
-    with _errors():
-        _client(settings).pause(name)
-    console.print(f"paused {name}")
+    _set_paused(settings, name, True)
 
 
 @queue.command("resume")
@@ -397,9 +402,7 @@ def queue_pause(settings: Settings, name: str) -> None:
 @click.pass_obj
 def queue_resume(settings: Settings, name: str) -> None:
     """Workers take NAME's jobs again."""
-    with _errors():
-        _client(settings).resume(name)
-    console.print(f"resumed {name}")
+    _set_paused(settings, name, False)
 
 
 @queue.command("drain")

@@ -118,7 +118,11 @@ def to_json_value(value: Any) -> Any:
 
 def execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
     """Run one job from its stored envelope and say what should happen next."""
-    outcome = _execute(raw, runtime, job_id=job_id, queue=queue)
+    return _announce(runtime, _execute(raw, runtime, job_id=job_id, queue=queue), job_id, queue)
+
+
+def _announce(runtime: Runtime, outcome: Outcome, job_id: str, queue: str) -> Outcome:
+    """Tell the in-process listeners (outcome callback, hooks) what happened."""
     if runtime.on_outcome is not None:
         runtime.on_outcome(outcome.name, outcome)
     if runtime.hooks is not None:
@@ -261,12 +265,7 @@ def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
         outcome: Outcome = Retry(delay, envelope.next_attempt(STALL_ERROR, delay), STALL_ERROR)
     else:
         outcome = _dead(runtime, _record(envelope, queue, Reason.STALLED, STALL_ERROR))
-    if runtime.on_outcome is not None:
-        runtime.on_outcome(outcome.name, outcome)
-    if runtime.hooks is not None:
-        for event in outcome_events(outcome, job_id, queue):
-            runtime.hooks.emit(event)
-    return outcome
+    return _announce(runtime, outcome, job_id, queue)
 
 
 def _log_reporter(runtime: Runtime, job_id: str) -> Callable[[str], None] | None:
