@@ -76,6 +76,8 @@ class Client:
         from .handle import JobHandle
 
         assert job_options.debounce is not None
+        if options.job_id is not None or options.delay is not None or options.at is not None:
+            raise ValueError(f"{job_type.job_name()} is debounced: its start is set by debounce, not job_id/delay/at")
         now = self.backend.now()
         window = job_options.debounce
         probe = self.prepare_many(job_type, job_options, [item], EnqueueOptions(), now)[0]  # validates, sizes

@@ -40,6 +40,11 @@ def test_repeated_enqueues_collapse_into_one_later_run_with_the_newest_payload()
         assert third.id != first.id and not third.existing
 
 
+def test_a_debounced_job_refuses_its_own_start_time() -> None:
+    with FakeQueue(), pytest.raises(ValueError, match="debounced"):
+        SearchReindex.with_options(delay=5).enqueue(document_id="d1", revision=1)
+
+
 @pytest.mark.redis
 def test_debounce_on_redis_is_atomic_and_pushes_the_start_back(conn: redis.Redis) -> None:
     client = Client(RQBackend(conn), Registry([SearchReindex], Specs(queues={"fast": QueueSpec()})))
