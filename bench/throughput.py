@@ -77,8 +77,8 @@ for _path in (str(REPO_ROOT), str(BENCH_DIR)):
 from benchjobs import QUEUE, NoopJob, registry  # noqa: E402
 from benchjobs.rqfuncs import noop  # noqa: E402
 
-from forgejobs.backends.leases import Heartbeat  # noqa: E402
 from forgejobs.backends.rq import RQBackend, install_runtime  # noqa: E402
+from forgejobs.backends.stalls import Heartbeat  # noqa: E402
 from forgejobs.client import Client, use_client  # noqa: E402
 from forgejobs.execution import Runtime  # noqa: E402
 from forgejobs.keys import rq_queue_name  # noqa: E402
@@ -338,7 +338,7 @@ class Bench:
         beat = Heartbeat(self.conn, backend.keys, self.settings.stall_timeout, backend.events)
         name = f"bench-slot-{os.getpid()}"
         slot = make_slot(SlotWorker, self.conn, backend.dead_letters, QUEUE, name, heartbeat=beat)
-        install_runtime(Runtime(self.registry, backend.dead_letters))
+        install_runtime(Runtime(self.registry, backend.dead_letters, events=beat.emit))
 
         def run() -> Timed:
             with restored_signals():

@@ -36,7 +36,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -133,6 +133,11 @@ class BaseEventStream(ABC):
     def _entries(self, after: str, count: int, block_ms: int | None) -> list[tuple[str, Mapping[Any, Any]]]:
         """Up to `count` raw entries after `after`, waiting up to `block_ms` (0: forever) if there are none."""
 
+    def append_many(self, events: Sequence[Event]) -> None:
+        """Add several events (one round trip where the store allows)."""
+        for event in events:
+            self.append(event)
+
     def read(self, after: str = ZERO_ID, count: int = 100, block_ms: int | None = None) -> list[Event]:
         """Events after entry id `after`, oldest first; unparseable entries are skipped."""
         events = (self._parse(entry_id, fields) for entry_id, fields in self._entries(after, count, block_ms))
@@ -192,6 +197,13 @@ class EventStream(BaseEventStream):
         self.connection = connection
         self.key = key
         self.maxlen = maxlen
+
+    def append_many(self, events: Sequence[Event]) -> None:
+        if events:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for event in events:
+                    self.append(event, pipeline=pipe)
+                pipe.execute()
 
     def append(self, event: Event, pipeline: Pipeline | None = None) -> str | None:
         target = self.connection if pipeline is None else pipeline

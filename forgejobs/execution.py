@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,15 @@ class Runtime:
     hooks: Hooks | None = None  # in-process callbacks, no Redis round trip
     limiter: RateLimiter | None = None  # None: rate limits are not applied (unit tests of handlers)
     report_log: Callable[[str, str], None] | None = None
+    events: Callable[[Sequence[Event]], None] | None = None  # where job events go (a worker: its buffered writer)
+
+    def emit(self, events: Sequence[Event]) -> None:
+        """Hand events to the stream writer and the in-process hooks."""
+        if self.events is not None:
+            self.events(events)
+        if self.hooks is not None:
+            for event in events:
+                self.hooks.emit(event)
 
 
 @dataclass(frozen=True)
@@ -122,17 +131,16 @@ def execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
 
 
 def _announce(runtime: Runtime, outcome: Outcome, job_id: str, queue: str) -> Outcome:
-    """Tell the in-process listeners (outcome callback, hooks) what happened."""
+    """Tell the listeners (outcome callback, event stream, hooks) what happened."""
     if runtime.on_outcome is not None:
         runtime.on_outcome(outcome.name, outcome)
-    if runtime.hooks is not None:
-        for event in outcome_events(outcome, job_id, queue):
-            runtime.hooks.emit(event)
+    runtime.emit(outcome_events(outcome, job_id, queue))
     return outcome
 
 
 def outcome_events(outcome: Outcome, job_id: str, queue: str) -> list[Event]:
-    """The events that report an outcome (a failed attempt that will run again: `failed`, then `retrying`)."""
+    """The events that report an outcome: a failed attempt that will run again is `failed` then
+    `retrying`; a wait that uses no attempt (RetryLater, a rate limit) is `retrying` alone."""
 
     def event(kind: EventKind, attempt: int, **data: Any) -> Event:
         return Event(kind=kind, job_id=job_id, name=outcome.name, queue=queue, attempt=attempt, data=data)
@@ -142,8 +150,10 @@ def outcome_events(outcome: Outcome, job_id: str, queue: str) -> list[Event]:
     if isinstance(outcome, Retry):
         envelope = outcome.envelope
         attempt = envelope.history[-1].attempt if envelope.history else envelope.attempt
-        first = EventKind.STALLED if outcome.error.startswith(STALL_ERROR) else EventKind.FAILED
         retrying = event(EventKind.RETRYING, attempt, error=outcome.error, delay=outcome.delay, next=envelope.attempt)
+        if envelope.attempt == attempt:  # the same attempt runs again: nothing failed
+            return [retrying]
+        first = EventKind.STALLED if outcome.error.startswith(STALL_ERROR) else EventKind.FAILED
         return [event(first, attempt, error=outcome.error), retrying]
     if isinstance(outcome, DeadLettered):
         record = outcome.record
@@ -179,9 +189,10 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         enqueued_at=envelope.enqueued_at,
         scheduled_for=envelope.scheduled_for(),
         resources=runtime.resources,
-        _report_progress=_progress_reporter(runtime, envelope.id),
+        _report_progress=_progress_reporter(runtime, envelope, queue),
         _report_log=_log_reporter(runtime, envelope.id),
     )
+    runtime.emit([_event(EventKind.STARTED, envelope, queue)])
     try:
         value = job.perform(ctx)
     except WorkerShutdown:
@@ -275,11 +286,17 @@ def _log_reporter(runtime: Runtime, job_id: str) -> Callable[[str], None] | None
     return lambda line: report(job_id, line)
 
 
-def _progress_reporter(runtime: Runtime, job_id: str) -> Callable[[ProgressValue], None] | None:
-    report = runtime.report_progress
-    if report is None:
-        return None
-    return lambda value: report(job_id, value)
+def _event(kind: EventKind, envelope: Envelope, queue: str, **data: Any) -> Event:
+    return Event(kind=kind, job_id=envelope.id, name=envelope.name, queue=queue, attempt=envelope.attempt, data=data)
+
+
+def _progress_reporter(runtime: Runtime, envelope: Envelope, queue: str) -> Callable[[ProgressValue], None]:
+    def report(value: ProgressValue) -> None:
+        if runtime.report_progress is not None:
+            runtime.report_progress(envelope.id, value)
+        runtime.emit([_event(EventKind.PROGRESS, envelope, queue, progress=value)])
+
+    return report
 
 
 def _record(envelope: Envelope, queue: str, reason: Reason, error: str, tb: str = "") -> DeadLetter:

@@ -28,7 +28,7 @@ from typing import NoReturn
 from rq import Queue
 
 from .backends import rq as rq_backend
-from .backends.leases import Heartbeat, reap
+from .backends.stalls import Heartbeat, reap
 from .client import Client, set_client
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys
@@ -196,11 +196,11 @@ class ProcessWorker(WorkerBase):
         connection = rq_backend.connect(self.settings.redis_url_or_default())
         keys = Keys(self.settings.key_prefix)
         backend = rq_backend.RQBackend.for_connection(connection, self.settings)
-        runtime = Runtime(self.registry, backend.dead_letters)
+        runtime = Runtime(self.registry, backend.dead_letters, events=backend.events.append_many)
         timeout = self.settings.stall_timeout
 
         def reaper(queues: list[Queue]) -> None:
-            reap(connection, queues, runtime, keys, timeout, backend.events)
+            reap(connection, queues, runtime, keys, timeout)
 
         # One name per supervisor: a replaced scheduler child refreshes its predecessor's locks.
         run_scheduler(
@@ -221,6 +221,7 @@ class ProcessWorker(WorkerBase):
         def on_outcome(name: str, outcome: Outcome) -> None:
             stats.add_outcome(outcome)
 
+        heartbeat = Heartbeat(connection, keys, self.settings.stall_timeout, backend.events)
         rq_backend.install_runtime(
             Runtime(
                 self.registry,
@@ -231,11 +232,10 @@ class ProcessWorker(WorkerBase):
                 load_hooks(self.settings),
                 RedisRateLimiter(connection, keys.prefix),
                 backend.append_log,
+                heartbeat.emit,
             )
         )
         set_client(Client(backend, self.registry))
-        heartbeat = Heartbeat(connection, keys, self.settings.stall_timeout, backend.events)
-        backend.event_sink = heartbeat.emit
         slot: SlotWorker = make_slot(
             SlotWorker,
             connection,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -48,11 +47,11 @@ from rq.worker import WorkerStatus
 
 from .backends import retention
 from .backends import rq as rq_backend
-from .backends.leases import Heartbeat, reap
+from .backends.stalls import Heartbeat, reap
 from .client import Client, set_client
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .errors import ForgeJobsError
-from .events import Event, EventKind, Hooks
+from .events import Hooks
 from .execution import Outcome, Runtime, WorkerShutdown
 from .keys import Keys, rq_job_key, rq_queue_key, rq_queue_names, split_rq_queue_name
 from .ratelimit import RedisRateLimiter
@@ -103,20 +102,7 @@ class SlotWorker(SimpleWorker):
     """
 
     on_unreadable: Callable[[str, str, Exception], None] | None = None
-    liveness: Heartbeat | None = None  # not `heartbeat`: that is RQ's own method
     is_paused: Callable[[], bool] | None = None
-
-    def prepare_job_execution(self, job: RQJob, remove_from_intermediate_queue: bool = False) -> None:
-        if self.liveness is not None:
-            self.liveness.emit([_started_event(job)])
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
-
-    def perform_job(self, job: RQJob, queue: Queue) -> bool:
-        try:
-            return bool(super().perform_job(job, queue))
-        finally:
-            if self.liveness is not None:
-                self.liveness.emit(rq_backend.take_outcome_events())
 
     def _install_signal_handlers(self) -> None:
         pass
@@ -159,16 +145,6 @@ class SlotWorker(SimpleWorker):
                 if job_id is None or self.on_unreadable is None:
                     raise
                 self.on_unreadable(str(job_id), getattr(queue, "name", "?"), exc)
-
-
-def _started_event(job: RQJob) -> Event:
-    queue = split_rq_queue_name(job.origin)[0] if ":p" in job.origin else job.origin
-    try:
-        envelope = json.loads(job.args[0])
-        name, attempt = str(envelope["name"]), int(envelope["attempt"])
-    except Exception:  # noqa: BLE001 - unreadable envelopes are dead-lettered by execution, not here
-        name, attempt = job.description or "?", 1
-    return Event(kind=EventKind.STARTED, job_id=job.id, name=name, queue=queue, attempt=attempt)
 
 
 class PauseFlag:
@@ -244,7 +220,6 @@ def make_slot(
         exception_handlers=[exception_handler],
     )
     worker.on_unreadable = unreadable
-    worker.liveness = heartbeat
     if heartbeat is not None:
         heartbeat.register(name)
     worker.is_paused = PauseFlag(connection, Keys() if keys is None else keys, queue)
@@ -372,7 +347,6 @@ class Worker(WorkerBase):
         self.keys = Keys(settings.key_prefix)
         self.backend = rq_backend.RQBackend.for_connection(self.connection, settings)
         self.heartbeat = Heartbeat(self.connection, self.keys, settings.stall_timeout, self.backend.events)
-        self.backend.event_sink = self.heartbeat.emit
         self._user_on_outcome = on_outcome
         self.runtime = Runtime(
             registry=registry,
@@ -383,6 +357,7 @@ class Worker(WorkerBase):
             hooks=hooks if hooks is not None else load_hooks(settings),
             limiter=RedisRateLimiter(self.connection, self.keys.prefix),
             report_log=self.backend.append_log,
+            events=self.heartbeat.emit,
         )
         self._slots: list[SlotWorker] = []
         self._threads: list[threading.Thread] = []
@@ -439,7 +414,7 @@ class Worker(WorkerBase):
         log.info("worker %s (threads) serving %s", self.name, self.describe())
 
     def _reap(self, queues: list[Queue]) -> None:
-        reap(self.connection, queues, self.runtime, self.keys, self.settings.stall_timeout, self.backend.events)
+        reap(self.connection, queues, self.runtime, self.keys, self.settings.stall_timeout)
 
     def stop(self) -> None:
         """Finish running jobs, then stop."""

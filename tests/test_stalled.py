@@ -1,6 +1,6 @@
 """A job whose worker dies mid-job is retried (or dead-lettered as stalled), never lost.
 
-Two detectors: forgejobs' leases (a reaper notices within the stall timeout),
+Two detectors: forgejobs' liveness keys (a reaper notices within the stall timeout),
 and RQ's own maintenance pass (run here directly with a far-future clock).
 """
 

@@ -30,7 +30,7 @@ from ..context import ProgressValue
 from ..deadletter import DeadLetter, DeadLetterStore
 from ..errors import BackendError
 from ..events import Event, EventKind, EventStream
-from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute, outcome_events, stalled
+from ..execution import Aborted, DeadLettered, Runtime, Succeeded, execute, stalled
 from ..execution import Retry as RetryOutcome
 from ..keys import Keys, rq_job_key, rq_queue_name, rq_queue_names, rq_results_key, split_rq_queue_name
 from ..settings import Settings
@@ -129,8 +129,6 @@ class RQBackend(Backend):
         self.keys = keys or Keys()
         self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
         self.events = EventStream(connection, self.keys.events, maxlen=events_max)
-        # Workers route their events through their heartbeat's buffer, so they stay in order.
-        self.event_sink: Callable[[Sequence[Event]], None] | None = None
         self._queues: dict[str, Queue] = {}
 
     @classmethod
@@ -449,13 +447,6 @@ return false
         if job is not None:
             job.meta["progress"] = value
             job.save_meta()
-            queue, _priority = split_rq_queue_name(job.origin)
-            name = job.description or "?"
-            event = Event(kind=EventKind.PROGRESS, job_id=job_id, name=name, queue=queue, data={"progress": value})
-            if self.event_sink is not None:
-                self.event_sink([event])
-            else:
-                self.events.append(event)
 
     def close(self) -> None:
         self.connection.close()
@@ -473,12 +464,6 @@ def _last_line(result: Any) -> str | None:
 
 _runtime: Runtime | None = None
 _running: set[int] = set()  # idents of threads inside a handler right now
-_outcome_events: dict[int, list[Event]] = {}  # per thread: the events of the job it just ran
-
-
-def take_outcome_events() -> list[Event]:
-    """The events of the job this thread just ran (the worker writes them with the lease release)."""
-    return _outcome_events.pop(threading.get_ident(), [])
 
 
 def handler_running(thread_id: int | None = None) -> bool:
@@ -550,7 +535,6 @@ def perform_envelope(raw: str) -> Any:
         outcome = execute(raw, _runtime, job_id=job.id, queue=queue)
     finally:
         _running.discard(me)
-    _outcome_events[me] = outcome_events(outcome, job.id, queue)
     if isinstance(outcome, Succeeded):
         return outcome.value
     if isinstance(outcome, (RetryOutcome, Aborted)):

@@ -35,7 +35,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
 from ..events import Event, EventStream
-from ..execution import DeadLettered, Retry, Runtime, outcome_events, stalled
+from ..execution import DeadLettered, Retry, Runtime, stalled
 from ..keys import Keys, rq_job_key, split_rq_queue_name
 
 log = logging.getLogger("forgejobs.stalls")
@@ -111,7 +111,6 @@ def reap(
     runtime: Runtime,
     keys: Keys,
     stall_timeout: float,
-    events: EventStream | None = None,
 ) -> list[str]:
     """Recover the jobs of these RQ queues whose worker stopped holding their lease. Returns their ids."""
     registries = [StartedJobRegistry(queue=q) for q in rq_queues]
@@ -148,7 +147,7 @@ def reap(
             # so there is nothing to recover; running it again would run it twice.
             connection.zrem(registry.key, entry)
             continue
-        if _recover(connection, queue, registry, entry, job_id, runtime, events):
+        if _recover(connection, queue, registry, entry, job_id, runtime):
             recovered.append(job_id)
     return recovered
 
@@ -160,7 +159,6 @@ def _recover(
     entry: str,
     job_id: str,
     runtime: Runtime,
-    events: EventStream | None,
 ) -> bool:
     # Take the entry out first: if another reaper got here, ZREM says so and nothing happens twice.
     if not connection.zrem(registry.key, entry):
@@ -173,11 +171,6 @@ def _recover(
     raw = job.args[0] if job.args else ""
     logical_queue = split_rq_queue_name(queue.name)[0]
     outcome = stalled(raw, runtime, job_id=job_id, queue=logical_queue)
-    if events is not None:
-        with connection.pipeline(transaction=False) as pipe:
-            for event in outcome_events(outcome, job_id, logical_queue):
-                events.append(event, pipeline=pipe)
-            pipe.execute()
     if isinstance(outcome, Retry):
         job.args = [outcome.envelope.encode()]
         due = datetime.now(UTC) + timedelta(seconds=outcome.delay)
