@@ -94,7 +94,9 @@ def test_sigterm_during_child_start_up_still_stops_the_worker(start_worker: Call
         env={"FORGEJOBS_RESOURCES": "tests.samplejobs.slowresources:build"},
         ready=False,
     )
-    time.sleep(0.5)  # the children are inside their 2 s resources factory
+    # The supervisor logs this once it has forked the children, which then spend 2 s in their
+    # resources factory: the signal lands inside that window, whatever the machine's load.
+    wait_for(lambda: "(processes) serving" in worker.log(), timeout=20, what="the children to be forked")
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
     assert "aborting" not in worker.log()
