@@ -25,7 +25,9 @@ def test_a_paused_queue_keeps_accepting_jobs_and_workers_take_none_until_resumed
     start_worker("--queues", "fast")
     client.pause("fast")
     assert client.paused() == {"fast"}
-    time.sleep(1.2)  # workers read the pause flag once a second: let them see it before the job exists
+    # A slot reads the flag at most once a second and may be in a 1 s wait for work: give them 2 s, plus margin,
+    # to see the pause before the job exists.
+    time.sleep(2.5)
     path = tmp_path / "marks.jsonl"
     handle = Mark.enqueue(path=str(path), label="held")
     deadline = time.monotonic() + 2.5

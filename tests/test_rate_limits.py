@@ -81,5 +81,5 @@ def test_a_busy_key_does_not_slow_another(
     first = min(float(n["t"]) for n in runs)  # type: ignore[arg-type]
     quiet_done = max(float(n["t"]) for n in runs if n["endpoint"] == "quiet") - first  # type: ignore[arg-type]
     busy_done = max(float(n["t"]) for n in runs if n["endpoint"] == "busy") - first  # type: ignore[arg-type]
-    assert quiet_done < 1.0, quiet_done  # its 2 runs fit its own limit at once
+    assert quiet_done < 1.5, quiet_done  # its 2 runs fit its own limit at once (the busy key needs 3 s)
     assert busy_done >= 2.9, busy_done  # 8 runs at 2 a second
