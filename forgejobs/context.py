@@ -6,11 +6,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 ProgressValue = int | float | dict[str, Any]
 
 _log = logging.getLogger("forgejobs.job")
+
+ResourcesT = TypeVar("ResourcesT")
 
 
 class JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -24,7 +26,7 @@ class JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 @dataclass
-class Context:
+class Context(Generic[ResourcesT]):
     """Passed to `Job.perform(ctx)`.
 
     Everything a handler needs from the framework is here, so a unit test can
@@ -39,7 +41,7 @@ class Context:
     max_attempts: int = 1
     enqueued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     scheduled_for: datetime | None = None  # the repeat tick, for jobs a scheduler enqueued
-    resources: Any = None
+    resources: ResourcesT = None  # type: ignore[assignment]  # what the worker's resources factory built
     logger: JobLogger = field(init=False)
     _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)
     _report_log: Callable[[str], None] | None = field(default=None, repr=False)

@@ -1,37 +1,44 @@
-"""Queue `email`: transactional email.
+"""Queue `email` (concurrency 5): transactional email.
 
-The dev transport writes each message as an `.eml` file to the outbox
-directory, so a developer can open what would have been sent.
+(Skeleton declarations: the email helper completes templates, SMTP and tests.)
 """
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-
-from pydantic import EmailStr
+from typing import Literal
 
 from forgejobs import Context, Job, backoff
 
 from .resources import Resources
 
+NotificationKind = Literal["payment_failed", "invoice_paid", "subscription_canceled", "webhook_endpoint_disabled"]
+"""What a `Notification` tells its user; `ref` is the id of the row it is about (invoice, subscription, endpoint)."""
 
-class WelcomeEmail(Job, queue="email", attempts=3, backoff=backoff.exponential(1)):
-    """Send the welcome email to a new user."""
+
+class WelcomeEmail(Job, queue="email", attempts=5, backoff=backoff.exponential(30, max_seconds=3600, jitter=0.2)):
+    """Welcome a user who just signed up."""
 
     user_id: str
-    email: EmailStr
-    name: str
 
-    def perform(self, ctx: Context) -> dict[str, str]:
-        resources: Resources = ctx.resources
-        message = EmailMessage()
-        message["From"] = resources.mail_from
-        message["To"] = f"{self.name} <{self.email}>"
-        message["Subject"] = "Welcome to ForgeStack"
-        message["Message-ID"] = f"<{ctx.job_id}@forgestack.test>"
-        message.set_content(f"Hi {self.name},\n\nWelcome to ForgeStack. Your account is ready.\n")
-        resources.outbox_dir.mkdir(parents=True, exist_ok=True)
-        path = resources.outbox_dir / f"{ctx.job_id}.eml"
-        path.write_bytes(bytes(message))
-        ctx.logger.info("welcome email for %s written to %s", self.user_id, path)
-        return {"outbox": str(path)}
+    def perform(self, ctx: Context[Resources]) -> None:
+        raise NotImplementedError
+
+
+class SendInvitation(Job, queue="email", attempts=5, backoff=backoff.exponential(30, max_seconds=3600, jitter=0.2)):
+    """Email an invitation to join an organisation."""
+
+    invitation_id: str
+
+    def perform(self, ctx: Context[Resources]) -> None:
+        raise NotImplementedError
+
+
+class Notification(Job, queue="email", attempts=5, backoff=backoff.exponential(30, max_seconds=3600, jitter=0.2)):
+    """Tell a user about something that happened to their account. Urgent ones go with priority 1."""
+
+    user_id: str
+    kind: NotificationKind
+    ref: str
+
+    def perform(self, ctx: Context[Resources]) -> None:
+        raise NotImplementedError

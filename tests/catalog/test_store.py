@@ -1,0 +1,41 @@
+"""The store's portable helpers behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from jobs.store import Store, activity_feed, audit_log, users
+
+
+def test_insert_ignore_inserts_once(store: Store, org: dict[str, str]) -> None:
+    row = {"event_id": "e1", "actor_id": "u", "action": "a.b", "target": "t", "at": datetime.now(UTC)}
+    with store.begin() as conn:
+        assert store.insert_ignore(conn, audit_log, row) is True
+        assert store.insert_ignore(conn, audit_log, {**row, "action": "changed"}) is False
+        assert conn.execute(sa.select(audit_log.c.action)).scalars().all() == ["a.b"]
+
+
+def test_upsert_updates_only_where_the_condition_holds(store: Store, org: dict[str, str]) -> None:
+    base = {"dedupe_key": "k", "org_id": org["org_id"], "verb": "v", "object_type": "o", "object_id": "1"}
+    with store.begin() as conn:
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        assert store.upsert(conn, activity_feed, {**base, "summary": "one", "at": at}, ["dedupe_key"])
+        older = activity_feed.c.at < sa.literal(datetime(2025, 1, 1, tzinfo=UTC))
+        store.upsert(conn, activity_feed, {**base, "summary": "two", "at": at}, ["dedupe_key"], where=older)
+        assert conn.execute(sa.select(activity_feed.c.summary)).scalar_one() == "one"
+        store.upsert(conn, activity_feed, {**base, "summary": "three", "at": at}, ["dedupe_key"])
+        assert conn.execute(sa.select(activity_feed.c.summary)).scalar_one() == "three"
+
+
+def test_datetimes_come_back_aware_utc(store: Store, org: dict[str, str]) -> None:
+    with store.begin() as conn:
+        created = conn.execute(sa.select(users.c.created_at).where(users.c.id == org["owner_id"])).scalar_one()
+    assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0
+
+
+def test_naive_datetimes_are_refused(store: Store) -> None:
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), store.begin() as conn:
+        conn.execute(users.insert().values(id="u1", email="a@b.c", name="A", created_at=datetime(2026, 1, 1)))
