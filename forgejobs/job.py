@@ -158,7 +158,7 @@ class Job(BaseModel, metaclass=_JobMeta):
 
     # -- the handler --------------------------------------------------------
 
-    def perform(self, ctx: Context) -> Any:
+    def perform(self, ctx: Context[Any]) -> Any:
         """Run the job. The return value (JSON-serialisable, or a Pydantic model) is stored as its result."""
         raise NotImplementedError
 

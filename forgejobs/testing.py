@@ -44,7 +44,7 @@ def make_context(
     resources: Any = None,
     job_id: str = "test-job",
     options: JobOptions | None = None,
-) -> Context:
+) -> Context[Any]:
     """A Context for calling `perform` directly in a unit test (class options unless `options` is given)."""
     job_type = job if isinstance(job, type) else type(job)
     options = options or job_type.job_options()

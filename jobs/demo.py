@@ -1,56 +1,86 @@
-"""`forgejobs demo`: the catalog's jobs enqueued and worked, with a live display.
+"""`forgejobs demo`: the catalog's flows fired, worked by a worker, and shown.
 
 Runs against FORGEJOBS_REDIS_URL, else a Redis on 127.0.0.1:6379, else an
-embedded one (see forgejobs.embedded). Starts a webhook receiver on
-127.0.0.1 whose endpoints succeed, fail once, or answer 410 Gone, so the run
-shows successes, a retry and a dead letter.
+embedded one (see forgejobs.embedded). Everything else is local and
+temporary: a SQLite catalog database, an email outbox folder, a storage
+folder, and a webhook receiver on 127.0.0.1 that checks every signature and
+whose endpoints succeed, fail once, or answer 410 Gone.
+
+The flows: sign-ups (welcome email, audit, activity), an invitation, signed
+Stripe events (checkout, subscription, a paid and a failed invoice) through
+billing to email, webhook deliveries, usage aggregation (and the declared cron
+job's next tick), a soft-deleted file purged after a shortened delay and a
+restored one kept. Then a summary per queue, the outbox, what the receiver
+got, and the rows the jobs wrote.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from forgejobs import Client, JobHandle, PayloadTooLarge, Registry, Settings, Status, backoff, set_client
+from forgejobs import Client, PayloadTooLarge, Registry, Settings, backoff, set_client
 from forgejobs.backends.rq import RQBackend
 from forgejobs.backends.rqscheduler import RQSchedulerStore
 from forgejobs.embedded import choose_redis
 from forgejobs.execution import DeadLettered, Outcome, Retry, Succeeded
+from forgejobs.options import JobOverride
 from forgejobs.scheduling import Repeater
 from forgejobs.settings import DEFAULT_REDIS_URL
 from forgejobs.worker import Worker
 
+from . import store as tables
 from .audit import RecordAuditEvent
-from .email import WelcomeEmail
-from .resources import Resources
-from .webhooks import DeliverWebhook
+from .email import invite
+from .files import restore_file, soft_delete_file
+from .flows import sign_up
+from .resources import CatalogSettings, Resources, build
+from .signing import WebhookVerificationError, verify
+from .store import Store, new_id, utcnow
+from .stripe import InvalidStripeEvent, build_event, receive_stripe_event, sign_stripe_payload
+from .usage import record_usage
+from .webhooks import create_endpoint, publish_event
+
+log = logging.getLogger(__name__)
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    """/ok answers 200; /flaky answers 503 the first time per delivery, then 200; /gone answers 410."""
+    """A subscriber's endpoint. /ok answers 200; /flaky answers 503 to a delivery's first try, then 200;
+    /gone answers 410. Every request's Standard Webhooks signature is checked first."""
 
+    secrets: dict[str, str] = {}  # path -> the endpoint's secret
     seen: Counter[str] = Counter()
     received: list[dict[str, Any]] = []
+    bad_signatures = 0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        try:
+            verify(body, dict(self.headers.items()), self.secrets.get(self.path, ""))
+        except WebhookVerificationError:
+            type(self).bad_signatures += 1
+            self._answer(400)
+            return
         delivery = self.headers.get("webhook-id", "?")
         self.seen[delivery] += 1
         if self.path == "/gone":
@@ -60,7 +90,11 @@ class _Receiver(BaseHTTPRequestHandler):
         else:
             code = 200
             self.received.append({"path": self.path, "delivery": delivery, "body": json.loads(body)})
+        self._answer(code)
+
+    def _answer(self, code: int) -> None:
         self.send_response(code)
+        self.send_header("content-length", "0")
         self.end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -69,6 +103,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 @contextmanager
 def _receiver() -> Iterator[str]:
+    _Receiver.secrets, _Receiver.seen, _Receiver.received, _Receiver.bad_signatures = {}, Counter(), [], 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -79,122 +114,290 @@ def _receiver() -> Iterator[str]:
         server.server_close()
 
 
-def _enqueue_mix(base_url: str, n: int, console: Console) -> list[JobHandle]:
-    handles: list[JobHandle] = []
+# The demo keeps the shape of the slow schedules but shortens them.
+DEMO_OVERRIDES = {
+    "webhooks.deliver-webhook": JobOverride(backoff=backoff.schedule(1, 2, 4)),
+}
+FILE_PURGE_AFTER = timedelta(seconds=2)  # production: 24 h
+STRIPE_CUSTOMER = "cus_demo_acme"
+
+
+def _seed(store: Store) -> dict[str, str]:
+    """Two organisations, each with an owner; Acme is a Stripe customer."""
+    ids = {"acme": new_id("org"), "globex": new_id("org"), "ada": new_id("usr"), "grace": new_id("usr")}
+    with store.begin() as conn:
+        conn.execute(
+            tables.users.insert(),
+            [
+                {"id": ids["ada"], "email": "ada@acme.example.com", "name": "Ada Lovelace"},
+                {"id": ids["grace"], "email": "grace@globex.example.com", "name": "Grace Hopper"},
+            ],
+        )
+        conn.execute(
+            tables.organisations.insert(),
+            [
+                # Linked to its Stripe customer already, as after checkout: the events below may be worked in any
+                # order, and a billing job that finds no organisation for a customer waits 30 s for the link.
+                {
+                    "id": ids["acme"],
+                    "name": "Acme",
+                    "billing_email": "billing@acme.example.com",
+                    "stripe_customer_id": STRIPE_CUSTOMER,
+                },
+                {
+                    "id": ids["globex"],
+                    "name": "Globex",
+                    "billing_email": "billing@globex.example.com",
+                    "stripe_customer_id": None,
+                },
+            ],
+        )
+        conn.execute(
+            tables.memberships.insert(),
+            [
+                {"org_id": ids["acme"], "user_id": ids["ada"], "role": "owner"},
+                {"org_id": ids["globex"], "user_id": ids["grace"], "role": "owner"},
+            ],
+        )
+    return ids
+
+
+def _fire_flows(
+    resources: Resources, ids: dict[str, str], base_url: str, stripe_secret: str, n: int, console: Console
+) -> None:
+    store, acme = resources.db, ids["acme"]
+    # Sign-ups: each enqueues a welcome email, an audit event and an activity entry.
     for i in range(n):
-        user = f"user-{i + 1}"
-        handles.append(WelcomeEmail.enqueue(user_id=user, email=f"{user}@example.com", name=f"User {i + 1}"))
-        handles.append(RecordAuditEvent.enqueue(actor_id=user, action="user.signed_up", target=user))
-        handles.append(
-            DeliverWebhook.enqueue(
-                delivery_id=uuid.uuid4().hex, url=f"{base_url}/ok", event="user.created", data={"id": user}
-            )
-        )
-    urgent = WelcomeEmail.with_options(priority=1).enqueue(user_id="vip", email="vip@example.com", name="VIP")
-    later = RecordAuditEvent.with_options(delay=2).enqueue(actor_id="system", action="demo.delayed", target="demo")
-    flaky = DeliverWebhook.enqueue(delivery_id=uuid.uuid4().hex, url=f"{base_url}/flaky", event="invoice.paid", data={})
-    gone = DeliverWebhook.enqueue(delivery_id=uuid.uuid4().hex, url=f"{base_url}/gone", event="invoice.paid", data={})
-    handles += [urgent, later, flaky, gone]
-    # The guards: neither of these reaches Redis.
+        sign_up(store, email=f"user{i + 1}@acme.example.com", name=f"User {i + 1}", org_id=acme)
+    invite(store, org_id=acme, email="linus@example.com", invited_by=ids["ada"])
+
+    # Stripe: signed events through the ingress, as a web handler would pass them on.
+    customer, subscription, now = STRIPE_CUSTOMER, "sub_demo_acme", int(time.time())
+    events = [
+        build_event(
+            "checkout.session.completed",
+            {
+                "id": "cs_demo",
+                "object": "checkout.session",
+                "client_reference_id": acme,
+                "customer": customer,
+                "subscription": subscription,
+            },
+            created=now - 30,
+        ),
+        build_event(
+            "customer.subscription.created",
+            {
+                "id": subscription,
+                "object": "subscription",
+                "customer": customer,
+                "status": "active",
+                "items": {
+                    "data": [{"price": {"id": "price_team"}, "quantity": 5, "current_period_end": now + 86400 * 30}]
+                },
+                "current_period_end": now + 86400 * 30,
+                "cancel_at_period_end": False,
+            },
+            created=now - 20,
+        ),
+        build_event(
+            "invoice.paid",
+            {
+                "id": "in_demo_paid",
+                "object": "invoice",
+                "customer": customer,
+                "subscription": subscription,
+                "status": "paid",
+                "amount_due": 4900,
+                "amount_paid": 4900,
+                "currency": "usd",
+                "attempt_count": 1,
+                "hosted_invoice_url": "https://invoice.stripe.test/i/in_demo_paid",
+            },
+            created=now - 10,
+        ),
+        build_event(
+            "invoice.payment_failed",
+            {
+                "id": "in_demo_failed",
+                "object": "invoice",
+                "customer": customer,
+                "subscription": subscription,
+                "status": "open",
+                "amount_due": 4900,
+                "amount_paid": 0,
+                "currency": "usd",
+                "attempt_count": 1,
+                "hosted_invoice_url": "https://invoice.stripe.test/i/in_demo_failed",
+            },
+            created=now - 5,
+        ),
+    ]
+    for payload in events:
+        receive_stripe_event(store, payload, sign_stripe_payload(payload, stripe_secret), secret=stripe_secret)
+    replay = receive_stripe_event(store, events[2], sign_stripe_payload(events[2], stripe_secret), secret=stripe_secret)
+    console.print(
+        f"[yellow]stripe replay[/] of {replay.event_id}: stored once, nothing enqueued (duplicate={replay.duplicate})"
+    )
     try:
-        WelcomeEmail.enqueue(user_id="x", email="not-an-email", name="X")
+        receive_stripe_event(store, events[2], sign_stripe_payload(events[2], "whsec_wrong"), secret=stripe_secret)
+    except InvalidStripeEvent as exc:
+        console.print(f"[yellow]stripe refused[/] (bad signature): {escape(str(exc))}")
+
+    # Webhooks: three endpoints of Acme, one event each.
+    for path in ("/ok", "/flaky", "/gone"):
+        _endpoint, secret = create_endpoint(store, org_id=acme, url=f"{base_url}{path}")
+        _Receiver.secrets[path] = secret
+    publish_event(store, org_id=acme, event_type="invoice.paid", data={"invoice": "in_demo_paid"})
+
+    # Usage: today's events; the cron phase at the end fires the declared schedule's next tick (midnight
+    # UTC), whose job aggregates the day before it: today.
+    now_utc = utcnow()
+    for org, metric, quantity in ((acme, "api.requests", 120), (acme, "api.requests", 80), (ids["globex"], "seats", 3)):
+        record_usage(store, org_id=org, metric=metric, quantity=quantity, at=now_utc)
+
+    # Files: one soft-deleted and purged after the (shortened) delay, one deleted then restored.
+    purged, kept = new_id("fil"), new_id("fil")
+    with store.begin() as conn:
+        for file_id in (purged, kept):
+            conn.execute(
+                tables.files.insert().values(
+                    id=file_id, org_id=acme, storage_key=f"{acme}/{file_id}.pdf", name=f"{file_id}.pdf", size=4
+                )
+            )
+    for file_id in (purged, kept):
+        resources.storage.put(f"{acme}/{file_id}.pdf", b"%PDF")
+        soft_delete_file(store, file_id, purge_after=FILE_PURGE_AFTER)
+    restore_file(store, kept)
+
+    # The guards: neither reaches Redis.
+    try:
+        RecordAuditEvent.enqueue(actor_id="x", action="not an action", target="t")
     except ValidationError as exc:
-        console.print(
-            f"[yellow]refused at enqueue[/] (invalid payload): {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}"
-        )
+        error = exc.errors()[0]
+        console.print(f"[yellow]refused at enqueue[/] (invalid payload): {error['loc'][0]}: {escape(error['msg'])}")
     try:
         RecordAuditEvent.enqueue(actor_id="x", action="file.uploaded", target="f", metadata={"blob": "x" * 20_000})
     except PayloadTooLarge as exc:
-        console.print(f"[yellow]refused at enqueue[/] (too large): {exc}")
-    return handles
+        console.print(f"[yellow]refused at enqueue[/] (too large): {escape(str(exc))}")
 
 
-def _queue_table(handles: list[JobHandle], outcomes: Counter[str]) -> Table:
-    """This run's jobs by queue and status."""
-    by_queue: dict[str, Counter[Status]] = {}
-    for handle in handles:
-        queue = handle.job_type.job_options().queue if handle.job_type else "?"
-        by_queue.setdefault(queue or "?", Counter())[handle.status()] += 1
-    columns = (Status.QUEUED, Status.SCHEDULED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED)
-    table = Table(title="this run's jobs by queue")
-    table.add_column("queue")
-    for status in columns:
-        table.add_column({Status.FAILED: "dead-lettered"}.get(status, status.value), justify="right")
-    for queue, counts in sorted(by_queue.items()):
-        table.add_row(queue, *(str(counts[s]) for s in columns))
-    table.caption = "outcomes: " + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none yet")
-    return table
+class _Display:
+    """Outcomes per queue as the worker reports them, and a progress bar over done + pending."""
+
+    def __init__(self, registry: Registry, console: Console) -> None:
+        self.queue_of = {e.job_type.job_name(): e.options.queue or "?" for e in registry}
+        self.by_queue: dict[str, Counter[str]] = {}
+        self.totals: Counter[str] = Counter()
+        self.dead: list[DeadLettered] = []
+        self.lock = threading.Lock()
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+        self.task = self.progress.add_task("jobs", total=None)
+
+    def on_outcome(self, name: str, outcome: Outcome) -> None:
+        kind = {Succeeded: "succeeded", Retry: "retried", DeadLettered: "dead-lettered"}.get(type(outcome), "other")
+        with self.lock:
+            self.by_queue.setdefault(self.queue_of.get(name, "?"), Counter())[kind] += 1
+            self.totals[kind] += 1
+        if isinstance(outcome, Retry):
+            self.console.print(f"[yellow]retry[/] {name} in {outcome.delay:g}s: {escape(str(outcome.error))}")
+        elif isinstance(outcome, DeadLettered):
+            self.dead.append(outcome)
+            self.console.print(
+                f"[red]dead letter[/] {name}: {outcome.record.reason.value}: {escape(outcome.record.error)}"
+            )
+
+    def finished(self) -> int:
+        return self.totals["succeeded"] + self.totals["dead-lettered"] + self.totals["other"]
+
+    def table(self) -> Table:
+        columns = ("succeeded", "retried", "dead-lettered")
+        table = Table(title="jobs by queue")
+        table.add_column("queue")
+        for column in columns:
+            table.add_column(column, justify="right")
+        with self.lock:
+            for queue, counts in sorted(self.by_queue.items()):
+                table.add_row(queue, *(str(counts[c]) for c in columns))
+        return table
+
+    def render(self, pending: int) -> Group:
+        done = self.finished()
+        self.progress.update(self.task, completed=done, total=done + pending)
+        return Group(self.progress, self.table())
 
 
 def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
-    registry = Registry.load(settings)
-    # The first webhook retry would wait 5 s; the demo keeps the schedule's shape but shortens it.
-    demo_backoff = backoff.schedule(1, 2, 4)
+    """Run the demo; `jobs_per_kind` is the number of sign-ups. Returns the exit code."""
     workdir = Path(tempfile.mkdtemp(prefix="forgejobs-demo-"))
-    resources = Resources(workdir / "outbox", workdir / "audit.jsonl", "ForgeStack <no-reply@forgestack.test>", 5.0)
-    with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice, _receiver() as base_url:
-        console.print(f"[bold]Redis:[/] {choice.description}")
-        _Receiver.seen.clear()
-        _Receiver.received.clear()
-        console.print(f"[bold]webhook receiver:[/] {base_url}   [bold]outbox:[/] {resources.outbox_dir}")
-        registry = Registry(
-            [e.job_type for e in registry],
-            registry.specs.model_copy(
-                update={"jobs": {**registry.specs.jobs, "webhooks.deliver-webhook": _override(demo_backoff)}}
-            ),
-        )
-        client = Client(RQBackend(choice.connection), registry)
-        previous = set_client(client)
-        try:
-            handles = _enqueue_mix(base_url, jobs_per_kind, console)
-            outcomes: Counter[str] = Counter()
-            lock = threading.Lock()
-            progress = Progress(
-                TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-            )
-            task = progress.add_task("jobs", total=len(handles))
-
-            def on_outcome(name: str, outcome: Outcome) -> None:
-                kind = {Succeeded: "succeeded", Retry: "retried", DeadLettered: "dead-lettered"}.get(
-                    type(outcome), "other"
+    stripe_secret = "whsec_" + secrets.token_urlsafe(24)
+    catalog = CatalogSettings(
+        database_url=f"sqlite:///{workdir / 'catalog.db'}",
+        outbox_dir=workdir / "outbox",
+        storage_dir=workdir / "storage",
+        webhook_allow=["127.0.0.1"],  # the demo's receiver is local; production allows only public addresses
+        stripe_webhook_secret=stripe_secret,
+        http_timeout=5.0,
+    )
+    resources = build(settings, catalog)
+    loaded = Registry.load(settings)
+    registry = Registry(
+        [e.job_type for e in loaded],
+        loaded.specs.model_copy(update={"jobs": {**loaded.specs.jobs, **DEMO_OVERRIDES}}),
+    )
+    try:
+        with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice, _receiver() as base_url:
+            console.print(f"[bold]Redis:[/] {choice.description}")
+            console.print(f"[bold]catalog database:[/] {catalog.database_url}")
+            console.print(f"[bold]webhook receiver:[/] {base_url}   [bold]outbox:[/] {catalog.outbox_dir}")
+            client = Client(RQBackend(choice.connection), registry)
+            previous = set_client(client)
+            try:
+                display = _Display(registry, console)
+                probe = Worker(settings, registry, connection=choice.connection, resources=resources)
+                leftover = probe.pending(choice.connection, horizon=10.0)
+                if leftover:
+                    console.print(
+                        f"[yellow]note:[/] {leftover} jobs from elsewhere already wait in these queues; the demo's "
+                        "worker will run them too (with the demo's temporary database). Point FORGEJOBS_REDIS_URL "
+                        "at an empty database to see the demo alone."
+                    )
+                ids = _seed(resources.db)
+                _fire_flows(resources, ids, base_url, stripe_secret, jobs_per_kind, console)
+                worker = Worker(
+                    settings,
+                    registry,
+                    connection=choice.connection,
+                    resources=resources,
+                    on_outcome=display.on_outcome,
                 )
-                with lock:
-                    outcomes[kind] += 1
-                if isinstance(outcome, Retry):
-                    console.print(f"[yellow]retry[/] {name} in {outcome.delay:g}s: {outcome.error}")
-                elif isinstance(outcome, DeadLettered):
-                    console.print(f"[red]dead letter[/] {name}: {outcome.record.reason.value}: {outcome.record.error}")
-                if kind != "retried":
-                    progress.advance(task)
-
-            queues = sorted({e.options.queue or "" for e in registry})
-            worker = Worker(
-                settings,
-                registry,
-                queues=queues,
-                connection=choice.connection,
-                resources=resources,
-                on_outcome=on_outcome,
-            )
-            thread = threading.Thread(target=worker.run, kwargs={"burst": True, "horizon": 10.0}, daemon=True)
-            started = time.monotonic()
-            quiet = logging.getLogger("forgejobs")
-            previous_level = quiet.level
-            quiet.setLevel(logging.CRITICAL)  # the display shows every outcome
-            thread.start()
-            with Live(console=console, refresh_per_second=8) as live:
-                while thread.is_alive():
-                    live.update(Group(progress, _queue_table(handles, outcomes)))
-                    thread.join(0.15)
-                live.update(Group(progress, _queue_table(handles, outcomes)))
-            quiet.setLevel(previous_level)
-            elapsed = time.monotonic() - started
-            _cron_phase(console, settings, client, choice.connection, resources)
-            return _summary(
-                console, handles, outcomes, elapsed, resources, client, None if choice.embedded else choice.url
-            )
-        finally:
-            set_client(previous)
+                started = time.monotonic()
+                thread = threading.Thread(target=worker.run, kwargs={"burst": True, "horizon": 10.0}, daemon=True)
+                quiet = logging.getLogger("forgejobs")
+                previous_level = quiet.level
+                quiet.setLevel(logging.CRITICAL)  # the display shows every outcome
+                thread.start()
+                try:
+                    with Live(console=console, refresh_per_second=8) as live:
+                        while thread.is_alive():
+                            live.update(display.render(worker.pending(choice.connection, horizon=10.0)))
+                            thread.join(0.15)
+                        live.update(display.render(0))
+                finally:
+                    quiet.setLevel(previous_level)
+                elapsed = time.monotonic() - started
+                _cron_phase(console, settings, client, choice.connection, resources)
+                pending = worker.pending(choice.connection, horizon=3600)
+                return _summary(
+                    console, display, elapsed, resources, client, pending, choice.url if not choice.embedded else None
+                )
+            finally:
+                set_client(previous)
+    finally:
+        resources.close()
 
 
 CRON_SCHEDULE = "usage.aggregate-daily-usage"
@@ -212,52 +415,85 @@ def _cron_phase(console: Console, settings: Settings, client: Client, connection
         f"from {scheduled.source}); next tick {tick:%Y-%m-%d %H:%M} UTC. "
         "One scheduler pass at that time (the demo's clock jumps there):"
     )
+    fired: list[Any] = []
     try:
         fired = repeater.run_once(tick)
         worker = Worker(settings, client.registry, queues=["usage"], connection=connection, resources=resources)
         worker.run(burst=True, horizon=0)
         for handle in fired:
             note = " (already fired by an earlier run: its result)" if handle.existing else ""
-            console.print(f"  {handle.id}: {handle.status().value}{note}, counts {handle.result(timeout=10)}")
-        for path in sorted((resources.audit_log.parent / "usage").glob("*.json")):
-            console.print(f"  wrote {path}")
+            result = handle.result(timeout=10)
+            shown = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+            console.print(f"  {handle.id}: {handle.status().value}{note}: {shown}")
     finally:
         for name in added:  # leave no repeat registered in a Redis the demo did not start
             store.remove(name)
+        for handle in fired:  # nor the tick's job, whose id is the tick's: the next demo fires it afresh
+            client.backend.forget(handle.id)
 
 
-def _override(strategy: Any) -> Any:
-    from forgejobs.options import JobOverride
-
-    return JobOverride(backoff=strategy)
+def _count(resources: Resources, table: sa.Table, *where: Any) -> int:
+    with resources.db.begin() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
 
 
 def _summary(
     console: Console,
-    handles: list[JobHandle],
-    outcomes: Counter[str],
+    display: _Display,
     elapsed: float,
     resources: Resources,
     client: Client,
+    pending: int,
     choice_url: str | None,
 ) -> int:
-    statuses = Counter(h.status() for h in handles)
+    totals = display.totals
     console.print()
     console.print(
-        f"[bold]summary[/] ({elapsed:.1f}s): [green]succeeded {outcomes['succeeded']}[/], "
-        f"[yellow]retried {outcomes['retried']}[/], [red]dead-lettered {outcomes['dead-lettered']}[/]"
+        f"[bold]summary[/] ({elapsed:.1f}s): [green]succeeded {totals['succeeded']}[/], "
+        f"[yellow]retried {totals['retried']}[/], [red]dead-lettered {totals['dead-lettered']}[/]"
     )
-    emails = sorted(resources.outbox_dir.glob("*.eml")) if resources.outbox_dir.exists() else []
-    console.print(f"outbox: {len(emails)} messages in {resources.outbox_dir}")
-    console.print(f"webhook receiver got {len(_Receiver.received)} deliveries")
-    ours = {h.id for h in handles}
-    for record in client.dead_letters(limit=100):
-        if record.id in ours:
-            console.print(f"dead letter {record.id}: {record.name} ({record.reason.value}) {record.error}")
+    outbox = resources.settings.outbox_dir
+    emails = sorted(outbox.glob("*.eml")) if outbox.exists() else []
+    console.print(f"outbox: {len(emails)} messages in {outbox}")
+    for path in emails:
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        console.print(f"  to {escape(str(message['To']))}: {escape(str(message['Subject']))}")
+    received = Counter(r["path"] for r in _Receiver.received)
+    console.print(
+        f"webhook receiver got {len(_Receiver.received)} deliveries with valid signatures "
+        f"({', '.join(f'{p} {c}' for p, c in sorted(received.items()))}); {_Receiver.bad_signatures} bad signatures"
+    )
+    rows = {
+        "audit events": _count(resources, tables.audit_log),
+        "activity entries": _count(resources, tables.activity_feed),
+        "stripe events": _count(resources, tables.stripe_events),
+        "subscriptions": _count(resources, tables.subscriptions),
+        "invoices": _count(resources, tables.invoices),
+        "usage aggregates": _count(resources, tables.usage_aggregates),
+        "webhook attempts": _count(resources, tables.webhook_attempts),
+        "disabled endpoints": _count(
+            resources, tables.webhook_endpoints, tables.webhook_endpoints.c.disabled_at.is_not(None)
+        ),
+        "files purged": _count(resources, tables.files, tables.files.c.purged_at.is_not(None)),
+        "files kept": _count(resources, tables.files, tables.files.c.purged_at.is_(None)),
+    }
+    console.print("rows: " + ", ".join(f"{name} {n}" for name, n in rows.items()))
+    with resources.db.begin() as conn:
+        aggregates = conn.execute(
+            sa.select(tables.organisations.c.name, tables.usage_aggregates)
+            .join(tables.organisations, tables.organisations.c.id == tables.usage_aggregates.c.org_id)
+            .order_by(tables.organisations.c.name, tables.usage_aggregates.c.metric)
+        ).all()
+    for row in aggregates:
+        console.print(
+            f"  usage {row.period} {row.period_start}: {row.name} {row.metric} = {row.quantity} ({row.events} events)"
+        )
+    for dead in display.dead:
+        record = dead.record
+        console.print(f"dead letter {record.id}: {record.name} ({record.reason.value}) {escape(record.error)}")
     if choice_url:
         console.print(f"inspect them with: FORGEJOBS_REDIS_URL='{choice_url}' forgejobs dead list")
-    pending = [h for h in handles if statuses and h.status() not in (Status.SUCCEEDED, Status.FAILED)]
     if pending:
-        console.print(f"[red]{len(pending)} jobs did not finish[/]")
+        console.print(f"[red]{pending} jobs did not finish[/]")
         return 1
     return 0

@@ -103,7 +103,7 @@ invitations = sa.Table(
 sent_emails = sa.Table(
     "sent_emails",
     metadata,
-    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(128), primary_key=True),  # forgejobs ids are at most 128 characters
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("recipient", sa.String(320), nullable=False),
     sa.Column("subject", sa.String(300), nullable=False),

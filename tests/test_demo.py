@@ -34,10 +34,18 @@ def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert f"configured Redis at {redis_url}" in out
-    assert "succeeded 9, retried 1, dead-lettered 1" in out
-    assert "outbox: 3 messages" in out and "webhook receiver got 3 deliveries" in out
-    # the declared cron job, end to end: its next tick fired once, worked, and aggregated this run's audit events
-    assert "usage_aggregate-daily-usage-" in out and "succeeded, counts {'user.signed_up': 2, 'demo.delayed': 1}" in out
+    # with --jobs 2: 2 sign-ups (welcome email, audit, activity each), an invitation, 4 Stripe events (the
+    # checkout one handled in place) to 3 billing jobs and 2 notifications, 3 webhook deliveries (one retried,
+    # one dead-lettered on 410) and a disabled-endpoint notification, 2 file cleanups
+    assert "succeeded 21, retried 1, dead-lettered 1" in out
+    assert "outbox: 6 messages" in out
+    assert "webhook receiver got 2 deliveries with valid signatures (/flaky 1, /ok 1); 0 bad signatures" in out
+    assert "duplicate=True" in out and "stripe refused (bad signature)" in out
+    assert "Payment failed for Acme: USD 49.00 due" in out
+    assert "subscriptions 1, invoices 2" in out and "disabled endpoints 1, files purged 1, files kept 1" in out
+    # the declared cron job, end to end: its next tick fired once, worked, and aggregated this run's usage
+    assert "usage_aggregate-daily-usage-" in out and "succeeded: {'period': 'day'" in out
+    assert "Acme api.requests = 200 (2 events)" in out and "Globex seats = 3 (1 events)" in out
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
@@ -75,4 +83,4 @@ def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     text = out.getvalue()
     assert code == 0, text
     assert "embedded: fakeredis" in text
-    assert "succeeded 6, retried 1, dead-lettered 1" in text
+    assert "succeeded 18, retried 1, dead-lettered 1" in text  # one sign-up fewer than with --jobs 2

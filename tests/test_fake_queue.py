@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 import jobs.email
 import jobs.resources
+import jobs.store
 from forgejobs import (
     Context,
     Job,
@@ -322,21 +323,25 @@ def test_perform_uses_the_registry_effective_options() -> None:
     assert result["max_attempts"] == 7
 
 
-def test_a_catalog_welcome_email_is_written_to_the_outbox(fake_queue: FakeQueue, tmp_path: Path) -> None:
-    outbox = tmp_path / "outbox"
-    fake_queue.resources = jobs.resources.Resources(
-        outbox_dir=outbox, audit_log=tmp_path / "a.jsonl", mail_from="x@y.z", http_timeout=1
+def test_a_catalog_job_runs_against_the_resources_given_to_the_fake_queue(
+    fake_queue: FakeQueue, tmp_path: Path
+) -> None:
+    catalog = jobs.resources.CatalogSettings(
+        database_url=f"sqlite:///{tmp_path / 'catalog.db'}", outbox_dir=tmp_path / "outbox", mail_from="x@y.example"
     )
+    fake_queue.resources = jobs.resources.build(catalog=catalog)
+    with fake_queue.resources.db.begin() as conn:
+        conn.execute(jobs.store.users.insert().values(id="u1", email="ada@example.com", name="Ada Lovelace"))
 
-    result = fake_queue.perform(jobs.email.WelcomeEmail(user_id="u1", email="ada@example.com", name="Ada Lovelace"))
+    result = fake_queue.perform(jobs.email.WelcomeEmail(user_id="u1"))
 
-    (path,) = outbox.glob("*.eml")
-    assert result == {"outbox": str(path)}
+    (path,) = (tmp_path / "outbox").glob("*.eml")
     message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert result.message_id == message["Message-ID"]
     assert message["To"] == "Ada Lovelace <ada@example.com>"
-    assert message["From"] == "x@y.z"
+    assert message["From"] == "x@y.example"
     assert message["Subject"] == "Welcome to ForgeStack"
-    assert "Hi Ada Lovelace" in message.get_content()
+    fake_queue.resources.close()
 
 
 # -- drain: run everything on the fake clock ----------------------------------------------

@@ -1,0 +1,39 @@
+"""Application-side flows that fan out to several queues, as a web handler would call them.
+
+Each writes its rows in one transaction and enqueues after the commit, so a
+job never looks for a row that a rolled-back transaction never wrote. The
+price of that order: if Redis refuses the enqueue after the commit, the
+caller sees the error and the rows stay (retry the enqueue, or keep an outbox
+table; see docs/catalog.md).
+"""
+
+from __future__ import annotations
+
+from .activity import CreateActivity
+from .audit import RecordAuditEvent
+from .email import WelcomeEmail
+from .store import Store, memberships, new_id, users
+
+
+def sign_up(store: Store, *, email: str, name: str, org_id: str | None = None, request_id: str | None = None) -> str:
+    """Create a user (a member of `org_id` if given) and enqueue the welcome email, the audit event and,
+    for a member, the organisation's activity entry. Returns the user id."""
+    user_id = new_id("usr")
+    with store.begin() as conn:
+        conn.execute(users.insert().values(id=user_id, email=email, name=name))
+        if org_id is not None:
+            conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role="member"))
+    WelcomeEmail.enqueue(user_id=user_id)
+    RecordAuditEvent.enqueue(
+        actor_id=user_id, action="user.signed_up", target=f"user:{user_id}", org_id=org_id, request_id=request_id
+    )
+    if org_id is not None:
+        CreateActivity.enqueue(
+            org_id=org_id,
+            actor_id=user_id,
+            verb="member.joined",
+            object_type="user",
+            object_id=user_id,
+            summary=f"{name} joined",
+        )
+    return user_id
