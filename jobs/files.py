@@ -84,16 +84,19 @@ def soft_delete_file(store: Store, file_id: str, *, purge_after: timedelta = DEF
         raise ValueError(f"purge_after must not be negative, got {purge_after}")
     now = utcnow()
     with store.begin() as conn:
-        row = conn.execute(sa.select(files.c.deleted_at, files.c.purged_at).where(files.c.id == file_id)).one_or_none()
+        row = conn.execute(
+            sa.select(files.c.deleted_at, files.c.purge_at, files.c.purged_at).where(files.c.id == file_id)
+        ).one_or_none()
         if row is None:
             raise FileNotFound(f"no file {file_id!r}")
         if row.purged_at is not None:
             raise FileAlreadyPurged(f"file {file_id!r} was purged at {row.purged_at.isoformat()}")
         deleted_at: datetime = row.deleted_at
+        purge_at: datetime | None = row.purge_at
         if deleted_at is None:
-            deleted_at = now
-            conn.execute(files.update().where(files.c.id == file_id).values(deleted_at=deleted_at))
-    delay = max(deleted_at + purge_after - now, timedelta(0))
+            deleted_at, purge_at = now, now + purge_after
+            conn.execute(files.update().where(files.c.id == file_id).values(deleted_at=deleted_at, purge_at=purge_at))
+    delay = max((purge_at or deleted_at + purge_after) - now, timedelta(0))
     later = CleanupDeletedFile.with_options(delay=delay, job_id=_cleanup_job_id(file_id, deleted_at))
     return later.enqueue(file_id=file_id, deleted_at=deleted_at)
 
@@ -108,7 +111,7 @@ def restore_file(store: Store, file_id: str) -> bool:
         restored = conn.execute(
             files.update()
             .where(files.c.id == file_id, files.c.deleted_at.is_not(None), files.c.purged_at.is_(None))
-            .values(deleted_at=None)
+            .values(deleted_at=None, purge_at=None)
         ).rowcount
         if restored:
             return True
@@ -179,8 +182,12 @@ class SweepOrphanFiles(
     """Daily safety net for stored objects.
 
     (a) Deletes stored objects that no live (unpurged) `files` row refers to
-    and that are older than `ORPHAN_MIN_AGE`. (b) Purges rows soft-deleted
-    more than `grace_hours` ago whose cleanup never happened.
+    and that are older than `ORPHAN_MIN_AGE`. (b) Purges soft-deleted rows
+    whose cleanup never happened: those whose purge time (`purge_at`, set by
+    `soft_delete_file` from its `purge_after`) passed more than `grace_hours`
+    ago, or, for rows deleted without one, whose deletion did. A file deleted
+    with a 30-day grace period is therefore never purged by the sweep before
+    those 30 days are over.
     """
 
     grace_hours: int = Field(default=24, ge=0)
@@ -214,7 +221,11 @@ class SweepOrphanFiles(
         with db.begin() as conn:
             lost = conn.execute(
                 sa.select(files.c.id, files.c.deleted_at)
-                .where(files.c.deleted_at < cutoff, files.c.purged_at.is_(None))
+                .where(
+                    files.c.deleted_at.is_not(None),
+                    sa.func.coalesce(files.c.purge_at, files.c.deleted_at) < cutoff,
+                    files.c.purged_at.is_(None),
+                )
                 .order_by(files.c.deleted_at)
             ).all()
         for done, row in enumerate(lost, start=1):

@@ -32,6 +32,8 @@ class CatalogSettings(BaseSettings):
 
     database_url: str = "sqlite:///var/catalog.db"
     """SQLAlchemy URL: SQLite by default, `postgresql+psycopg://user@host/db` in production."""
+    create_tables: bool = True
+    """Create missing tables when resources are built. Turn off where migrations own the schema."""
     app_url: str = "http://localhost:8000"
     """Links in emails point here."""
     product_name: str = "ForgeStack"
@@ -91,7 +93,7 @@ def build(settings: Settings | None = None, catalog: CatalogSettings | None = No
 
     catalog = catalog or CatalogSettings()
     return Resources(
-        db=Store.from_url(catalog.database_url),
+        db=Store.from_url(catalog.database_url, create=catalog.create_tables),
         mailer=build_mailer(catalog),
         http=guarded_client(allow=catalog.webhook_allow, timeout=catalog.http_timeout),
         storage=LocalStorage(catalog.storage_dir),

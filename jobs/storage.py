@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 
@@ -33,9 +33,11 @@ class LocalStorage:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        parts = PurePosixPath(key).parts
-        if not parts or key.startswith("/") or ".." in parts:
-            raise ValueError(f"storage key {key!r} must be a relative path without '..'")
+        # Only keys in normal form: `a//b`, `a/./b` or `a/b/` would name the same file as `a/b` while
+        # differing from the key `list()` reports, and the orphan sweep would then delete a live object.
+        parts = key.split("/")
+        if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"storage key {key!r} must be a relative POSIX path without empty, '.' or '..' segments")
         return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes) -> None:

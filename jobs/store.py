@@ -23,6 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
+_DDL_LOCK = 0x666A6F6273  # an arbitrary advisory lock key: "fjobs"
+
 
 def new_id(prefix: str) -> str:
     """A sortable-enough, collision-free id like `usr_3f2a...` (prefix names the kind of row)."""
@@ -227,6 +229,7 @@ files = sa.Table(
     sa.Column("name", sa.String(300), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("deleted_at", UTCDateTime()),  # soft delete: restorable until purged
+    sa.Column("purge_at", UTCDateTime()),  # when the deletion's cleanup is due (deleted_at + its grace period)
     sa.Column("purged_at", UTCDateTime()),  # the stored object is gone
     _created(),
 )
@@ -285,6 +288,21 @@ class Store:
         return store
 
     def create_all(self) -> None:
+        """Create missing tables. Safe when many processes start at once on an empty database (each
+        worker child builds its resources): PostgreSQL serialises them with an advisory lock, and on
+        SQLite a process that lost a race to another looks again."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+                metadata.create_all(conn)
+            return
+        for _ in range(len(metadata.tables)):  # each lost race means another process made progress
+            try:
+                metadata.create_all(self.engine)
+                return
+            except sa.exc.OperationalError as exc:
+                if "already exists" not in str(exc):
+                    raise
         metadata.create_all(self.engine)
 
     @contextmanager

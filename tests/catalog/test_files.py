@@ -240,6 +240,26 @@ def test_the_sweep_purges_deletions_whose_cleanup_was_lost(resources: Resources,
     assert ctx.last_progress == {"lost_cleanups": 1, "purged": 1}
 
 
+def test_the_sweep_waits_out_a_long_grace_period(
+    fake_queue: FakeQueue, resources: Resources, org: dict[str, str]
+) -> None:
+    file_id, key = make_file(resources, org["org_id"])
+    soft_delete_file(resources.db, file_id, purge_after=timedelta(days=30))
+    two_days = timedelta(days=2)
+    with resources.db.begin() as conn:  # the deletion happened two days ago
+        deleted = conn.execute(sa.select(files).where(files.c.id == file_id)).one()
+        conn.execute(
+            files.update()
+            .where(files.c.id == file_id)
+            .values(deleted_at=deleted.deleted_at - two_days, purge_at=deleted.purge_at - two_days)
+        )
+    job = SweepOrphanFiles()
+
+    assert job.perform(make_context(job, resources=resources)).lost_cleanups_purged == 0
+    assert resources.storage.exists(key)
+    assert restore_file(resources.db, file_id) is True
+
+
 def test_the_sweep_grace_is_a_payload_field(resources: Resources, org: dict[str, str]) -> None:
     file_id, key = make_file(resources, org["org_id"])
     with resources.db.begin() as conn:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from jobs.store import Store, activity_feed, audit_log, users
+from jobs.storage import LocalStorage
+from jobs.store import Store, activity_feed, audit_log, metadata, users
 
 
 def test_insert_ignore_inserts_once(store: Store, org: dict[str, str]) -> None:
@@ -39,3 +42,42 @@ def test_datetimes_come_back_aware_utc(store: Store, org: dict[str, str]) -> Non
 def test_naive_datetimes_are_refused(store: Store) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), store.begin() as conn:
         conn.execute(users.insert().values(id="u1", email="a@b.c", name="A", created_at=datetime(2026, 1, 1)))
+
+
+@pytest.mark.parametrize("key", ["org//a.pdf", "org/./a.pdf", "org/a.pdf/", "/org/a.pdf", "org/../a.pdf", "", "a\\b"])
+def test_local_storage_refuses_keys_not_in_normal_form(tmp_path: Path, key: str) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(ValueError, match="storage key"):
+        storage.put(key, b"x")
+    assert list(storage.list()) == []
+
+
+def test_local_storage_lists_the_keys_it_was_given(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("org/2026/a.pdf", b"x")
+    assert [key for key, _ in storage.list()] == ["org/2026/a.pdf"]
+    assert storage.delete("org/2026/a.pdf") and not storage.delete("org/2026/a.pdf")
+
+
+def test_many_workers_may_create_the_tables_at_once(store: Store) -> None:
+    """Worker children build their resources at the same moment; on an empty database each creates tables."""
+    with store.begin() as conn:  # start from nothing, in this test's own database or schema
+        metadata.drop_all(conn)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def create() -> None:  # each on its own connection from the pool, as separate processes would be
+        try:
+            barrier.wait()
+            store.create_all()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert set(sa.inspect(store.engine).get_table_names()) >= {"users", "files", "audit_log"}
