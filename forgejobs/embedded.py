@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -85,7 +86,8 @@ def private_redis_server(binary: str) -> Iterator[str]:
 def choose_redis(configured_url: str | None, default_url: str) -> Iterator[RedisChoice]:
     """The configured Redis; else one answering at the default URL; else an embedded one."""
     if configured_url:
-        yield RedisChoice(redis.Redis.from_url(configured_url), f"configured Redis at {configured_url}", configured_url)
+        shown = redact_url(configured_url)
+        yield RedisChoice(redis.Redis.from_url(configured_url), f"configured Redis at {shown}", configured_url)
         return
     if answers(default_url):
         yield RedisChoice(redis.Redis.from_url(default_url), f"local Redis at {default_url}", default_url)
@@ -101,3 +103,13 @@ def choose_redis(configured_url: str | None, default_url: str) -> Iterator[Redis
 
     server = fakeredis.FakeServer()
     yield RedisChoice(fakeredis.FakeRedis(server=server), "embedded: fakeredis, in this process", None, embedded=True)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by `***`, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

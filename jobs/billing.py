@@ -241,9 +241,24 @@ def invoice_values(event: StoredEvent, org_id: str) -> dict[str, Any]:
     }
 
 
-def _guard(table: sa.Table, event: StoredEvent, new_status: str, final: tuple[str, ...]) -> sa.ColumnElement[bool]:
-    """Update the stored row only if this event is not older, and never from a final status to another one."""
-    condition = table.c.stripe_updated <= event.created
+# Stripe's `created` has one-second resolution, and one checkout often emits `customer.subscription.created`
+# (incomplete) and `.updated` (active) within the same second, delivered in any order. Between two events of
+# the same second, the one whose status is further along a subscription's (or invoice's) life wins.
+SUBSCRIPTION_PROGRESS = {"incomplete": 0, "trialing": 1, "active": 2, "past_due": 3, "unpaid": 4, "paused": 4}
+INVOICE_PROGRESS = {"draft": 0, "open": 1, "uncollectible": 2}
+
+
+def _guard(
+    table: sa.Table, event: StoredEvent, new_status: str, final: tuple[str, ...], progress: dict[str, int]
+) -> sa.ColumnElement[bool]:
+    """Update the stored row only if this event is newer, or of the same second and not behind the stored
+    status; and never from a final status to another one."""
+    rank = progress.get(new_status, max(progress.values()) + 1)  # a final or unknown status is furthest along
+    not_behind = [status for status, r in progress.items() if r <= rank]
+    same_second = sa.and_(table.c.stripe_updated == event.created, table.c.status.in_(not_behind))
+    if new_status in final or new_status not in progress:
+        same_second = table.c.stripe_updated == event.created
+    condition = sa.or_(table.c.stripe_updated < event.created, same_second)
     if new_status not in final:
         condition = sa.and_(condition, table.c.status.not_in(final))
     return condition
@@ -273,7 +288,7 @@ class SyncSubscription(
         if org_id is None:
             wait_for_customer(ctx, event, customer)
         values = subscription_values(event, org_id)
-        where = _guard(subscriptions, event, values["status"], FINAL_SUBSCRIPTION_STATUSES)
+        where = _guard(subscriptions, event, values["status"], FINAL_SUBSCRIPTION_STATUSES, SUBSCRIPTION_PROGRESS)
         with store.begin() as conn:
             applied = store.upsert(conn, subscriptions, values, ["id"], where=where)
             owners = owner_ids(conn, org_id) if applied and event.type == "customer.subscription.deleted" else []
@@ -310,7 +325,7 @@ class RecordInvoice(
         if org_id is None:
             wait_for_customer(ctx, event, customer)
         values = invoice_values(event, org_id)
-        where = _guard(invoices, event, values["status"], FINAL_INVOICE_STATUSES)
+        where = _guard(invoices, event, values["status"], FINAL_INVOICE_STATUSES, INVOICE_PROGRESS)
         with store.begin() as conn:
             applied = store.upsert(conn, invoices, values, ["id"], where=where)
             owners = owner_ids(conn, org_id) if applied else []

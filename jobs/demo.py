@@ -42,7 +42,7 @@ from rich.table import Table
 from forgejobs import Client, PayloadTooLarge, Registry, Settings, backoff, set_client
 from forgejobs.backends.rq import RQBackend
 from forgejobs.backends.rqscheduler import RQSchedulerStore
-from forgejobs.embedded import choose_redis
+from forgejobs.embedded import choose_redis, redact_url
 from forgejobs.execution import DeadLettered, Outcome, Retry, Succeeded
 from forgejobs.options import JobOverride
 from forgejobs.scheduling import Repeater
@@ -492,7 +492,7 @@ def _summary(
         record = dead.record
         console.print(f"dead letter {record.id}: {record.name} ({record.reason.value}) {escape(record.error)}")
     if choice_url:
-        console.print(f"inspect them with: FORGEJOBS_REDIS_URL='{choice_url}' forgejobs dead list")
+        console.print(f"inspect them with: FORGEJOBS_REDIS_URL='{redact_url(choice_url)}' forgejobs dead list")
     if pending:
         console.print(f"[red]{pending} jobs did not finish[/]")
         return 1

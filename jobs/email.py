@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from typing import Any, Literal, get_args
@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import Connection, Row
 
-from forgejobs import Context, Job, JobHandle, Unrecoverable, backoff
+from forgejobs import Context, Job, JobHandle, RetryLater, Unrecoverable, backoff
 
 from .mail import RecipientRefused, build_message, format_money, message_id_for, render
 from .resources import Resources
@@ -39,6 +39,7 @@ from .store import (
     Store,
     invitations,
     invoices,
+    max_length,
     memberships,
     new_id,
     organisations,
@@ -70,18 +71,13 @@ NOTIFICATION_KINDS: tuple[str, ...] = get_args(NotificationKind)
 _RETRIES = backoff.exponential(30, max_seconds=3600, jitter=0.2)
 _ATTEMPTS = 5
 _TIMEOUT = "2m"
+STALE_CLAIM = timedelta(minutes=5)
+"""A `sending` claim older than this (more than the jobs' 2-minute timeout) was left by a run that died."""
 
 
-def _length(column: sa.Column[Any]) -> int:
-    """The declared length of a String column of `sent_emails`: what is checked before a send."""
-    kind = column.type
-    assert isinstance(kind, sa.String) and kind.length is not None, column
-    return kind.length
-
-
-_JOB_ID_LIMIT = _length(sent_emails.c.job_id)
-_MESSAGE_ID_LIMIT = _length(sent_emails.c.message_id)
-_SUBJECT_LIMIT = _length(sent_emails.c.subject)
+_JOB_ID_LIMIT = max_length(sent_emails.c.job_id)
+_MESSAGE_ID_LIMIT = max_length(sent_emails.c.message_id)
+_SUBJECT_LIMIT = max_length(sent_emails.c.subject)
 
 
 class EmailOutcome(BaseModel):
@@ -394,16 +390,16 @@ def _deliver(
     values: Mapping[str, Any],
     also: Callable[[Connection], None] | None = None,
 ) -> EmailOutcome:
-    """Send one message unless this job already did, then record it (and run `also` in that transaction)."""
+    """Send one message unless this job already did, then record it (and run `also` in that transaction).
+
+    The `sent_emails` row is claimed ("sending") before the message goes out and confirmed ("sent") after, so
+    two runs of the same job at once (a stalled run recovered while it still sends, a requeue) cannot both
+    send. A claim older than `STALE_CLAIM` belongs to a run that died mid-send: it is taken over and the
+    message sent again, with the same Message-ID (at least once, never silently dropped).
+    """
     resources = ctx.resources
     db = resources.db
     key = sent_key(ctx.job_id)
-    with db.begin() as conn:
-        sent = conn.execute(sa.select(sent_emails).where(sent_emails.c.job_id == key)).first()
-    if sent is not None:
-        ctx.logger.info("already sent %s as %s to %s: not sending it again", kind, sent.message_id, sent.recipient)
-        return EmailOutcome(to=sent.recipient, message_id=sent.message_id, skipped="already sent")
-
     settings = resources.settings
     try:
         message_id = message_id_for(ctx.job_id, settings.mail_from)
@@ -411,28 +407,59 @@ def _deliver(
         raise Unrecoverable(f"FORGEJOBS_CATALOG_MAIL_FROM: {exc}") from exc
     if len(message_id) > _MESSAGE_ID_LIMIT:
         raise Unrecoverable(f"Message-ID {message_id} is longer than {_MESSAGE_ID_LIMIT} characters")
-
     rendered = render(template, product_name=settings.product_name, app_url=settings.app_url, **values)
     message = build_message(rendered, to=to, mail_from=settings.mail_from, message_id=message_id)
+
+    claimed_at = utcnow()
+    claim = {
+        "job_id": key,
+        "kind": kind,
+        "recipient": to.addr_spec,
+        "subject": rendered.subject[:_SUBJECT_LIMIT],
+        "message_id": message_id,
+        "status": "sending",
+        "sent_at": claimed_at,
+    }
+    with db.begin() as conn:
+        if not db.insert_ignore(conn, sent_emails, claim):
+            row = conn.execute(sa.select(sent_emails).where(sent_emails.c.job_id == key)).one()
+            if row.status == "sent":
+                ctx.logger.info(
+                    "already sent %s as %s to %s: not sending it again", kind, row.message_id, row.recipient
+                )
+                return EmailOutcome(to=row.recipient, message_id=row.message_id, skipped="already sent")
+            if claimed_at - row.sent_at < STALE_CLAIM or not _take_over(conn, row.sent_at, claim):
+                raise RetryLater(STALE_CLAIM, f"another run of job {ctx.job_id} is sending this {kind} email")
+            ctx.logger.warning("taking over the send of %s from a run that stopped mid-send", message_id)
+
     try:
         resources.mailer.send(message)
-    except RecipientRefused as exc:
-        raise Unrecoverable(f"{kind} email to {to.addr_spec} refused: {exc}") from exc
+    except BaseException as exc:
+        with db.begin() as conn:  # not sent: release the claim, so the retry can send
+            conn.execute(
+                sent_emails.delete().where(
+                    sent_emails.c.job_id == key, sent_emails.c.status == "sending", sent_emails.c.sent_at == claimed_at
+                )
+            )
+        if isinstance(exc, RecipientRefused):
+            raise Unrecoverable(f"{kind} email to {to.addr_spec} refused: {exc}") from exc
+        raise
 
     with db.begin() as conn:
-        db.insert_ignore(
-            conn,
-            sent_emails,
-            {
-                "job_id": key,
-                "kind": kind,
-                "recipient": to.addr_spec,
-                "subject": rendered.subject[:_SUBJECT_LIMIT],
-                "message_id": message_id,
-                "sent_at": utcnow(),
-            },
-        )
+        conn.execute(sent_emails.update().where(sent_emails.c.job_id == key).values(status="sent", sent_at=utcnow()))
         if also is not None:
             also(conn)
     ctx.logger.info("sent %s %s to %s", kind, message_id, to.addr_spec)
     return EmailOutcome(to=to.addr_spec, message_id=message_id)
+
+
+def _take_over(conn: Connection, stale: datetime, claim: Mapping[str, Any]) -> bool:
+    """Move a stale claim to this run; False if another run took it first."""
+    moved = conn.execute(
+        sent_emails.update()
+        .where(
+            sent_emails.c.job_id == claim["job_id"], sent_emails.c.status == "sending", sent_emails.c.sent_at == stale
+        )
+        .values(**claim)
+    )
+    return moved.rowcount == 1

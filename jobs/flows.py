@@ -9,31 +9,59 @@ table; see docs/catalog.md).
 
 from __future__ import annotations
 
+from pydantic.networks import validate_email
+from pydantic_core import PydanticCustomError
+
+from forgejobs import Job
+
 from .activity import CreateActivity
 from .audit import RecordAuditEvent
 from .email import WelcomeEmail
-from .store import Store, memberships, new_id, users
+from .store import Store, max_length, memberships, new_id, users
 
 
 def sign_up(store: Store, *, email: str, name: str, org_id: str | None = None, request_id: str | None = None) -> str:
     """Create a user (a member of `org_id` if given) and enqueue the welcome email, the audit event and,
-    for a member, the organisation's activity entry. Returns the user id."""
+    for a member, the organisation's activity entry. Returns the user id.
+
+    Everything is validated before the transaction: a bad address or name raises `ValueError` (a job
+    payload that would not validate raises pydantic's `ValidationError`) with nothing written."""
+    address = _checked_email(email)
+    name = name.strip()
+    if not name or len(name) > NAME_LIMIT or any(c in name for c in "\r\n"):
+        raise ValueError(f"name must be 1 to {NAME_LIMIT} characters on one line, got {name[:80]!r}")
     user_id = new_id("usr")
+    jobs: list[Job] = [
+        WelcomeEmail(user_id=user_id),
+        RecordAuditEvent(
+            actor_id=user_id, action="user.signed_up", target=f"user:{user_id}", org_id=org_id, request_id=request_id
+        ),
+    ]
+    if org_id is not None:
+        jobs.append(
+            CreateActivity(
+                org_id=org_id,
+                actor_id=user_id,
+                verb="member.joined",
+                object_type="user",
+                object_id=user_id,
+                summary=f"{name} joined",
+            )
+        )
     with store.begin() as conn:
-        conn.execute(users.insert().values(id=user_id, email=email, name=name))
+        conn.execute(users.insert().values(id=user_id, email=address, name=name))
         if org_id is not None:
             conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role="member"))
-    WelcomeEmail.enqueue(user_id=user_id)
-    RecordAuditEvent.enqueue(
-        actor_id=user_id, action="user.signed_up", target=f"user:{user_id}", org_id=org_id, request_id=request_id
-    )
-    if org_id is not None:
-        CreateActivity.enqueue(
-            org_id=org_id,
-            actor_id=user_id,
-            verb="member.joined",
-            object_type="user",
-            object_id=user_id,
-            summary=f"{name} joined",
-        )
+    for job in jobs:
+        job.enqueue()
     return user_id
+
+
+NAME_LIMIT = max_length(users.c.name)
+
+
+def _checked_email(email: str) -> str:
+    try:
+        return validate_email(email.strip())[1]
+    except PydanticCustomError as exc:
+        raise ValueError(f"not an email address: {email!r} ({exc})") from None

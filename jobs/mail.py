@@ -289,9 +289,9 @@ class SmtpMailer:
             raise _refused_recipients(where, exc.recipients) from exc
         except smtplib.SMTPSenderRefused as exc:
             text = f"{where} refused the sender {exc.sender!r}"
-            if exc.smtp_code == 530:  # "authentication required" / "STARTTLS first": our settings, not the message
-                raise MailSetupError(f"{text}: {_answer(exc.smtp_code, exc.smtp_error)}") from exc
-            raise _by_code(exc.smtp_code, text, exc.smtp_error) from exc
+            # A refused sender (530 "authenticate first", 550 "sender not allowed", an SPF policy) is our
+            # configuration, not this message: retry with backoff so the queue waits for the fix.
+            raise _by_code(exc.smtp_code, text, exc.smtp_error, permanent=MailSetupError) from exc
         except smtplib.SMTPDataError as exc:
             raise _by_code(exc.smtp_code, f"{where} refused the message data", exc.smtp_error) from exc
         except smtplib.SMTPAuthenticationError as exc:

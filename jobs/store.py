@@ -35,6 +35,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def max_length(column: sa.Column[Any]) -> int:
+    """The declared length of a String column: what app-side helpers check before writing, because SQLite
+    stores a longer value that PostgreSQL refuses."""
+    kind = column.type
+    if not isinstance(kind, sa.String) or kind.length is None:
+        raise TypeError(f"{column} is not a String column with a length")
+    return kind.length
+
+
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on both SQLite (which keeps no zone) and PostgreSQL."""
 
@@ -100,8 +109,8 @@ invitations = sa.Table(
     _created(),
 )
 
-# One row per message a job sent: a job re-run after a crash between "sent" and
-# "acknowledged" finds its row and does not send again.
+# One row per message a job sends, claimed before the send ("sending") and confirmed after it ("sent"): a
+# job re-run after it sent finds "sent" and does nothing; two runs of one job at once cannot both send.
 sent_emails = sa.Table(
     "sent_emails",
     metadata,
@@ -110,7 +119,8 @@ sent_emails = sa.Table(
     sa.Column("recipient", sa.String(320), nullable=False),
     sa.Column("subject", sa.String(300), nullable=False),
     sa.Column("message_id", sa.String(200), nullable=False),
-    sa.Column("sent_at", UTCDateTime(), nullable=False, default=utcnow),
+    sa.Column("status", sa.String(10), nullable=False, default="sent"),  # sending | sent
+    sa.Column("sent_at", UTCDateTime(), nullable=False, default=utcnow),  # when claimed, then when sent
 )
 
 webhook_endpoints = sa.Table(

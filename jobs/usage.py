@@ -27,7 +27,7 @@ from forgejobs import Context, Job, JobHandle, backoff
 from forgejobs.schedule import cron
 
 from .resources import Resources
-from .store import Store, new_id, usage_aggregates, usage_events, utcnow
+from .store import Store, max_length, new_id, usage_aggregates, usage_events, utcnow
 
 MAX_BACKFILL_DAYS = 366
 """The longest range `backfill_usage` accepts without `force=True`."""
@@ -64,8 +64,9 @@ def record_usage(store: Store, *, org_id: str, metric: str, quantity: int, at: d
         raise TypeError(f"quantity must be an int, not {type(quantity).__name__}")
     if quantity < 0:
         raise ValueError(f"quantity must not be negative, got {quantity}")
-    if not metric:
-        raise ValueError("metric must not be empty")
+    limit = max_length(usage_events.c.metric)
+    if not metric or len(metric) > limit:  # SQLite would store a longer one; PostgreSQL refuses it
+        raise ValueError(f"metric must be 1 to {limit} characters, got {len(metric)}: {metric[:80]!r}")
     if at is not None and at.tzinfo is None:
         raise ValueError(f"naive datetime {at!r}: pass a timezone-aware time, e.g. datetime.now(UTC)")
     event_id = new_id("use")

@@ -14,7 +14,7 @@ event, records every attempt in `webhook_attempts`, and moves the delivery to `d
 | internal address (SSRF guard)            | failed at once; dead letter                                      |
 
 App-side helpers manage endpoints and their secrets: `create_endpoint`, `rotate_secret`,
-`drop_previous_secrets`. See docs/catalog/webhooks.md.
+`drop_previous_secrets`. See docs/catalog.md.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class DeliverWebhook(
                 # This delivery disabled the endpoint; a re-run (say the notification enqueue failed) makes
                 # sure the owners hear of it. The notification job ids keep this from sending twice.
                 _notify_owners(store, endpoint.org_id, self.endpoint_id)
-                raise Unrecoverable(f"{endpoint.url} answered 410 Gone: endpoint {self.endpoint_id} disabled")
+                raise Unrecoverable(f"{origin(endpoint.url)} answered 410 Gone: endpoint {self.endpoint_id} disabled")
             return DeliveryResult(delivery_id=self.delivery_id, outcome="skipped")
         if endpoint.disabled_at is not None:
             with store.begin() as conn:
@@ -118,12 +118,14 @@ class DeliverWebhook(
             return DeliveryResult(delivery_id=self.delivery_id, outcome="cancelled")
 
         body = event_body(delivery.event_type, delivery.payload, delivery.created_at)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            **signature_headers(endpoint.secrets.split(), self.delivery_id, body),
-        }
+        try:
+            signatures = signature_headers(endpoint.secrets.split(), self.delivery_id, body)
+        except ValueError as exc:  # a malformed stored secret: no retry can fix it
+            raise Unrecoverable(f"endpoint {self.endpoint_id}: cannot sign: {exc}") from exc
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT, **signatures}
         url: str = endpoint.url
+        # Errors, logs and dead letters name the origin only: hook URLs often carry a secret in the path or query.
+        shown = f"{origin(url)} (endpoint {self.endpoint_id})"
         started = time.monotonic()
         try:
             status_code, response_headers, excerpt = _post(ctx.resources.http, url, body, headers)
@@ -132,18 +134,18 @@ class DeliverWebhook(
             raise Unrecoverable(f"delivery {self.delivery_id} not sent: {exc}") from exc
         except httpx.UnsupportedProtocol as exc:
             _record(store, self.delivery_id, started, error=str(exc), status="failed")
-            raise Unrecoverable(f"delivery {self.delivery_id} not sent: bad endpoint URL {url!r}: {exc}") from exc
+            raise Unrecoverable(f"delivery {self.delivery_id} not sent: bad endpoint URL for {shown}: {exc}") from exc
         except httpx.HTTPError as exc:  # timeouts, refused or reset connections, protocol errors
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             _record(store, self.delivery_id, started, error=error, status="failed" if ctx.is_last_attempt else None)
-            raise WebhookDeliveryError(f"POST {url} failed: {error}") from exc
+            raise WebhookDeliveryError(f"POST {shown} failed: {error}") from exc
 
         if 200 <= status_code < 300:
             _record(store, self.delivery_id, started, status_code, excerpt, status="delivered")
             return DeliveryResult(delivery_id=self.delivery_id, outcome="delivered", status_code=status_code)
 
         if status_code == 410:
-            reason = f"410 Gone from {url}"
+            reason = f"410 Gone from {origin(url)}"
             with store.begin() as conn:
                 _insert_attempt(conn, self.delivery_id, started, status_code, excerpt, None)
                 _set_status(conn, self.delivery_id, "cancelled")
@@ -161,14 +163,27 @@ class DeliverWebhook(
         if retry_after is not None and _rate_limited_answers(store, self.delivery_id) < MAX_RATE_LIMITED:
             _record(store, self.delivery_id, started, status_code, excerpt)
             wait = min(retry_after, RETRY_AFTER_CAP)
-            ctx.logger.info("%s answered %d; trying again in %.0f s", url, status_code, wait)
+            ctx.logger.info("%s answered %d; trying again in %.0f s", shown, status_code, wait)
             ctx.rate_limited(wait)
 
         _record(
             store, self.delivery_id, started, status_code, excerpt, status="failed" if ctx.is_last_attempt else None
         )
         kind = "a redirect (not followed)" if 300 <= status_code < 400 else str(status_code)
-        raise WebhookDeliveryError(f"POST {url} answered {kind}")
+        raise WebhookDeliveryError(f"POST {shown} answered {kind}")
+
+
+def origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL: what messages show of an endpoint, never its path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 def event_body(event_type: str, data: Any, created_at: datetime) -> bytes:

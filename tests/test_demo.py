@@ -14,7 +14,7 @@ import redis
 from rich.console import Console
 
 from forgejobs import Settings
-from forgejobs.embedded import choose_redis
+from forgejobs.embedded import choose_redis, redact_url
 from tests.conftest import ROOT
 
 NOTHING_LISTENS = "redis://127.0.0.1:1/0"
@@ -84,3 +84,9 @@ def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert code == 0, text
     assert "embedded: fakeredis" in text
     assert "succeeded 18, retried 1, dead-lettered 1" in text  # one sign-up fewer than with --jobs 2
+
+
+def test_printed_redis_urls_hide_the_password() -> None:
+    assert redact_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact_url("redis://app:s3cret@cache.internal/2") == "redis://app:***@cache.internal/2"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -110,6 +110,24 @@ def test_an_older_update_arriving_late_changes_nothing(store: Store, queue: Fake
     assert (row["status"], row["quantity"], row["stripe_updated"]) == ("past_due", 5, 1200)
 
 
+def test_events_of_the_same_second_keep_the_status_furthest_along(
+    store: Store, queue: FakeQueue, org: dict[str, str]
+) -> None:
+    customer = org["customer_id"]
+    active = received(store, "customer.subscription.updated", subscription_object(customer, status="active"), 1000)
+    incomplete = received(
+        store, "customer.subscription.created", subscription_object(customer, status="incomplete"), 1000
+    )
+    queue.perform(SyncSubscription(event_id=active))
+
+    result = queue.perform(SyncSubscription(event_id=incomplete))  # delivered second, created the same second
+
+    assert result["applied"] is False
+    assert subscription_row(store)["status"] == "active"
+    again = received(store, "customer.subscription.updated", subscription_object(customer, status="past_due"), 1000)
+    assert queue.perform(SyncSubscription(event_id=again))["applied"] is True
+
+
 def test_deleted_cancels_and_tells_the_owner_only(store: Store, queue: FakeQueue, org: dict[str, str]) -> None:
     customer = org["customer_id"]
     queue.perform(

@@ -24,9 +24,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 
-from forgejobs import Reason, Unrecoverable
+from forgejobs import Reason, RetryLater, Unrecoverable
 from forgejobs.testing import FakeQueue, make_context
 from jobs.email import (
+    STALE_CLAIM,
     EmailOutcome,
     Notification,
     NotificationKind,
@@ -224,6 +225,21 @@ def sample_message(to: str = "Ada Lovelace <ada@example.com>", job_id: str = "jo
     return build_message(rendered, to=to, mail_from=mail_from, message_id=message_id_for(job_id, mail_from))
 
 
+class RefusesSender:
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
+        return "550 5.7.1 sender not allowed from this host"
+
+
+def test_a_refused_sender_is_a_setup_error_that_retries(request: pytest.FixtureRequest) -> None:
+    port = free_port()
+    controller = Controller(RefusesSender(), hostname="127.0.0.1", port=port, ready_timeout=5)
+    controller.start()
+    request.addfinalizer(controller.stop)
+
+    with pytest.raises(MailSetupError, match="refused the sender .*550 5.7.1 sender not allowed"):
+        SmtpMailer("127.0.0.1", port, timeout=5).send(sample_message())
+
+
 def test_smtp_delivers_a_multipart_message(smtp_server: Server) -> None:
     SmtpMailer("127.0.0.1", smtp_server.port, timeout=5).send(sample_message())
 
@@ -365,6 +381,51 @@ def test_a_rerun_of_the_same_job_sends_nothing(resources: Resources, org: dict[s
     )
     assert outbox(resources.settings) == []
     assert len(sent_rows(resources.db)) == 1
+
+
+def claim(resources: Resources, job_id: str, age: timedelta) -> None:
+    """A `sending` claim left by another run of `job_id`, `age` ago."""
+    with resources.db.begin() as conn:
+        conn.execute(
+            sent_emails.insert().values(
+                job_id=job_id, kind="welcome", recipient="x@example.com", subject="s",
+                message_id=f"<{job_id}@forgestack.test>", status="sending", sent_at=utcnow() - age,
+            )
+        )  # fmt: skip
+
+
+def test_a_run_waits_while_another_run_of_the_job_is_sending(resources: Resources, org: dict[str, str]) -> None:
+    claim(resources, "welcome-3", age=timedelta(seconds=5))
+    job = WelcomeEmail(user_id=org["owner_id"])
+
+    with pytest.raises(RetryLater, match="another run of job welcome-3 is sending"):
+        job.perform(make_context(job, resources=resources, job_id="welcome-3", attempt=2))
+
+    assert outbox(resources.settings) == []
+
+
+def test_a_claim_left_by_a_run_that_died_mid_send_is_taken_over(resources: Resources, org: dict[str, str]) -> None:
+    claim(resources, "welcome-4", age=STALE_CLAIM + timedelta(seconds=1))
+    job = WelcomeEmail(user_id=org["owner_id"])
+
+    result = job.perform(make_context(job, resources=resources, job_id="welcome-4", attempt=2))
+
+    assert result.skipped is None and len(outbox(resources.settings)) == 1
+    assert [(r.status, r.recipient) for r in sent_rows(resources.db)] == [("sent", org["owner_email"])]
+
+
+def test_a_failed_send_releases_its_claim(resources: Resources, org: dict[str, str]) -> None:
+    class Down:
+        def send(self, message: EmailMessage) -> None:
+            raise TransientMailError("SMTP 127.0.0.1:25: connection refused")
+
+    job = WelcomeEmail(user_id=org["owner_id"])
+    with pytest.raises(TransientMailError):
+        job.perform(make_context(job, resources=dataclasses.replace(resources, mailer=Down()), job_id="welcome-5"))
+    assert sent_rows(resources.db) == []
+
+    assert job.perform(make_context(job, resources=resources, job_id="welcome-5", attempt=2)).skipped is None
+    assert [r.status for r in sent_rows(resources.db)] == ["sent"]
 
 
 def test_a_missing_user_is_unrecoverable(resources: Resources) -> None:

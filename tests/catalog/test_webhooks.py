@@ -221,7 +221,8 @@ def test_a_500_is_retried_and_recorded_and_a_retry_sends_the_same_bytes(
     endpoint_id = endpoint(store, org, receiver, "/fail", Reply(500, "x" * 5000))
     delivery_id = publish_one(store, org)
 
-    with pytest.raises(WebhookDeliveryError, match=r"POST http://127.0.0.1:\d+/fail answered 500"):
+    # the message names the origin and the endpoint, never the path (hook URLs often carry a secret there)
+    with pytest.raises(WebhookDeliveryError, match=r"POST http://127.0.0.1:\d+ \(endpoint whe_\w+\) answered 500$"):
         run(resources, delivery_id, endpoint_id, attempt=1)
     with pytest.raises(WebhookDeliveryError):
         run(resources, delivery_id, endpoint_id, attempt=2)
@@ -336,9 +337,9 @@ def test_a_410_disables_the_endpoint_cancels_notifies_the_owners_once_and_dead_l
         conn.execute(memberships.insert().values(org_id=org["org_id"], user_id=second_owner, role="owner"))
     endpoint_id = endpoint(store, org, receiver, "/gone", Reply(410, "unsubscribed"))
     delivery_id = publish_one(store, org)
-    url = receiver.base_url + "/gone"
+    url = receiver.base_url  # the origin only: the path is not repeated in messages
 
-    with pytest.raises(Unrecoverable, match=f"410 Gone from {url}"):
+    with pytest.raises(Unrecoverable, match=f"410 Gone from {url}: endpoint"):
         run(resources, delivery_id, endpoint_id)
 
     row = endpoint_row(store, endpoint_id)
