@@ -53,6 +53,8 @@ EXCERPT_CHARS = 1000
 """How much of a response body `webhook_attempts.response_excerpt` keeps."""
 ERROR_CHARS = 500
 RESPONSE_READ_BYTES = 8 * 1024
+BODY_READ_SECONDS = 5.0
+"""How long a response body is read for its excerpt once the status line has arrived."""
 """At most this much of a response body is read: the rest is not needed and may be large."""
 MAX_SECRETS = 3
 """Secrets an endpoint keeps while rotating: the current one and up to two previous ones."""
@@ -225,14 +227,17 @@ def _load_delivery(conn: Connection, delivery_id: str, endpoint_id: str) -> sa.R
 
 
 def _post(client: httpx.Client, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, httpx.Headers, str]:
-    """POST and read the status, headers and the start of the body (never the whole of a huge answer)."""
+    """POST and read the status, headers and the start of the body (never the whole of a huge answer, and
+    for no longer than `BODY_READ_SECONDS` once the status is in: a receiver that drips its body slowly
+    must not hold the job until its timeout kills it before the attempt is recorded)."""
     with client.stream("POST", url, content=body, headers=dict(headers)) as response:
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + BODY_READ_SECONDS
         for chunk in response.iter_bytes():
             chunks.append(chunk)
             size += len(chunk)
-            if size >= RESPONSE_READ_BYTES:
+            if size >= RESPONSE_READ_BYTES or time.monotonic() > deadline:
                 break
         text = b"".join(chunks)[:RESPONSE_READ_BYTES].decode("utf-8", "replace")
         return response.status_code, response.headers, text[:EXCERPT_CHARS]

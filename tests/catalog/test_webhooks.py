@@ -10,6 +10,7 @@ import dataclasses
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,7 @@ class Reply:
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     hold: threading.Event | None = None  # answer only once this is set (to make the client time out)
+    drip: float = 0.0  # seconds between the body's bytes: a receiver that answers slowly
 
 
 @dataclass
@@ -108,7 +110,16 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.send_header("content-length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if not reply.drip:
+                self.wfile.write(payload)
+                return
+            try:
+                for byte in payload:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(reply.drip)  # the receiver's own slowness, not synchronisation
+            except OSError:
+                pass  # the client stopped reading
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -198,6 +209,21 @@ def test_a_2xx_answer_delivers_a_signed_event(
     (attempt,) = attempts(store, delivery_id)
     assert (attempt.attempt, attempt.status_code, attempt.response_excerpt, attempt.error) == (1, 200, "thanks", None)
     assert attempt.latency_ms >= 0
+
+
+def test_a_slowly_dripped_answer_is_cut_short(
+    store: Store, org: dict[str, str], resources: Resources, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("jobs.webhooks.BODY_READ_SECONDS", 0.2)
+    endpoint_id = endpoint(store, org, receiver, "/slow", Reply(200, "x" * 400, drip=0.05))  # 20 s for all of it
+    delivery_id = publish_one(store, org)
+    started = time.monotonic()
+
+    result = run(resources, delivery_id, endpoint_id)
+
+    assert result.outcome == "delivered"
+    assert time.monotonic() - started < 5
+    assert delivery(store, delivery_id).status == "delivered"
 
 
 def test_running_a_delivered_delivery_again_sends_nothing(
