@@ -277,6 +277,8 @@ def run_scheduler(
                         retention.trim(connection, held, specs)
             except redis.RedisError as exc:
                 log.warning("scheduler: %s", exc)
+            except Exception:  # noqa: BLE001 - one bad entry must not stop delayed jobs, retries and reaping
+                log.exception("scheduler pass failed; trying again in %.2f s", interval)
             stop.wait(interval)
     finally:
         scheduler.release_locks()

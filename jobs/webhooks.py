@@ -53,9 +53,9 @@ EXCERPT_CHARS = 1000
 """How much of a response body `webhook_attempts.response_excerpt` keeps."""
 ERROR_CHARS = 500
 RESPONSE_READ_BYTES = 8 * 1024
+"""At most this much of a response body is read: the rest is not needed and may be large."""
 BODY_READ_SECONDS = 5.0
 """How long a response body is read for its excerpt once the status line has arrived."""
-"""At most this much of a response body is read: the rest is not needed and may be large."""
 MAX_SECRETS = 3
 """Secrets an endpoint keeps while rotating: the current one and up to two previous ones."""
 USER_AGENT = "forgejobs-webhooks/1"

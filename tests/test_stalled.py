@@ -129,3 +129,22 @@ def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
     run_rq_cleanup(conn, registry, client)
     assert handle.status() is Status.FAILED
     assert client.dead_letter("stalls-twice").reason is Reason.STALLED
+
+
+@pytest.mark.parametrize(("status", "kept"), [("queued", False), ("started", True)])
+def test_the_reaper_copes_with_an_entry_that_has_no_start_time(
+    client: Client, registry: Registry, conn: redis.Redis, status: str, kept: bool
+) -> None:
+    """RQ writes started_at "" for a job that has not started; such an entry once crashed the scheduler."""
+    from forgejobs.backends.stalls import reap
+    from forgejobs.keys import Keys
+
+    started = StartedJobRegistry("slow:p05", connection=conn, serializer=JSONSerializer)
+    conn.hset("rq:job:odd", mapping={"worker_name": "a-worker-long-gone", "started_at": "", "status": status})
+    conn.zadd(started.key, {"odd": time.time() - 3600})
+    queue = rq_backend.RQBackend(conn).rq_queue("slow:p05")
+
+    recovered = reap(conn, [queue], Runtime(registry, client.backend.dead_letters), Keys(), stall_timeout=1)
+
+    assert recovered == []
+    assert (conn.zscore(started.key, "odd") is not None) is kept  # a non-running entry is dropped; no start: kept

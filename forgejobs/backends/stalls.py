@@ -137,12 +137,18 @@ def reap(
     recovered = []
     for index, (queue, registry, entry) in enumerate(candidates):
         worker, started, status = details[index]
-        if alive[index] or worker is None or started is None:
+        if alive[index] or worker is None:
             continue
-        if str_to_date(started.decode()).replace(tzinfo=UTC) > cutoff:
-            continue  # started moments ago
         job_id = entry.split(":", 1)[0]
-        if status != JobStatus.STARTED.value.encode():
+        if status == JobStatus.STARTED.value.encode():
+            # RQ writes started_at "" for a job that has not started; an unreadable one is not a stall either.
+            try:
+                began = str_to_date(started.decode()).replace(tzinfo=UTC) if started else None
+            except ValueError:
+                began = None
+            if began is None or began > cutoff:
+                continue  # started moments ago, or no start time to judge by
+        else:
             # An entry left behind by an execution that ended (or a job since requeued): not running,
             # so there is nothing to recover; running it again would run it twice.
             connection.zrem(registry.key, entry)
