@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from forgejobs.testing import FakeQueue, project_registry
 from jobs.http import guarded_client
 from jobs.mail import OutboxMailer
 from jobs.resources import CatalogSettings, Resources
@@ -42,6 +43,16 @@ def _postgres_store() -> Iterator[Store]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _enqueues_stay_in_memory() -> Iterator[None]:
+    """App-side helpers enqueue; a test that does not look at what they enqueued would otherwise fall
+    through to the default client, a Redis at 127.0.0.1:6379/0 that is not the test's. Such enqueues land
+    in a fake queue instead. Tests that check them ask for `fake_queue`; tests that run a worker install a
+    client on their own Redis database."""
+    with FakeQueue(registry=project_registry()):
+        yield
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
