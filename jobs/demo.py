@@ -42,12 +42,12 @@ from rich.table import Table
 from forgejobs import Client, PayloadTooLarge, Registry, Settings, backoff, set_client
 from forgejobs.backends.rq import RQBackend
 from forgejobs.backends.rqscheduler import RQSchedulerStore
-from forgejobs.embedded import choose_redis, redact_url
+from forgejobs.embedded import RedisChoice, choose_redis, redact_url
 from forgejobs.execution import DeadLettered, Outcome, Retry, Succeeded
 from forgejobs.options import JobOverride
 from forgejobs.scheduling import Repeater
 from forgejobs.settings import DEFAULT_REDIS_URL
-from forgejobs.worker import Worker
+from forgejobs.worker import Worker, WorkerBase
 
 from . import store as tables
 from .audit import RecordAuditEvent
@@ -330,6 +330,29 @@ class _Display:
         return Group(self.progress, self.table())
 
 
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens there: choose_redis falls through to an embedded one
+
+
+@contextmanager
+def _redis_for_demo(settings: Settings, registry: Registry, console: Console) -> Iterator[RedisChoice]:
+    """The Redis `choose_redis` picks, unless jobs already wait in the catalog's queues there.
+
+    The demo's worker serves every catalog queue; on a Redis that holds someone's jobs it would run them
+    against the demo's throwaway database. It leaves them alone and runs on an embedded Redis instead."""
+    with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice:
+        waiting = 0 if choice.embedded else WorkerBase(settings, registry).pending(choice.connection, horizon=60)
+        if not waiting:
+            yield choice
+            return
+        console.print(
+            f"[yellow]note:[/] {escape(choice.description)} already has {waiting} jobs waiting in the catalog's "
+            "queues; the demo leaves them alone and uses an embedded Redis. Point FORGEJOBS_REDIS_URL at an "
+            "empty database to run it on a server."
+        )
+    with choose_redis(None, UNREACHABLE) as embedded:
+        yield embedded
+
+
 def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
     """Run the demo; `jobs_per_kind` is the number of sign-ups. Returns the exit code."""
     workdir = Path(tempfile.mkdtemp(prefix="forgejobs-demo-"))
@@ -349,7 +372,7 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
         loaded.specs.model_copy(update={"jobs": {**loaded.specs.jobs, **DEMO_OVERRIDES}}),
     )
     try:
-        with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice, _receiver() as base_url:
+        with _redis_for_demo(settings, registry, console) as choice, _receiver() as base_url:
             console.print(f"[bold]Redis:[/] {choice.description}")
             console.print(f"[bold]catalog database:[/] {catalog.database_url}")
             console.print(f"[bold]webhook receiver:[/] {base_url}   [bold]outbox:[/] {catalog.outbox_dir}")
@@ -357,14 +380,6 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
             previous = set_client(client)
             try:
                 display = _Display(registry, console)
-                probe = Worker(settings, registry, connection=choice.connection, resources=resources)
-                leftover = probe.pending(choice.connection, horizon=10.0)
-                if leftover:
-                    console.print(
-                        f"[yellow]note:[/] {leftover} jobs from elsewhere already wait in these queues; the demo's "
-                        "worker will run them too (with the demo's temporary database). Point FORGEJOBS_REDIS_URL "
-                        "at an empty database to see the demo alone."
-                    )
                 ids = _seed(resources.db)
                 _fire_flows(resources, ids, base_url, stripe_secret, jobs_per_kind, console)
                 worker = Worker(

@@ -90,3 +90,23 @@ def test_printed_redis_urls_hide_the_password() -> None:
     assert redact_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redact_url("redis://app:s3cret@cache.internal/2") == "redis://app:***@cache.internal/2"
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.redis
+def test_demo_leaves_jobs_it_finds_waiting_alone(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone's job waits in a catalog queue on the configured Redis: the demo runs elsewhere, untouched."""
+    import jobs.demo as demo
+
+    conn = redis.Redis.from_url(redis_url)
+    conn.rpush("rq:queue:email:p05", "someone-elses-job")
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+
+    code = demo.run(Settings(redis_url=redis_url), Console(file=out, width=200), jobs_per_kind=1)
+
+    text = out.getvalue()
+    assert code == 0, text
+    assert "already has 1 jobs waiting in the catalog's queues; the demo leaves them alone" in text
+    assert "Redis: embedded" in text and "succeeded 18, retried 1, dead-lettered 1" in text
+    assert conn.lrange("rq:queue:email:p05", 0, -1) == [b"someone-elses-job"]
+    conn.close()
