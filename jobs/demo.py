@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -470,14 +471,26 @@ def _summary(
     outbox = resources.settings.outbox_dir
     emails = sorted(outbox.glob("*.eml")) if outbox.exists() else []
     console.print(f"outbox: {len(emails)} messages in {outbox}")
+    shown: EmailMessage | None = None
     for path in emails:
         message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert isinstance(message, EmailMessage)
         console.print(f"  to {escape(str(message['To']))}: {escape(str(message['Subject']))}")
+        if "invited you" in str(message["Subject"]):
+            shown = message
+    if shown is not None:  # one message as its recipient would read it (the plain-text part)
+        text = shown.get_body(("plain",))
+        lines = text.get_content().strip().splitlines() if text is not None else []
+        console.print(f"  [dim]{escape(str(shown['Subject']))}, text part:[/]")
+        for line in lines[:12]:
+            console.print(f"  [dim]|[/] {escape(line)}")
     received = Counter(r["path"] for r in _Receiver.received)
     console.print(
         f"webhook receiver got {len(_Receiver.received)} deliveries with valid signatures "
         f"({', '.join(f'{p} {c}' for p, c in sorted(received.items()))}); {_Receiver.bad_signatures} bad signatures"
     )
+    if _Receiver.received:
+        console.print(f"  [dim]one of them:[/] {escape(json.dumps(_Receiver.received[0]['body'], sort_keys=True))}")
     rows = {
         "audit events": _count(resources, tables.audit_log),
         "activity entries": _count(resources, tables.activity_feed),

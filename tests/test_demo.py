@@ -42,6 +42,8 @@ def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str) -> None:
     assert "webhook receiver got 2 deliveries with valid signatures (/flaky 1, /ok 1); 0 bad signatures" in out
     assert "duplicate=True" in out and "stripe refused (bad signature)" in out
     assert "Payment failed for Acme: USD 49.00 due" in out
+    assert "invited you to join the organisation Acme on ForgeStack" in out  # a message's text, shown in full
+    assert 'one of them: {"data": {"invoice": "in_demo_paid"}' in out  # a webhook body the receiver verified
     assert "subscriptions 1, invoices 2" in out and "disabled endpoints 1, files purged 1, files kept 1" in out
     # the declared cron job, end to end: its next tick fired once, worked, and aggregated this run's usage
     assert "usage_aggregate-daily-usage-" in out and "succeeded: {'period': 'day'" in out
