@@ -131,20 +131,42 @@ def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
     assert client.dead_letter("stalls-twice").reason is Reason.STALLED
 
 
-@pytest.mark.parametrize(("status", "kept"), [("queued", False), ("started", True)])
-def test_the_reaper_copes_with_an_entry_that_has_no_start_time(
-    client: Client, registry: Registry, conn: redis.Redis, status: str, kept: bool
+def test_a_job_between_dequeue_and_start_keeps_its_registry_entry(
+    client: Client, registry: Registry, conn: redis.Redis, tmp_path: Path
 ) -> None:
-    """RQ writes started_at "" for a job that has not started; such an entry once crashed the scheduler."""
+    """RQ adds the registry entry (with its execution record) before the job hash says "started" and names its
+    worker; a reaper pass in that window once crashed the scheduler, then dropped the entry of a live job."""
+    from forgejobs.backends.stalls import Heartbeat, reap
+    from forgejobs.keys import Keys
+
+    Slow.enqueue(path=str(tmp_path / "slow.jsonl"), seconds=0)
+    heartbeat = Heartbeat(conn, Keys(), ttl=20)
+    slot = make_slot(SlotWorker, conn, client.backend.dead_letters, "slow", "slot-a", heartbeat=heartbeat)
+    try:
+        job, queue = slot.dequeue_job_and_maintain_ttl(1)
+        slot.prepare_execution(job)
+        started = StartedJobRegistry(queue=queue)
+        (entry,) = conn.zrange(started.key, 0, -1)
+        assert conn.hget(f"rq:job:{job.id}", "status") == b"queued"  # the window
+
+        recovered = reap(conn, [queue], Runtime(registry, client.backend.dead_letters), Keys(), stall_timeout=0)
+
+        assert recovered == [] and conn.zrange(started.key, 0, -1) == [entry]
+    finally:
+        heartbeat.close()
+
+
+def test_an_old_entry_of_a_dead_worker_whose_job_is_not_running_is_dropped(
+    client: Client, registry: Registry, conn: redis.Redis
+) -> None:
     from forgejobs.backends.stalls import reap
     from forgejobs.keys import Keys
 
     started = StartedJobRegistry("slow:p05", connection=conn, serializer=JSONSerializer)
-    conn.hset("rq:job:odd", mapping={"worker_name": "a-worker-long-gone", "started_at": "", "status": status})
+    conn.hset("rq:job:odd", mapping={"worker_name": "a-worker-long-gone", "started_at": "", "status": "finished"})
     conn.zadd(started.key, {"odd": time.time() - 3600})
     queue = rq_backend.RQBackend(conn).rq_queue("slow:p05")
 
     recovered = reap(conn, [queue], Runtime(registry, client.backend.dead_letters), Keys(), stall_timeout=1)
 
-    assert recovered == []
-    assert (conn.zscore(started.key, "odd") is not None) is kept  # a non-running entry is dropped; no start: kept
+    assert recovered == [] and conn.zscore(started.key, "odd") is None

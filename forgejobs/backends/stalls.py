@@ -127,28 +127,30 @@ def reap(
         return []
     with connection.pipeline(transaction=False) as pipe:
         for _queue, _registry, entry in candidates:
+            # RQ writes the registry entry and its execution record (worker, creation time) in one MULTI; the
+            # job hash gets status "started" and its worker name only later. Judge the entry by its execution.
+            pipe.hmget(f"rq:execution:{entry}", ["worker_name", "created_at"])
             pipe.hmget(rq_job_key(entry.split(":", 1)[0]), ["worker_name", "started_at", "status"])
-        details = cast(list[list[bytes | None]], pipe.execute())
+        found = pipe.execute()
+    executions = cast(list[list[bytes | None]], found[0::2])
+    details = cast(list[list[bytes | None]], found[1::2])
+    owners = [(e[0] or d[0] or b"").decode() for e, d in zip(executions, details)]
     with connection.pipeline(transaction=False) as pipe:
-        for worker_name, _started, _status in details:
-            pipe.exists(keys.alive(worker_name.decode() if worker_name else "?"))
+        for owner in owners:
+            pipe.exists(keys.alive(owner or "?"))
         alive = pipe.execute()
-    cutoff = datetime.now(UTC) - timedelta(seconds=stall_timeout)
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=stall_timeout)
     recovered = []
     for index, (queue, registry, entry) in enumerate(candidates):
-        worker, started, status = details[index]
-        if alive[index] or worker is None:
-            continue
+        if alive[index] or not owners[index]:
+            continue  # its worker is alive, or nothing says whose it is (RQ's own cleanup handles those)
+        _worker, started, status = details[index]
+        began = _execution_time(executions[index][1]) or _start_time(started)
+        if began is not None and began > cutoff:
+            continue  # moments old: its worker may not have beaten yet
         job_id = entry.split(":", 1)[0]
-        if status == JobStatus.STARTED.value.encode():
-            # RQ writes started_at "" for a job that has not started; an unreadable one is not a stall either.
-            try:
-                began = str_to_date(started.decode()).replace(tzinfo=UTC) if started else None
-            except ValueError:
-                began = None
-            if began is None or began > cutoff:
-                continue  # started moments ago, or no start time to judge by
-        else:
+        if status != JobStatus.STARTED.value.encode():
             # An entry left behind by an execution that ended (or a job since requeued): not running,
             # so there is nothing to recover; running it again would run it twice.
             connection.zrem(registry.key, entry)
@@ -197,3 +199,19 @@ def _recover(
             FailedJobRegistry(queue=queue).add(job, ttl=job.failure_ttl or 0, exc_string="stalled", pipeline=pipe)
             pipe.execute()
     return True
+
+
+def _execution_time(raw: bytes | None) -> datetime | None:
+    """An RQ execution record's `created_at` (epoch seconds)."""
+    try:
+        return datetime.fromtimestamp(float(raw), UTC) if raw else None
+    except ValueError:
+        return None
+
+
+def _start_time(raw: bytes | None) -> datetime | None:
+    """A job hash's `started_at`; RQ writes "" for a job that has not started."""
+    try:
+        return str_to_date(raw.decode()).replace(tzinfo=UTC) if raw else None
+    except ValueError:
+        return None
