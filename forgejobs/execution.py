@@ -188,6 +188,7 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         max_attempts=options.attempts,
         enqueued_at=envelope.enqueued_at,
         scheduled_for=envelope.scheduled_for(),
+        timeout=options.timeout,
         resources=runtime.resources,
         _report_progress=_progress_reporter(runtime, envelope, queue),
         _report_log=_log_reporter(runtime, envelope.id),

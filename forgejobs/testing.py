@@ -54,6 +54,7 @@ def make_context(
         queue=options.queue or "default",
         attempt=attempt,
         max_attempts=options.attempts,
+        timeout=options.timeout,
         resources=resources,
     )
 

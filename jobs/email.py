@@ -72,7 +72,9 @@ _RETRIES = backoff.exponential(30, max_seconds=3600, jitter=0.2)
 _ATTEMPTS = 5
 _TIMEOUT = "2m"
 STALE_CLAIM = timedelta(minutes=5)
-"""A `sending` claim older than this (more than the jobs' 2-minute timeout) was left by a run that died."""
+"""The least age at which a `sending` claim counts as left by a run that died: twice the run's timeout, and
+never less than this (the jobs' own timeout is 2 minutes). Claim times come from the workers' clocks, so
+hosts are assumed to keep time (NTP); skew beyond the margin could let two runs send."""
 
 
 _JOB_ID_LIMIT = max_length(sent_emails.c.job_id)
@@ -394,8 +396,8 @@ def _deliver(
 
     The `sent_emails` row is claimed ("sending") before the message goes out and confirmed ("sent") after, so
     two runs of the same job at once (a stalled run recovered while it still sends, a requeue) cannot both
-    send. A claim older than `STALE_CLAIM` belongs to a run that died mid-send: it is taken over and the
-    message sent again, with the same Message-ID (at least once, never silently dropped).
+    send. A claim older than `STALE_CLAIM` (or twice the run's timeout) belongs to a run that died mid-send:
+    it is taken over and the message sent again, with the same Message-ID (at least once, never dropped).
     """
     resources = ctx.resources
     db = resources.db
@@ -420,16 +422,21 @@ def _deliver(
         "status": "sending",
         "sent_at": claimed_at,
     }
+    stale_after = max(STALE_CLAIM, 2 * ctx.timeout) if ctx.timeout else STALE_CLAIM
     with db.begin() as conn:
-        if not db.insert_ignore(conn, sent_emails, claim):
-            row = conn.execute(sa.select(sent_emails).where(sent_emails.c.job_id == key)).one()
+        row = None
+        while not db.insert_ignore(conn, sent_emails, claim):
+            row = conn.execute(sa.select(sent_emails).where(sent_emails.c.job_id == key)).first()
+            if row is not None:
+                break  # else: the other run released its claim between the insert and the select
+        if row is not None:
             if row.status == "sent":
                 ctx.logger.info(
                     "already sent %s as %s to %s: not sending it again", kind, row.message_id, row.recipient
                 )
                 return EmailOutcome(to=row.recipient, message_id=row.message_id, skipped="already sent")
-            if claimed_at - row.sent_at < STALE_CLAIM or not _take_over(conn, row.sent_at, claim):
-                raise RetryLater(STALE_CLAIM, f"another run of job {ctx.job_id} is sending this {kind} email")
+            if claimed_at - row.sent_at < stale_after or not _take_over(conn, row.sent_at, claim):
+                raise RetryLater(stale_after, f"another run of job {ctx.job_id} is sending this {kind} email")
             ctx.logger.warning("taking over the send of %s from a run that stopped mid-send", message_id)
 
     try:

@@ -119,7 +119,7 @@ sent_emails = sa.Table(
     sa.Column("recipient", sa.String(320), nullable=False),
     sa.Column("subject", sa.String(300), nullable=False),
     sa.Column("message_id", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(10), nullable=False, default="sent"),  # sending | sent
+    sa.Column("status", sa.String(10), nullable=False, default="sent", server_default="sent"),  # sending | sent
     sa.Column("sent_at", UTCDateTime(), nullable=False, default=utcnow),  # when claimed, then when sent
 )
 
@@ -275,6 +275,10 @@ activity_feed = sa.Table(
 )
 
 
+class SchemaMismatch(RuntimeError):
+    """The database lacks tables or columns the catalog's handlers use."""
+
+
 class Store:
     """An engine and the catalog's tables, with the few portable helpers handlers need."""
 
@@ -295,7 +299,27 @@ class Store:
         store = cls(engine)
         if create:
             store.create_all()
+        store.check_schema()
         return store
+
+    def check_schema(self) -> None:
+        """Raise `SchemaMismatch` naming every table and column the catalog uses that the database lacks
+        (`create_all` adds missing tables, never columns to existing ones)."""
+        inspector = sa.inspect(self.engine)
+        present = set(inspector.get_table_names())
+        missing: list[str] = []
+        for table in metadata.sorted_tables:
+            if table.name not in present:
+                missing.append(f"table {table.name}")
+                continue
+            columns = {column["name"] for column in inspector.get_columns(table.name)}
+            missing += [f"{table.name}.{column.name}" for column in table.columns if column.name not in columns]
+        if missing:
+            raise SchemaMismatch(
+                f"the catalog database {self.engine.url.render_as_string(hide_password=True)} lacks "
+                f"{', '.join(missing)}: it was created by an older catalog. Migrate it (e.g. ALTER TABLE ... ADD "
+                "COLUMN), or for a development database delete it and let the catalog create it again."
+            )
 
     def create_all(self) -> None:
         """Create missing tables. Safe when many processes start at once on an empty database (each
@@ -306,7 +330,8 @@ class Store:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
                 metadata.create_all(conn)
             return
-        for _ in range(len(metadata.tables)):  # each lost race means another process made progress
+        objects = len(metadata.tables) + sum(len(t.indexes) for t in metadata.tables.values())
+        for _ in range(objects):  # each lost race means another process made progress
             try:
                 metadata.create_all(self.engine)
                 return

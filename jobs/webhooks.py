@@ -141,6 +141,12 @@ class DeliverWebhook(
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             _record(store, self.delivery_id, started, error=error, status="failed" if ctx.is_last_attempt else None)
             raise WebhookDeliveryError(f"POST {shown} failed: {error}") from exc
+        except BaseException as exc:  # the job's timeout (a receiver that drips its headers), or a shutdown
+            # A shutdown runs the same attempt again later; a timeout on the last attempt ends the delivery.
+            final = ctx.is_last_attempt and isinstance(exc, Exception)
+            error = f"interrupted: {type(exc).__name__}"
+            _record(store, self.delivery_id, started, error=error, status="failed" if final else None)
+            raise
 
         if 200 <= status_code < 300:
             _record(store, self.delivery_id, started, status_code, excerpt, status="delivered")

@@ -414,6 +414,18 @@ def test_a_claim_left_by_a_run_that_died_mid_send_is_taken_over(resources: Resou
     assert [(r.status, r.recipient) for r in sent_rows(resources.db)] == [("sent", org["owner_email"])]
 
 
+def test_a_longer_timeout_widens_the_stale_claim_window(resources: Resources, org: dict[str, str]) -> None:
+    claim(resources, "welcome-6", age=STALE_CLAIM + timedelta(minutes=1))  # stale for the jobs' own 2-min timeout
+    job = WelcomeEmail(user_id=org["owner_id"])
+    options = WelcomeEmail.job_options().model_copy(update={"timeout": timedelta(minutes=10)})  # a spec override
+
+    with pytest.raises(RetryLater, match="another run of job welcome-6 is sending") as raised:
+        job.perform(make_context(job, resources=resources, job_id="welcome-6", attempt=2, options=options))
+
+    assert raised.value.delay == 20 * 60
+    assert outbox(resources.settings) == []
+
+
 def test_a_failed_send_releases_its_claim(resources: Resources, org: dict[str, str]) -> None:
     class Down:
         def send(self, message: EmailMessage) -> None:

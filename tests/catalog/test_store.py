@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobs.storage import LocalStorage
-from jobs.store import Store, activity_feed, audit_log, metadata, users
+from jobs.store import SchemaMismatch, Store, activity_feed, audit_log, metadata, users
 
 
 def test_insert_ignore_inserts_once(store: Store, org: dict[str, str]) -> None:
@@ -81,3 +81,14 @@ def test_many_workers_may_create_the_tables_at_once(store: Store) -> None:
 
     assert errors == []
     assert set(sa.inspect(store.engine).get_table_names()) >= {"users", "files", "audit_log"}
+
+
+def test_a_database_made_by_an_older_catalog_is_named_not_half_used(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store.from_url(url)
+    with old.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE files DROP COLUMN purge_at"))
+    old.dispose()
+
+    with pytest.raises(SchemaMismatch, match=r"lacks files\.purge_at: it was created by an older catalog"):
+        Store.from_url(url)

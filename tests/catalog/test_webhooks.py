@@ -18,11 +18,14 @@ from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
+from rq.timeouts import JobTimeoutException
 
 from forgejobs import Unrecoverable
 from forgejobs.errors import RateLimited, RetryLater
+from forgejobs.execution import WorkerShutdown
 from forgejobs.ratelimit import RateLimit
 from forgejobs.testing import FakeQueue, make_context
 from jobs.email import Notification
@@ -176,6 +179,12 @@ def attempts(store: Store, delivery_id: str) -> list[Any]:
         )
 
 
+def attempts_of(store: Store, delivery_id: str) -> list[Any]:
+    with store.begin() as conn:
+        query = sa.select(webhook_attempts.c.error).where(webhook_attempts.c.delivery_id == delivery_id)
+        return list(conn.execute(query).all())
+
+
 def endpoint_row(store: Store, endpoint_id: str) -> Any:
     with store.begin() as conn:
         return conn.execute(sa.select(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id)).one()
@@ -272,6 +281,31 @@ def test_the_last_attempt_marks_the_delivery_failed(
         run(resources, delivery_id, endpoint_id, attempt=DeliverWebhook.job_options().attempts)
 
     assert delivery(store, delivery_id).status == "failed"
+
+
+@pytest.mark.parametrize(("interruption", "status"), [(JobTimeoutException, "failed"), (WorkerShutdown, "pending")])
+def test_a_run_interrupted_mid_request_is_recorded(
+    store: Store,
+    org: dict[str, str],
+    resources: Resources,
+    receiver: Receiver,
+    interruption: type[BaseException],
+    status: str,
+) -> None:
+    """The job's timeout (a receiver that drips its headers) or a shutdown lands inside the request."""
+    endpoint_id = endpoint(store, org, receiver, "/hang", Reply(200))
+    delivery_id = publish_one(store, org)
+
+    def interrupted(request: httpx.Request) -> httpx.Response:
+        raise interruption("interrupted")
+
+    with httpx.Client(transport=httpx.MockTransport(interrupted)) as http, pytest.raises(interruption):
+        last = DeliverWebhook.job_options().attempts
+        run(dataclasses.replace(resources, http=http), delivery_id, endpoint_id, attempt=last)
+
+    assert delivery(store, delivery_id).status == status  # a shutdown runs the same attempt again later
+    ((error,),) = attempts_of(store, delivery_id)
+    assert error == f"interrupted: {interruption.__name__}"
 
 
 @pytest.mark.parametrize(
