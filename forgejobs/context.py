@@ -41,7 +41,7 @@ class Context(Generic[ResourcesT]):
     max_attempts: int = 1
     enqueued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     scheduled_for: datetime | None = None  # the repeat tick, for jobs a scheduler enqueued
-    timeout: timedelta | None = None  # the effective timeout of this run (class option, spec or enqueue override)
+    timeout: timedelta | None = None  # the effective timeout of this run (class option or spec override)
     resources: ResourcesT = None  # type: ignore[assignment]  # what the worker's resources factory built
     logger: JobLogger = field(init=False)
     _report_progress: Callable[[ProgressValue], None] | None = field(default=None, repr=False)
