@@ -31,9 +31,9 @@ from sqlalchemy.engine import Connection
 
 from forgejobs import Context, Job, RetryLater, Unrecoverable, backoff
 
-from .email import Notification
+from .email import notify
 from .resources import Resources
-from .store import Store, invoices, memberships, organisations, stripe_events, subscriptions, utcnow
+from .store import Store, invoices, organisations, owner_ids, stripe_events, subscriptions, utcnow
 
 SUBSCRIPTION_EVENTS = frozenset(
     {
@@ -123,14 +123,15 @@ def org_for_customer(conn: Connection, customer_id: str | None) -> str | None:
     return None if found is None else str(found)
 
 
-def owner_ids(conn: Connection, org_id: str) -> list[str]:
-    """The user ids of the organisation's owners (members are not told about billing)."""
-    rows = conn.execute(
-        sa.select(memberships.c.user_id)
-        .where(memberships.c.org_id == org_id, memberships.c.role == "owner")
-        .order_by(memberships.c.user_id)
-    )
-    return [str(user_id) for user_id in rows.scalars()]
+def event_and_org(ctx: Context[Resources], event_id: str, types: frozenset[str]) -> tuple[StoredEvent, str]:
+    """The stored event and the organisation of its object's customer (waiting for the link if none yet)."""
+    event = load_event(ctx.resources.db, event_id, types=types)
+    customer = object_id(event.object.get("customer"))
+    with ctx.resources.db.begin() as conn:
+        org_id = org_for_customer(conn, customer)
+    if org_id is None:
+        wait_for_customer(ctx, event, customer)
+    return event, org_id
 
 
 def wait_for_customer(ctx: Context[Resources], event: StoredEvent, customer_id: str | None) -> NoReturn:
@@ -281,12 +282,7 @@ class SyncSubscription(
 
     def perform(self, ctx: Context[Resources]) -> dict[str, Any]:
         store = ctx.resources.db
-        event = load_event(store, self.event_id, types=SUBSCRIPTION_EVENTS)
-        customer = object_id(event.object.get("customer"))
-        with store.begin() as conn:
-            org_id = org_for_customer(conn, customer)
-        if org_id is None:
-            wait_for_customer(ctx, event, customer)
+        event, org_id = event_and_org(ctx, self.event_id, SUBSCRIPTION_EVENTS)
         values = subscription_values(event, org_id)
         where = _guard(subscriptions, event, values["status"], FINAL_SUBSCRIPTION_STATUSES, SUBSCRIPTION_PROGRESS)
         with store.begin() as conn:
@@ -295,9 +291,7 @@ class SyncSubscription(
         if not applied:
             ctx.logger.info("subscription %s: event %s is older than the stored state; ignored", values["id"], event.id)
         for user_id in owners:
-            Notification.with_options(job_id=f"notify-{event.id}-{user_id}").enqueue(
-                user_id=user_id, kind="subscription_canceled", ref=values["id"]
-            )
+            notify(user_id, "subscription_canceled", values["id"], job_id=f"notify-{event.id}-{user_id}")
         return {"subscription": values["id"], "status": values["status"], "applied": applied, "notified": owners}
 
 
@@ -318,12 +312,7 @@ class RecordInvoice(
 
     def perform(self, ctx: Context[Resources]) -> dict[str, Any]:
         store = ctx.resources.db
-        event = load_event(store, self.event_id, types=INVOICE_EVENTS)
-        customer = object_id(event.object.get("customer"))
-        with store.begin() as conn:
-            org_id = org_for_customer(conn, customer)
-        if org_id is None:
-            wait_for_customer(ctx, event, customer)
+        event, org_id = event_and_org(ctx, self.event_id, INVOICE_EVENTS)
         values = invoice_values(event, org_id)
         where = _guard(invoices, event, values["status"], FINAL_INVOICE_STATUSES, INVOICE_PROGRESS)
         with store.begin() as conn:
@@ -331,13 +320,10 @@ class RecordInvoice(
             owners = owner_ids(conn, org_id) if applied else []
         if not applied:
             ctx.logger.info("invoice %s: event %s is older than the stored state; ignored", values["id"], event.id)
+        failed = event.type == "invoice.payment_failed"
         for user_id in owners:
-            if event.type == "invoice.payment_failed":
-                Notification.with_options(priority=1, job_id=f"dunning-{event.id}-{user_id}").enqueue(
-                    user_id=user_id, kind="payment_failed", ref=values["id"]
-                )
+            if failed:  # dunning: urgent
+                notify(user_id, "payment_failed", values["id"], urgent=True, job_id=f"dunning-{event.id}-{user_id}")
             else:
-                Notification.with_options(job_id=f"notify-{event.id}-{user_id}").enqueue(
-                    user_id=user_id, kind="invoice_paid", ref=values["id"]
-                )
+                notify(user_id, "invoice_paid", values["id"], job_id=f"notify-{event.id}-{user_id}")
         return {"invoice": values["id"], "status": values["status"], "applied": applied, "notified": owners}

@@ -215,7 +215,7 @@ def invite(store: Store, *, org_id: str, email: str, invited_by: str, expires_in
     """
     if expires_in <= timedelta(0):
         raise ValueError(f"expires_in must be positive, got {expires_in}")
-    address = _checked_email(email)
+    address = checked_email(email)
     invitation_id = new_id("inv")
     with store.begin() as conn:
         if conn.execute(sa.select(organisations.c.id).where(organisations.c.id == org_id)).first() is None:
@@ -367,7 +367,8 @@ def sent_key(job_id: str) -> str:
     return f"{job_id[: _JOB_ID_LIMIT - len(digest) - 1]}~{digest}"
 
 
-def _checked_email(email: str) -> str:
+def checked_email(email: str) -> str:
+    """The address, normalised; `ValueError` naming it if it is not one."""
     from pydantic.networks import validate_email
 
     try:

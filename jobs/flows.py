@@ -9,14 +9,11 @@ table; see docs/catalog.md).
 
 from __future__ import annotations
 
-from pydantic.networks import validate_email
-from pydantic_core import PydanticCustomError
-
 from forgejobs import Job
 
 from .activity import CreateActivity
 from .audit import RecordAuditEvent
-from .email import WelcomeEmail
+from .email import WelcomeEmail, checked_email
 from .store import Store, max_length, memberships, new_id, users
 
 
@@ -26,7 +23,7 @@ def sign_up(store: Store, *, email: str, name: str, org_id: str | None = None, r
 
     Everything is validated before the transaction: a bad address or name raises `ValueError` (a job
     payload that would not validate raises pydantic's `ValidationError`) with nothing written."""
-    address = _checked_email(email)
+    address = checked_email(email)
     name = name.strip()
     if not name or len(name) > NAME_LIMIT or any(c in name for c in "\r\n"):
         raise ValueError(f"name must be 1 to {NAME_LIMIT} characters on one line, got {name[:80]!r}")
@@ -58,10 +55,3 @@ def sign_up(store: Store, *, email: str, name: str, org_id: str | None = None, r
 
 
 NAME_LIMIT = max_length(users.c.name)
-
-
-def _checked_email(email: str) -> str:
-    try:
-        return validate_email(email.strip())[1]
-    except PydanticCustomError as exc:
-        raise ValueError(f"not an email address: {email!r} ({exc})") from None

@@ -275,6 +275,16 @@ activity_feed = sa.Table(
 )
 
 
+def owner_ids(conn: Connection, org_id: str) -> list[str]:
+    """The user ids of an organisation's owners, in a stable order (who hears about billing and endpoints)."""
+    rows = conn.execute(
+        sa.select(memberships.c.user_id)
+        .where(memberships.c.org_id == org_id, memberships.c.role == "owner")
+        .order_by(memberships.c.user_id)
+    )
+    return [str(user_id) for user_id in rows.scalars()]
+
+
 class SchemaMismatch(RuntimeError):
     """The database lacks tables or columns the catalog's handlers use."""
 

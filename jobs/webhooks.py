@@ -36,11 +36,11 @@ from sqlalchemy.engine import Connection
 from forgejobs import Context, Job, Unrecoverable, backoff
 from forgejobs.ratelimit import RateLimit
 
-from .email import Notification
+from .email import notify
 from .http import BlockedDestination
 from .resources import Resources
 from .signing import generate_secret, signature_headers
-from .store import Store, memberships, new_id, utcnow, webhook_attempts, webhook_deliveries, webhook_endpoints
+from .store import Store, new_id, owner_ids, utcnow, webhook_attempts, webhook_deliveries, webhook_endpoints
 
 RATE_LIMIT = RateLimit(max=10, per=timedelta(seconds=1))
 """Per endpoint: at most 10 deliveries start in any one-second window, whatever the number of workers."""
@@ -331,16 +331,9 @@ def _notify_owners(store: Store, org_id: str, endpoint_id: str) -> None:
     """Enqueue a `webhook_endpoint_disabled` notification for each owner of the organisation, once each:
     the job id is derived from endpoint and user, so enqueueing again stores nothing new."""
     with store.begin() as conn:
-        owners = conn.execute(
-            sa.select(memberships.c.user_id)
-            .where(memberships.c.org_id == org_id, memberships.c.role == "owner")
-            .order_by(memberships.c.user_id)
-        ).scalars()
-        owner_ids = list(owners)
-    for user_id in owner_ids:
-        Notification.with_options(job_id=notification_job_id(endpoint_id, user_id)).enqueue(
-            user_id=user_id, kind="webhook_endpoint_disabled", ref=endpoint_id
-        )
+        owners = owner_ids(conn, org_id)
+    for user_id in owners:
+        notify(user_id, "webhook_endpoint_disabled", endpoint_id, job_id=notification_job_id(endpoint_id, user_id))
 
 
 def notification_job_id(endpoint_id: str, user_id: str) -> str:
