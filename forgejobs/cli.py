@@ -49,9 +49,9 @@ def _registry(settings: Settings) -> Registry:
 
 
 def _client(settings: Settings) -> Client:
-    from .backends.rq import RQBackend
+    from .backends.redis import RedisBackend
 
-    return Client(RQBackend.from_settings(settings), _registry(settings))
+    return Client(RedisBackend.from_settings(settings), _registry(settings))
 
 
 @click.group()
@@ -175,34 +175,42 @@ def info(settings: Settings) -> None:
     help="With --burst: seconds ahead to wait for delayed jobs and retries.",
 )
 @click.option(
-    "--threads",
+    "--processes",
     is_flag=True,
-    help="Run the slots as threads of one process (lighter; timeouts only interrupt Python code).",
+    help="Run every slot as a child process (as if each queue said mode: processes): for CPU-bound "
+    "handlers, and timeouts that must interrupt blocking C calls.",
 )
+@click.option("--threads", is_flag=True, hidden=True, help="The default now; accepted for old scripts.")
 @click.pass_obj
 def worker(
-    settings: Settings, queues: str | None, concurrency: int | None, burst: bool, horizon: float, threads: bool
+    settings: Settings,
+    queues: str | None,
+    concurrency: int | None,
+    burst: bool,
+    horizon: float,
+    processes: bool,
+    threads: bool,
 ) -> None:
-    """Run jobs. SIGTERM once: finish running jobs and exit; twice: abort them (they run again)."""
+    """Run jobs. SIGTERM once: finish running jobs and exit; twice: abort them (they run again).
+
+    Every slot is a thread of this one process, unless its queue's spec says `mode: processes` or
+    --processes is given: those slots run as child processes under a supervisor."""
     from .pool import ProcessWorker
-    from .settings import load_resources
     from .worker import Worker
 
     if concurrency is not None and concurrency < 1:
         _fail("--concurrency must be at least 1")
+    if processes and threads:
+        _fail("give --processes or --threads, not both")
     with _errors():
         registry = _registry(settings)
         names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         logging.getLogger("forgejobs").setLevel(min(logging.getLogger().level, logging.INFO))
-        if threads:
-            runner = Worker(
-                settings, registry, queues=names, concurrency=concurrency, resources=load_resources(settings)
-            )
-            stats = runner.run(burst=burst, horizon=horizon)
+        supervisor = ProcessWorker(settings, registry, queues=names, concurrency=concurrency, processes=processes)
+        if supervisor.process_queues and not threads:
+            stats = supervisor.run(burst=burst, horizon=horizon)
         else:
-            stats = ProcessWorker(settings, registry, queues=names, concurrency=concurrency).run(
-                burst=burst, horizon=horizon
-            )
+            stats = Worker(settings, registry, queues=names, concurrency=concurrency).run(burst=burst, horizon=horizon)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items()))
     console.print(f"worker stopped: {counts or 'no jobs run'}")
 
@@ -337,7 +345,7 @@ def events(settings: Settings, follow: bool, job_name: str | None, after: str, c
     import signal
     import threading
 
-    from .backends.rq import RQBackend
+    from .backends.redis import RedisBackend
 
     def show(event: Any) -> None:
         data = " ".join(f"{k}={v}" for k, v in event.data.items())
@@ -347,7 +355,7 @@ def events(settings: Settings, follow: bool, job_name: str | None, after: str, c
         )
 
     with _errors():
-        stream = RQBackend.from_settings(settings).events
+        stream = RedisBackend.from_settings(settings).events
         if not follow:
             shown = [e for e in stream.read(after=after, count=100_000) if job_name in (None, e.name)]
             for event in shown[-count:]:

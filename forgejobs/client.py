@@ -35,13 +35,14 @@ class Client:
     def __init__(self, backend: Backend, registry: Registry) -> None:
         self.backend = backend
         self.registry = registry
+        backend.use_queues(registry.queues)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Client:
-        from .backends.rq import RQBackend
+        from .backends.redis import RedisBackend
 
         settings = settings or Settings()
-        return cls(RQBackend.from_settings(settings), Registry.load(settings))
+        return cls(RedisBackend.from_settings(settings), Registry.load(settings))
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -157,6 +158,8 @@ class Client:
                     unique,
                     dedupe_key(name, instance, job_options) if window else None,
                     window,
+                    concurrency_key(instance, job_options),
+                    job_options.concurrency_limit or 0,
                 )
             )
         return prepared
@@ -253,6 +256,14 @@ def dedupe_key(name: str, instance: Job, options: JobOptions) -> str:
         material = {f: data.get(f) for f in spec} if spec else data
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return f"{name}:{digest}"
+
+
+def concurrency_key(instance: Job, options: JobOptions) -> str | None:
+    """The value of the job's `concurrency_key` (a field name or a function of the job), or None."""
+    spec = options.concurrency_key
+    if spec is None:
+        return None
+    return str(spec(instance) if callable(spec) else getattr(instance, spec))
 
 
 def largest_fields(instance: Job, top: int = 3) -> list[tuple[str, int]]:

@@ -68,6 +68,10 @@ class ResultTimeout(ForgeJobsError, TimeoutError):
     """`handle.result(timeout=...)` gave up before the job finished."""
 
 
+class JobTimeout(ForgeJobsError, TimeoutError):
+    """Raised inside a handler that ran past its `timeout`. The attempt counts as failed (and is retried)."""
+
+
 class NoSuchJob(ForgeJobsError, LookupError):
     """No job, or no dead letter, with that id."""
 

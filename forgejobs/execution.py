@@ -9,10 +9,12 @@ loop dead-letters the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,8 @@ class Runtime:
     limiter: RateLimiter | None = None  # None: rate limits are not applied (unit tests of handlers)
     report_log: Callable[[str, str], None] | None = None
     events: Callable[[Sequence[Event]], None] | None = None  # where job events go (a worker: its buffered writer)
+    guard: Callable[[float], AbstractContextManager[object]] | None = None
+    """Enforces a job's timeout around `perform` (raising JobTimeout in it); None: no timeout (unit tests)."""
 
     def emit(self, events: Sequence[Event]) -> None:
         """Hand events to the stream writer and the in-process hooks."""
@@ -168,6 +172,10 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
     except EnvelopeError as exc:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         return _dead(runtime, DeadLetter(id=job_id, queue=queue, reason=Reason.CORRUPT, error=str(exc), raw=text))
+    if envelope.id != job_id:
+        # The id a record is stored under is the job's id: a copied or forged envelope must not act (or be
+        # dead-lettered) as another job.
+        envelope = envelope.model_copy(update={"id": job_id})
     try:
         entry = runtime.registry.resolve(envelope.name)
     except UnknownJob as exc:
@@ -194,8 +202,10 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         _report_log=_log_reporter(runtime, envelope.id),
     )
     runtime.emit([_event(EventKind.STARTED, envelope, queue)])
+    guard = runtime.guard(options.timeout.total_seconds()) if runtime.guard else contextlib.nullcontext()
     try:
-        value = job.perform(ctx)
+        with guard:
+            value = job.perform(ctx)
     except WorkerShutdown:
         return Aborted(envelope)
     except RetryLater as exc:

@@ -39,7 +39,8 @@ class JobHandle:
 
     def refresh(self) -> JobState:
         """Read the job's current state from the backend."""
-        self._state = self.client.backend.state(self.id)
+        queue = self.job_type.job_options().queue if self.job_type is not None else None
+        self._state = self.client.backend.state(self.id, queue)
         return self._state
 
     def status(self) -> Status:

@@ -143,6 +143,11 @@ class Job(BaseModel, metaclass=_JobMeta):
             raise OptionsError(f"{cls.__qualname__}: give unique_for or debounce, not both")
         if dedupe is not None and options.unique_for is None and options.debounce is None:
             raise OptionsError(f"{cls.__qualname__}: dedupe_key needs unique_for or debounce")
+        concurrency_key = options.concurrency_key
+        if isinstance(concurrency_key, str) and concurrency_key not in cls.model_fields:
+            raise OptionsError(f"{cls.__qualname__}: concurrency_key {concurrency_key!r} is not one of its fields")
+        if (concurrency_key is None) != (options.concurrency_limit is None):
+            raise OptionsError(f"{cls.__qualname__}: give concurrency_key and concurrency_limit together")
         if limit_key is not None and options.rate_limit is None:
             raise OptionsError(f"{cls.__qualname__}: rate_limit_key needs a rate_limit")
         if not abstract:

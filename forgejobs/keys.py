@@ -1,6 +1,9 @@
-"""Every Redis key and RQ queue name forgejobs uses, named in one place.
+"""Every Redis key forgejobs uses, named in one place.
 
-RQ keeps its own keys under `rq:`; the names below are forgejobs' additions.
+A queue's keys share the hash tag `{<queue>}` (`forgejobs:{email}:wait:p05`), so every
+server-side script, which touches one queue, can run on Redis Cluster. docs/decisions/0007
+lists each key, who writes it and which script. The `rq_*` helpers name RQ's own keys, which
+only rq-scheduler's repeat store and the benchmarks still use.
 """
 
 from __future__ import annotations
@@ -40,8 +43,116 @@ def split_rq_queue_name(name: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class QueueKeys:
+    """The keys of one queue. All share the hash tag `{queue}`."""
+
+    prefix: str
+    queue: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{{self.queue}}}"
+
+    def wait(self, priority: int) -> str:
+        """List: ids waiting to start at one priority, oldest first."""
+        return f"{self.tag}:wait:p{priority:02d}"
+
+    @property
+    def waits(self) -> list[str]:
+        return [self.wait(p) for p in PRIORITIES]
+
+    @property
+    def active(self) -> str:
+        """Hash: running job id -> "<slot>|<start ms>" (the slot holding its lease)."""
+        return f"{self.tag}:active"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: slot id -> lease expiry (server ms); renewed by each process's heartbeat and each fetch."""
+        return f"{self.tag}:workers"
+
+    @property
+    def marker(self) -> str:
+        """Sorted set woken on: "0" (jobs wait) at score 0, "d" at the due time of the next delayed job."""
+        return f"{self.tag}:marker"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set: delayed jobs and retries, id -> due (server ms)."""
+        return f"{self.tag}:delayed"
+
+    @property
+    def done(self) -> str:
+        """Sorted set: succeeded jobs, id -> expiry (ms); trimmed by retention."""
+        return f"{self.tag}:done"
+
+    @property
+    def failed(self) -> str:
+        """Sorted set: failed jobs, id -> expiry (ms); trimmed by retention. The dead letters hold the detail."""
+        return f"{self.tag}:failed"
+
+    @property
+    def stalled(self) -> str:
+        """List: ids taken from dead slots, waiting for a worker to retry or dead-letter them."""
+        return f"{self.tag}:stalled"
+
+    @property
+    def check(self) -> str:
+        """String with a short TTL: one recovery pass per queue per interval, whichever worker runs it."""
+        return f"{self.tag}:check"
+
+    @property
+    def trim(self) -> str:
+        """String with a short TTL: one retention pass per queue per interval."""
+        return f"{self.tag}:trim"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.tag}:job:"
+
+    def job(self, job_id: str) -> str:
+        """Hash: one job (d envelope, p priority, s status, r result, e error, ft finished ms, pg progress,
+        ck/cl concurrency key and its limit)."""
+        return f"{self.job_prefix}{job_id}"
+
+    def job_bytes(self, job_id: bytes) -> bytes:
+        """`job()` for an id read back from Redis, which may not be UTF-8."""
+        return self.job_prefix.encode() + job_id
+
+    @property
+    def log_prefix(self) -> str:
+        return f"{self.tag}:log:"
+
+    def log(self, job_id: str) -> str:
+        """List: one job's `ctx.log` lines (capped, expiring; deleted with the job by retention)."""
+        return f"{self.log_prefix}{job_id}"
+
+    @property
+    def ck_prefix(self) -> str:
+        """`<prefix><key>:run` (set of running ids) and `<prefix><key>:wait` (list of parked ids) per key."""
+        return f"{self.tag}:ck:"
+
+    @property
+    def standard(self) -> list[str]:
+        """The keys every runtime script takes, in this order (see runtime/scripts/common.lua)."""
+        return [self.active, self.workers, self.marker, self.delayed, self.done, self.failed, *self.waits]
+
+    @property
+    def pattern(self) -> str:
+        """Every key of this queue (for SCAN when the queue is obliterated)."""
+        return f"{self.tag}:*"
+
+
+@dataclass(frozen=True)
 class Keys:
     prefix: str = "forgejobs"
+
+    def queue(self, queue: str) -> QueueKeys:
+        return QueueKeys(self.prefix, queue)
+
+    def wake(self, worker: str) -> str:
+        """Sorted set a worker process's waiter also blocks on, so its own slots can wake it."""
+        return f"{self.prefix}:wake:{worker}"
 
     @property
     def dead_index(self) -> str:
@@ -62,10 +173,6 @@ class Keys:
         """Set of queue names whose workers take no new jobs."""
         return f"{self.prefix}:paused"
 
-    def alive(self, worker_name: str) -> str:
-        """String with a TTL: "this RQ worker (a forgejobs slot) is alive"; renewed by its process's heartbeat."""
-        return f"{self.prefix}:alive:{worker_name}"
-
     def dedupe(self, key: str) -> str:
         """String with a TTL: the job that holds a dedupe key (unique_for)."""
         return f"{self.prefix}:unique:{key}"
@@ -73,13 +180,6 @@ class Keys:
     def debounce(self, key: str) -> str:
         """String with a TTL: the pending job that a debounce key currently points at."""
         return f"{self.prefix}:debounce:{key}"
-
-    def log(self, job_id: str) -> str:
-        """List: one job's log lines (capped, expiring)."""
-        return f"{self.prefix}:log:{job_id}"
-
-    def progress(self, job_id: str) -> str:
-        return f"{self.prefix}:progress:{job_id}"
 
     @property
     def schedule_last_runs(self) -> str:

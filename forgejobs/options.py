@@ -54,6 +54,10 @@ class JobOptions(BaseModel):
     """Per key: at most `max` runs per `per` for each value of `rate_limit_key` (all of this job if unset)."""
     rate_limit_key: str | Callable[[Any], str] | None = None
     """A payload field name, or a function of the job instance, naming the key a `rate_limit` applies to."""
+    concurrency_key: str | Callable[[Any], str] | None = None
+    """A payload field name, or a function of the job instance: at most `concurrency_limit` jobs with the same
+    key run at once, across every worker process and host (e.g. per organisation or per endpoint)."""
+    concurrency_limit: int | None = Field(default=None, ge=1, le=10_000)
 
     @field_validator("timeout", "result_ttl", "failure_ttl")
     @classmethod

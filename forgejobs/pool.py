@@ -1,14 +1,12 @@
-"""`ProcessWorker`: what `forgejobs worker` runs. A supervisor and one child per slot.
+"""`ProcessWorker`: a supervisor for queues whose slots must be processes (`mode: processes`).
 
-The supervisor loads the registry, forks one child process per unit of
-concurrency (each running one `SlotWorker` in its main thread) and one child
-running RQ's scheduler, then only watches: it forwards signals, replaces a
-child that dies unexpectedly, and in burst mode stops the children once
-nothing is pending. It never touches Redis in a thread, so forking stays safe.
-
-Each child builds its own Redis connection and `ctx.resources` after the
-fork. Timeouts use SIGALRM in the child's main thread, which stops a handler
-even inside a blocking call.
+`forgejobs worker` runs every queue's slots as threads of one process (`forgejobs.runtime.Worker`)
+unless a queue's spec says `mode: processes` or `--processes` is given. Then this supervisor forks
+one child per slot of those queues, each running its slot in the child's main thread
+(`Worker.run_inline`), where SIGALRM enforces timeouts even inside a blocking C call, plus one
+child serving the thread-mode queues. It forwards signals, replaces a child that dies, and in
+burst mode stops the children once nothing is pending. It opens no Redis connection before it
+forks (redis-py connections must not cross a fork) and starts no thread.
 """
 
 from __future__ import annotations
@@ -18,41 +16,35 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 import traceback
 from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
-from rq import Queue
-
-from .backends import rq as rq_backend
-from .backends.stalls import Heartbeat, reap
-from .client import Client, set_client
-from .execution import Outcome, Runtime, WorkerShutdown
-from .keys import Keys
-from .ratelimit import RedisRateLimiter
+from .backends.redis import RedisBackend
+from .errors import ForgeJobsError
 from .registry import Registry
-from .settings import Settings, load_hooks, load_resources
-from .worker import SlotWorker, WorkerBase, WorkerStats, make_slot, run_scheduler
+from .runtime.worker import Worker, WorkerStats, connect
+from .settings import Settings
+from .timeouts import alarm_guard
 
 log = logging.getLogger("forgejobs.worker")
 
-SCHEDULER = "<scheduler>"
+THREADS = "<threads>"
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 @dataclass
 class _Child:
     pid: int
-    queue: str  # or SCHEDULER
+    queue: str  # a process-mode queue, or THREADS
     index: int
     report_fd: int
     started: float
 
 
-class ProcessWorker(WorkerBase):
+class ProcessWorker:
     def __init__(
         self,
         settings: Settings,
@@ -60,29 +52,50 @@ class ProcessWorker(WorkerBase):
         *,
         queues: list[str] | None = None,
         concurrency: int | None = None,
+        processes: bool = False,
     ) -> None:
-        super().__init__(settings, registry, queues=queues, concurrency=concurrency)
+        names = queues or sorted(registry.queues)
+        unknown = [q for q in names if q not in registry.queues]
+        if unknown:
+            declared = ", ".join(sorted(registry.queues))
+            raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {declared}")
+        if concurrency is not None and concurrency < 1:
+            raise ForgeJobsError("concurrency must be at least 1")
+        self.settings = settings
+        self.registry = registry
+        self.queues = names
+        self.concurrency = {q: concurrency or registry.queues[q].concurrency for q in names}
+        self.process_queues = [q for q in names if processes or registry.queues[q].mode == "processes"]
+        self.thread_queues = [q for q in names if q not in self.process_queues]
+        self.stats = WorkerStats()
         self._children: dict[int, _Child] = {}
         self._stopping = False
         self._signals = 0
-        self._stop_early = False  # set in a child by a SIGTERM that came before its handler
+
+    def describe(self) -> str:
+        parts = [f"{q}×{self.concurrency[q]} (processes)" for q in self.process_queues]
+        parts += [f"{q}×{self.concurrency[q]}" for q in self.thread_queues]
+        return ", ".join(parts)
 
     # -- supervisor -------------------------------------------------------------
 
     def run(self, *, burst: bool = False, horizon: float = 10.0) -> WorkerStats:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for queue in self.queues:
+        if self.thread_queues:
+            self._spawn(THREADS, 0)
+        for queue in self.process_queues:
             for index in range(self.concurrency[queue]):
                 self._spawn(queue, index)
-        self._spawn(SCHEDULER, 0)
-        log.info("worker %s (processes) serving %s", self.name, self.describe())
-        connection = rq_backend.connect(self.settings.redis_url_or_default()) if burst else None
+        log.info("worker (supervisor %d) serving %s", os.getpid(), self.describe())
+        backend = None
+        if burst:
+            backend = RedisBackend.for_connection(connect(self.settings.redis_url_or_default()), self.settings)
         idle_checks = 0
         while self._children:
             self._reap()
-            if connection is not None and not self._stopping:
-                idle_checks = idle_checks + 1 if self.pending(connection, horizon) == 0 else 0
+            if backend is not None and not self._stopping:
+                idle_checks = idle_checks + 1 if backend.pending(self.queues, horizon * 1000) == 0 else 0
                 if idle_checks >= 3:
                     self.stop()
             time.sleep(0.1)
@@ -107,9 +120,9 @@ class ProcessWorker(WorkerBase):
                 os.kill(pid, sig)
 
     def _spawn(self, queue: str, index: int) -> None:
-        # Signals are blocked across the fork: a SIGTERM arriving in between is then seen by the
-        # supervisor after it has recorded the child (and forwarded to it), and by the child only
-        # once it has its own handler, never by the supervisor's handler running in the child.
+        # Signals are blocked across the fork: a SIGTERM arriving in between is seen by the supervisor
+        # after it has recorded the child (and forwarded to it), and by the child only once its own
+        # handler is installed.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             read_fd, write_fd = os.pipe()
@@ -141,23 +154,17 @@ class ProcessWorker(WorkerBase):
             log.error("child %d (%s #%d) exited with %s; starting another", pid, child.queue, child.index, code)
             if time.monotonic() - child.started < 1:
                 time.sleep(1)  # do not spin if children die at start
-            if not self._stopping:  # a stop may have come during the pause
+            if not self._stopping:
                 self._spawn(child.queue, child.index)
 
     def _collect(self, child: _Child) -> None:
         chunks = []
-        while True:
-            chunk = os.read(child.report_fd, 65536)
-            if not chunk:
-                break
+        while chunk := os.read(child.report_fd, 65536):
             chunks.append(chunk)
         os.close(child.report_fd)
-        if chunks:
-            try:
-                for kind, n in json.loads(b"".join(chunks)).items():
-                    self.stats.add(kind, int(n))
-            except ValueError:
-                pass
+        with contextlib.suppress(ValueError):
+            for kind, n in json.loads(b"".join(chunks) or b"{}").items():
+                self.stats.add(kind, int(n))
 
     # -- children ----------------------------------------------------------------
 
@@ -165,14 +172,21 @@ class ProcessWorker(WorkerBase):
         code = 0
         stats = WorkerStats()
         try:
-            # A terminal's Ctrl+C reaches the supervisor, which forwards it as SIGTERM.
+            stopped = [False]
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, self._early_stop)
+            signal.signal(signal.SIGTERM, lambda signum, frame: stopped.__setitem__(0, True))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            if queue == SCHEDULER:
-                self._scheduler_child()
+            if queue == THREADS:
+                worker = Worker(self.settings, self.registry, queues=self.thread_queues)
+                worker.concurrency = {q: self.concurrency[q] for q in self.thread_queues}
+                if stopped[0]:
+                    worker.stop()
+                stats = worker.run()
             else:
-                self._slot_child(queue, index, stats)
+                worker = Worker(self.settings, self.registry, queues=[queue], concurrency=1, guard=alarm_guard)
+                if stopped[0]:
+                    worker.stop()
+                stats = worker.run_inline()
         except BaseException:
             traceback.print_exc()
             code = 1
@@ -183,89 +197,3 @@ class ProcessWorker(WorkerBase):
             finally:
                 logging.shutdown()
                 os._exit(code)
-
-    def _early_stop(self, signum: int, frame: FrameType | None) -> None:
-        """A child's SIGTERM handler until it has set up its own."""
-        self._stop_early = True
-
-    def _scheduler_child(self) -> None:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-        if self._stop_early:
-            stop.set()
-        connection = rq_backend.connect(self.settings.redis_url_or_default())
-        keys = Keys(self.settings.key_prefix)
-        backend = rq_backend.RQBackend.for_connection(connection, self.settings)
-        runtime = Runtime(self.registry, backend.dead_letters, events=backend.events.append_many)
-        timeout = self.settings.stall_timeout
-
-        def reaper(queues: list[Queue]) -> None:
-            reap(connection, queues, runtime, keys, timeout)
-
-        # One name per supervisor: a replaced scheduler child refreshes its predecessor's locks.
-        run_scheduler(
-            connection,
-            self.rq_queue_names,
-            self.settings.scheduler_interval,
-            stop,
-            f"{self.name}-scheduler",
-            reaper,
-            self.registry.queues,
-        )
-
-    def _slot_child(self, queue: str, index: int, stats: WorkerStats) -> None:
-        connection = rq_backend.connect(self.settings.redis_url_or_default())
-        keys = Keys(self.settings.key_prefix)
-        backend = rq_backend.RQBackend.for_connection(connection, self.settings)
-
-        def on_outcome(name: str, outcome: Outcome) -> None:
-            stats.add_outcome(outcome)
-
-        heartbeat = Heartbeat(connection, keys, self.settings.stall_timeout, backend.events)
-        rq_backend.install_runtime(
-            Runtime(
-                self.registry,
-                backend.dead_letters,
-                load_resources(self.settings),
-                backend.report_progress,
-                on_outcome,
-                load_hooks(self.settings),
-                RedisRateLimiter(connection, keys.prefix),
-                backend.append_log,
-                heartbeat.emit,
-            )
-        )
-        set_client(Client(backend, self.registry))
-        slot: SlotWorker = make_slot(
-            SlotWorker,
-            connection,
-            backend.dead_letters,
-            queue,
-            f"{self.name}.{queue}.{index}.{os.getpid()}",  # unique: a replaced child's record may still be live
-            on_dead=lambda: stats.add("dead"),
-            heartbeat=heartbeat,
-            keys=keys,
-        )
-        signals = 0
-
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            nonlocal signals
-            signals += 1
-            slot.stop_after_current()
-            # Interrupt only a running handler: anywhere else (waiting, RQ's bookkeeping) the job
-            # could be lost, and the loop ends by itself within a second.
-            if signals > 1 and rq_backend.handler_running():
-                raise WorkerShutdown()
-
-        signal.signal(signal.SIGTERM, on_term)
-        if self._stop_early:
-            slot.stop_after_current()
-        while not slot.stop_requested:
-            try:
-                slot.work(burst=False, logging_level="WARNING", with_scheduler=False)
-            except WorkerShutdown:
-                break
-            except Exception:
-                log.exception("worker loop %s crashed; restarting it in 1 s", slot.name)
-                time.sleep(1)
-        heartbeat.close()  # write the last events before the process exits

@@ -26,9 +26,6 @@ class Settings(BaseSettings):
     jobs: str = Field(default="jobs", description="Package whose modules declare the job classes.")
     specs: Path = Field(default=Path("specs"), description="Directory of YAML specs.")
     key_prefix: str = Field(default="forgejobs", description="Prefix of forgejobs' own Redis keys.")
-    scheduler_interval: float = Field(
-        default=0.25, gt=0, le=10, description="Seconds between scans for due delayed jobs and retries."
-    )
     resources: str | None = Field(
         default=None,
         description="'module:function' building the object handlers see as ctx.resources; "
@@ -39,10 +36,11 @@ class Settings(BaseSettings):
         description="'module:attribute' naming a forgejobs.events.Hooks whose callbacks workers run in-process.",
     )
     stall_timeout: float = Field(
-        default=20.0,
+        default=10.0,
         ge=2,
         le=3600,
-        description="Seconds without a heartbeat after which a running job counts as stalled (its worker died).",
+        description="A slot's lease: seconds without a renewal after which its running job counts as stalled "
+        "(its worker died or hangs) and is taken back. Renewed every fifth of it.",
     )
     events_max: int = Field(default=100_000, ge=100, description="Job events the stream keeps (oldest go first).")
     dead_letter_limit: int = Field(default=10_000, ge=1, description="Dead letters kept; the oldest go first.")

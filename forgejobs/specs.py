@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,11 +40,16 @@ class Retention(BaseModel):
 
 
 class QueueSpec(BaseModel):
-    """One queue: how many jobs of it a worker runs at once."""
+    """One queue: how many jobs of it a worker runs at once, and how."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     concurrency: int = Field(default=1, ge=1, le=1000)
+    global_concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    """At most this many of the queue's jobs run at once across every worker process and host."""
+    mode: Literal["threads", "processes"] = "threads"
+    """threads: the queue's slots are threads of the worker process (the default); processes: one child
+    process per slot, for CPU-bound handlers and timeouts that must interrupt C calls."""
     description: str = ""
     rate_limit: RateLimit | None = None  # shared by every worker of the queue, across processes and hosts
     retention: Retention = Retention()

@@ -1,12 +1,14 @@
-"""Job timeouts for slots that run as threads: one watchdog thread per process.
+"""Job timeouts: `JobTimeout` raised inside a handler that runs past its `timeout`.
 
-RQ's `TimerDeathPenalty` starts a new timer thread for every job, which the
-throughput bench measured at 7-10 % of a no-op job's time. Here every slot
-arms a deadline with one shared watchdog thread instead: arming and disarming
-cost a heap push and a dict update. When a deadline passes, the watchdog
-raises the timeout exception in the job's thread, as RQ's timer does; Python
-delivers it at the thread's next bytecode, so a handler blocked inside a C
-call is stopped when the call returns (process slots use SIGALRM instead).
+Two guards, chosen by where the slot runs:
+
+- `watchdog_guard` (slots that are threads): one watchdog thread per process keeps every
+  slot's deadline in a heap; arming and disarming cost a heap push and a dict update (a timer
+  thread per job cost 7-10 % of a no-op job's time). When a deadline passes, the watchdog raises
+  `JobTimeout` in the job's thread. Python delivers it at the thread's next bytecode, so a
+  handler blocked inside a C call is stopped when the call returns.
+- `alarm_guard` (a slot in a child process's main thread, `mode: processes`): SIGALRM, which
+  also interrupts blocking system calls.
 """
 
 from __future__ import annotations
@@ -14,24 +16,26 @@ from __future__ import annotations
 import ctypes
 import heapq
 import itertools
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
+from types import FrameType
 
-from rq.timeouts import BaseDeathPenalty
+from .errors import JobTimeout
 
 
 @cache
 def _with_message(exception: type[BaseException], timeout: float) -> type[BaseException]:
     """An async exception can only be a class; bake the message into a subclass (one per timeout value)."""
-    message = f"Task exceeded maximum timeout value ({timeout} seconds)"
+    message = f"the job ran longer than its timeout ({timeout:g}s)"
 
     def __init__(self: BaseException, *args: object) -> None:
         exception.__init__(self, message)
 
     return type(exception.__name__, (exception,), {"__init__": __init__, "__module__": exception.__module__})
-
-
 class Watchdog:
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -82,18 +86,34 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
-class WatchdogDeathPenalty(BaseDeathPenalty):
-    """RQ's death-penalty interface on the shared watchdog."""
+@contextmanager
+def watchdog_guard(seconds: float, exception: type[BaseException] = JobTimeout) -> Iterator[None]:
+    """Raise `exception` in this thread if the block runs longer than `seconds` (no limit if <= 0)."""
+    if seconds <= 0:
+        yield
+        return
+    token = WATCHDOG.arm(seconds, threading.get_ident(), _with_message(exception, seconds))
+    try:
+        yield
+    finally:
+        WATCHDOG.disarm(token)
 
-    _token: int | None = None
 
-    def setup_death_penalty(self) -> None:
-        if self._timeout <= 0:
-            return
-        exception = _with_message(self._exception, self._timeout)
-        self._token = WATCHDOG.arm(self._timeout, threading.get_ident(), exception)
+@contextmanager
+def alarm_guard(seconds: float, exception: type[BaseException] = JobTimeout) -> Iterator[None]:
+    """SIGALRM after `seconds` (whole seconds, rounded up) raises `exception`; main thread only."""
+    if seconds <= 0:
+        yield
+        return
+    cls = _with_message(exception, seconds)
 
-    def cancel_death_penalty(self) -> None:
-        if self._token is not None:
-            WATCHDOG.disarm(self._token)
-            self._token = None
+    def fire(signum: int, frame: FrameType | None) -> None:
+        raise cls()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

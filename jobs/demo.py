@@ -41,14 +41,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from forgejobs import Client, PayloadTooLarge, Registry, Settings, backoff, set_client
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.backends.rqscheduler import RQSchedulerStore
 from forgejobs.embedded import RedisChoice, choose_redis, redact_url
 from forgejobs.execution import DeadLettered, Outcome, Retry, Succeeded
 from forgejobs.options import JobOverride
 from forgejobs.scheduling import Repeater
 from forgejobs.settings import DEFAULT_REDIS_URL
-from forgejobs.worker import Worker, WorkerBase
+from forgejobs.worker import Worker
 
 from . import store as tables
 from .audit import RecordAuditEvent
@@ -341,7 +341,7 @@ def _redis_for_demo(settings: Settings, registry: Registry, console: Console) ->
     The demo's worker serves every catalog queue; on a Redis that holds someone's jobs it would run them
     against the demo's throwaway database. It leaves them alone and runs on an embedded Redis instead."""
     with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice:
-        waiting = 0 if choice.embedded else WorkerBase(settings, registry).pending(choice.connection, horizon=60)
+        waiting = 0 if choice.embedded else RedisBackend(choice.connection).pending(registry.queues, 60_000)
         if not waiting:
             yield choice
             return
@@ -377,7 +377,7 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
             console.print(f"[bold]Redis:[/] {choice.description}")
             console.print(f"[bold]catalog database:[/] {catalog.database_url}")
             console.print(f"[bold]webhook receiver:[/] {base_url}   [bold]outbox:[/] {catalog.outbox_dir}")
-            client = Client(RQBackend(choice.connection), registry)
+            client = Client(RedisBackend(choice.connection), registry)
             previous = set_client(client)
             try:
                 display = _Display(registry, console)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from forgejobs import Client, Registry, Settings, set_client
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.specs import load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def client(conn: redis.Redis, registry: Registry) -> Iterator[Client]:
     """The current client for `Job.enqueue` in this test, on the test's Redis database."""
-    c = Client(RQBackend(conn), registry)
+    c = Client(RedisBackend(conn), registry)
     previous = set_client(c)
     yield c
     set_client(previous)
@@ -162,12 +162,15 @@ def start_cli(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerPr
 def start_worker(start_cli: Callable[..., WorkerProcess], conn: redis.Redis) -> Callable[..., WorkerProcess]:
     """Start `forgejobs worker` subprocesses on the test database and wait until they listen."""
 
+    def slots() -> int:
+        return sum(int(conn.zcard(key)) for key in conn.scan_iter(match="forgejobs:{*}:workers"))
+
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
-        before = conn.scard("rq:workers")
+        before = slots()
         worker = start_cli("worker", *args, env=env)
         if ready:
             wait_for(
-                lambda: conn.scard("rq:workers") > before or worker.process.poll() is not None,
+                lambda: slots() > before or worker.process.poll() is not None,
                 timeout=20,
                 what="the worker to register",
             )

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from forgejobs import Client, PayloadTooLarge, Reason, Status
-from forgejobs.backends.rq import ENTRY_POINT
+from forgejobs.keys import QueueKeys
 from forgejobs.cli import cli
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.basic import Doomed, Echo, EchoResult, Flaky, Mark, Progressing, Slow, Snooze, TimesOut
@@ -65,13 +65,9 @@ def test_invalid_or_oversized_payloads_never_reach_redis(client: Client, conn: r
 
 def test_only_json_is_stored(client: Client, conn: redis.Redis) -> None:
     handle = Echo.enqueue(text="stored as json")
-    data = conn.hget(f"rq:job:{handle.id}", "data")
+    data = conn.hget(QueueKeys("forgejobs", "fast").job(handle.id), "d")
     assert data is not None
-    import zlib
-
-    func, _instance, args, _kwargs = json.loads(zlib.decompress(data))
-    assert func == ENTRY_POINT
-    envelope = json.loads(args[0])
+    envelope = json.loads(data)
     assert envelope["name"] == "fast.echo" and envelope["payload"] == {"text": "stored as json"}
     assert envelope["attempt"] == 1
 
@@ -147,18 +143,19 @@ def test_delayed_job_does_not_run_early(client: Client, start_worker: StartWorke
 def test_unknown_job_and_corrupt_entries_are_dead_lettered_and_the_worker_goes_on(
     client: Client, conn: redis.Redis, start_worker: StartWorker
 ) -> None:
-    from rq import Queue
-    from rq.serializers import JSONSerializer
+    fast = QueueKeys("forgejobs", "fast")
 
-    queue = Queue("fast:p05", connection=conn, serializer=JSONSerializer)
+    def plant(job_id: str, data: bytes | str) -> None:
+        conn.hset(fast.job(job_id), mapping={"d": data, "p": 5, "s": "queued"})
+        conn.rpush(fast.wait(5), job_id)
+
     # An envelope naming a job type no worker knows.
-    unknown = {"v": 1, "id": "unknown-1", "name": "fast.gone", "payload": {}, "options": {}, "attempt": 1}
-    queue.enqueue_call(ENTRY_POINT, args=[json.dumps(unknown)], job_id="unknown-1")
+    plant("unknown-1", json.dumps({"v": 1, "id": "unknown-1", "name": "fast.gone", "payload": {}, "attempt": 1}))
     # Bytes that are not an envelope at all.
-    queue.enqueue_call(ENTRY_POINT, args=["{not json"], job_id="corrupt-1")
-    # A job hash RQ itself cannot read.
-    conn.hset("rq:job:corrupt-2", mapping={"data": b"\x00garbage", "status": "queued", "origin": "fast:p05"})
-    conn.rpush("rq:queue:fast:p05", "corrupt-2")
+    plant("corrupt-1", "{not json")
+    # A record with no envelope: an RQ job hash naming a function, written where a job would be.
+    conn.hset(fast.job("corrupt-2"), mapping={"data": b"os.system('touch /tmp/owned')", "status": "queued"})
+    conn.rpush(fast.wait(5), "corrupt-2")
     after = Echo.enqueue(text="still alive")
 
     start_worker("--queues", "fast")
@@ -199,12 +196,14 @@ def test_second_sigterm_aborts_the_job_and_it_runs_again(
     assert [n["event"] for n in notes(path)] == ["start", "start", "finish"]
 
 
+@pytest.mark.parametrize(("mode", "spin"), [("--processes", False), ("--threads", True)])
 def test_a_job_over_its_timeout_is_stopped_and_retried(
-    client: Client, start_worker: StartWorker, tmp_path: Path
+    client: Client, start_worker: StartWorker, tmp_path: Path, mode: str, spin: bool
 ) -> None:
-    start_worker("--queues", "slow")
+    """A process slot's timeout (SIGALRM) stops even a sleep in C; a thread slot's stops Python code."""
+    start_worker("--queues", "slow", mode)
     path = tmp_path / "timeout.jsonl"
-    handle = TimesOut.enqueue(path=str(path))
+    handle = TimesOut.enqueue(path=str(path), spin=spin)
     assert handle.result(timeout=20) == 2
     assert [n["attempt"] for n in notes(path)] == [1, 2]
 
@@ -235,10 +234,10 @@ def test_dead_letters_can_be_requeued_and_purged(client: Client, start_worker: S
     assert client.dead_letters() == []
 
 
-def test_thread_mode_runs_jobs_and_finishes_the_running_one_on_sigterm(
+def test_process_mode_runs_jobs_and_finishes_the_running_one_on_sigterm(
     client: Client, start_worker: StartWorker, tmp_path: Path
 ) -> None:
-    worker = start_worker("--queues", "fast,slow", "--threads")
+    worker = start_worker("--queues", "fast,slow", "--processes")
     assert Echo.enqueue(text="threads").result(timeout=15).text == "threads"
     path = tmp_path / "slow.jsonl"
     handle = Slow.enqueue(path=str(path), seconds=1)
@@ -251,18 +250,17 @@ def test_thread_mode_runs_jobs_and_finishes_the_running_one_on_sigterm(
 def test_a_killed_child_process_is_replaced(client: Client, start_worker: StartWorker, conn: redis.Redis) -> None:
     import os
 
-    from rq import Worker as RQWorker
+    def child_pids() -> set[int]:
+        members = conn.zrange(QueueKeys("forgejobs", "fast").workers, 0, -1)
+        return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in members}
 
-    start_worker("--queues", "fast")
-    (old_pid,) = {w.pid for w in RQWorker.all(connection=conn)}
+    start_worker("--queues", "fast", "--processes")
+    (old_pid,) = child_pids()
     os.kill(old_pid, signal.SIGKILL)
 
     def replaced() -> bool:
-        pids = {w.pid for w in RQWorker.all(connection=conn) if w.get_state() != "started"}
-        return bool(pids - {old_pid})
+        return bool(child_pids() - {old_pid})
 
-    # The supervisor starts another child (enqueueing before it has would race the
-    # dead child's BLPOP, a gap left to stalled-job recovery).
     wait_for(replaced, timeout=15, what="a replacement child")
     assert Echo.enqueue(text="after the crash").result(timeout=20).text == "after the crash"
 
@@ -271,7 +269,7 @@ def test_an_explicit_job_id_is_enqueued_once(client: Client, conn: redis.Redis) 
     first = Echo.with_options(job_id="order-42-receipt").enqueue(text="first")
     again = Echo.with_options(job_id="order-42-receipt").enqueue(text="second")
     assert not first.existing and again.existing
-    assert conn.llen("rq:queue:fast:p05") == 1
+    assert conn.llen(QueueKeys("forgejobs", "fast").wait(5)) == 1
     delayed = Echo.with_options(job_id="later-1", delay=60).enqueue(text="a")
     assert Echo.with_options(job_id="later-1", delay=60).enqueue(text="b").existing
     assert delayed.status() is Status.SCHEDULED

@@ -7,7 +7,7 @@ the client and in execution; a backend only stores what it is handed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,8 @@ class Prepared:
     unique: bool = False  # the caller chose job_id: an existing job with that id wins
     dedupe: str | None = None  # unique_for: the dedupe key this job claims
     dedupe_ttl: float = 0.0
+    concurrency_key: str | None = None  # concurrency_key's value for this job
+    concurrency_limit: int = 0
 
 
 @dataclass
@@ -74,7 +76,11 @@ class Backend(ABC):
         """Delete every trace of a job (before enqueueing a dead job again under its id)."""
 
     @abstractmethod
-    def state(self, job_id: str) -> JobState: ...
+    def state(self, job_id: str, queue: str | None = None) -> JobState:
+        """The job's state; `queue` (when the caller knows it) saves looking for it."""
+
+    def use_queues(self, queues: Iterable[str]) -> None:  # noqa: B027 - optional
+        """The declared queues, for backends that look a job up by id across them."""
 
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
         raise NotImplementedError

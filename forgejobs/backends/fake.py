@@ -81,7 +81,7 @@ class FakeBackend(Backend):
     def forget(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
 
-    def state(self, job_id: str) -> JobState:
+    def state(self, job_id: str, queue: str | None = None) -> JobState:
         stored = self.jobs.get(job_id)
         if stored is None:
             return JobState(Status.UNKNOWN)

@@ -1,0 +1,424 @@
+"""The Redis backend: forgejobs' own storage, written by the runtime's scripts.
+
+A job is one hash under its queue's hash tag (`forgejobs:{email}:job:<id>`) plus its entry in one
+of the queue's structures: a wait list per priority, the delayed set, the active hash (running,
+with the slot holding its lease), the stalled list, or the done/failed sets kept for retention.
+Enqueue is one script call (hash, list entry and "enqueued" event together), so a single enqueue
+is one round trip and never half-written. docs/decisions/0007 lists every key.
+
+The worker side (taking, finishing and recovering jobs) is `forgejobs.runtime`; this module is
+what producers, the CLI and the handle use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import Any, cast
+
+import redis
+
+from ..context import ProgressValue
+from ..deadletter import DeadLetter, DeadLetterStore
+from ..errors import BackendError
+from ..events import Event, EventKind, EventStream
+from ..keys import PRIORITIES, Keys
+from ..runtime.scripts import Scripts
+from ..settings import Settings
+from ..status import Status
+from .base import Backend, JobState, Prepared, QueueCounts
+
+BATCH = 500
+"""Jobs per enqueue script call (Lua's unpack has a limit; one call holds the server briefly)."""
+
+_STATUS = {
+    b"queued": Status.QUEUED,
+    b"scheduled": Status.SCHEDULED,
+    b"succeeded": Status.SUCCEEDED,
+    b"failed": Status.FAILED,
+    b"cancelled": Status.CANCELLED,
+}
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """A due time in whole ms, rounded up so a job never starts before it is due."""
+    return math.ceil(moment.timestamp() * 1000)
+
+
+class RedisDeadLetters(DeadLetterStore):
+    """Dead letters as JSON strings plus a sorted index by time of death, capped at `limit`."""
+
+    def __init__(self, connection: redis.Redis, keys: Keys, limit: int = 10_000) -> None:
+        self.connection = connection
+        self.keys = keys
+        self.limit = limit
+
+    def add(self, record: DeadLetter) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.set(self.keys.dead_record(record.id), record.model_dump_json())
+            pipe.zadd(self.keys.dead_index, {record.id: record.died_at.timestamp()})
+            pipe.zcard(self.keys.dead_index)
+            count = pipe.execute()[-1]
+        excess = int(count) - self.limit
+        if excess > 0:
+            oldest = [
+                i.decode() for i in cast(list[bytes], self.connection.zrange(self.keys.dead_index, 0, excess - 1))
+            ]
+            with self.connection.pipeline() as pipe:
+                pipe.zrem(self.keys.dead_index, *oldest)
+                pipe.delete(*[self.keys.dead_record(i) for i in oldest])
+                pipe.execute()
+
+    def get(self, job_id: str) -> DeadLetter | None:
+        raw = cast(bytes | None, self.connection.get(self.keys.dead_record(job_id)))
+        return DeadLetter.model_validate_json(raw) if raw else None
+
+    def recent(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        ids = cast(list[bytes], self.connection.zrevrange(self.keys.dead_index, offset, offset + limit - 1))
+        if not ids:
+            return []
+        raws = cast(list[bytes | None], self.connection.mget([self.keys.dead_record(i.decode()) for i in ids]))
+        return [DeadLetter.model_validate_json(r) for r in raws if r]
+
+    def remove(self, job_id: str) -> bool:
+        with self.connection.pipeline() as pipe:
+            pipe.zrem(self.keys.dead_index, job_id)
+            pipe.delete(self.keys.dead_record(job_id))
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def count(self) -> int:
+        return int(cast(int, self.connection.zcard(self.keys.dead_index)))
+
+
+def _event_data(job: Prepared) -> str:
+    data: dict[str, Any] = {"priority": job.priority}
+    if job.due_at is not None:
+        data["due_at"] = job.due_at.isoformat()
+    return json.dumps(data, separators=(",", ":"))
+
+
+class RedisBackend(Backend):
+    LOG_LINES = 1000  # kept per job; older lines are dropped
+    LOG_TTL = 7 * 86400
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        keys: Keys | None = None,
+        dead_letter_limit: int = 10_000,
+        events_max: int = 100_000,
+        queues: Iterable[str] = (),
+    ) -> None:
+        self.connection = connection
+        self.keys = keys or Keys()
+        self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
+        self.events = EventStream(connection, self.keys.events, maxlen=events_max)
+        self.scripts = Scripts(connection)
+        self.queues: set[str] = set(queues)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisBackend:
+        return cls.for_connection(connect(settings.redis_url_or_default()), settings)
+
+    @classmethod
+    def for_connection(cls, connection: redis.Redis, settings: Settings) -> RedisBackend:
+        return cls(connection, Keys(settings.key_prefix), settings.dead_letter_limit, settings.events_max)
+
+    def use_queues(self, queues: Iterable[str]) -> None:
+        """The queues to look in when a job is asked for by id alone."""
+        self.queues.update(queues)
+
+    # -- enqueue ------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[Prepared]) -> set[str]:
+        """Store the jobs: one script call per (queue, priority, due time) group of up to BATCH jobs, all
+        sent in one round trip. Each call is atomic; a call that fails stores none of its jobs."""
+        try:
+            groups = self._groups(jobs)
+            if len(groups) == 1:
+                return set(self._enqueue_call(groups[0], self.connection))  # the common case: no pipeline
+            with self.connection.pipeline(transaction=False) as pipe:
+                for group in groups:
+                    self._enqueue_call(group, pipe)
+                replies = pipe.execute()
+            return {i.decode() for reply in replies for i in reply}
+        except redis.RedisError as exc:
+            raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+
+    @staticmethod
+    def _groups(jobs: Sequence[Prepared]) -> list[list[Prepared]]:
+        def shape(job: Prepared) -> tuple[Any, ...]:
+            due = epoch_ms(job.due_at) if job.due_at is not None else -1
+            return (job.queue, job.name, job.priority, due, job.unique, job.concurrency_limit)
+
+        groups: list[list[Prepared]] = []
+        for _, members in groupby(jobs, key=shape):
+            batch = list(members)
+            groups.extend(batch[i : i + BATCH] for i in range(0, len(batch), BATCH))
+        return groups
+
+    def _enqueue_call(self, group: list[Prepared], client: Any) -> Any:
+        first = group[0]
+        qk = self.keys.queue(first.queue)
+        args: list[Any] = [
+            first.priority,
+            epoch_ms(first.due_at) if first.due_at is not None else "",
+            "1" if first.unique else "",
+            first.concurrency_limit or "",
+            first.name,
+            first.queue,
+            datetime.now(UTC).isoformat(),
+            _event_data(first),
+            self.events.maxlen,
+        ]
+        for job in group:
+            args += (job.job_id, job.envelope, job.concurrency_key or "")
+        keys = [qk.wait(first.priority), qk.delayed, qk.marker, self.keys.events, *(qk.job(j.job_id) for j in group)]
+        reply = self.scripts.enqueue(keys=keys, args=args, client=client)
+        return {i.decode() for i in reply} if client is self.connection else reply
+
+    # -- reading ----------------------------------------------------------------------
+
+    def find_queue(self, job_id: str) -> str | None:
+        """The queue whose keys hold `job_id`: the known queues first, then (a job of a queue this process
+        does not declare, e.g. the CLI pointed at another application's Redis) a SCAN."""
+        queues = sorted(self.queues)
+        if queues:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.exists(self.keys.queue(queue).job(job_id))
+                found = pipe.execute()
+            hit = next((q for q, exists in zip(queues, found) if exists), None)
+            if hit is not None:
+                return hit
+        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in job_id)
+        for key in self.connection.scan_iter(match=f"{self.keys.prefix}:{{*}}:job:{escaped}", count=1000):
+            text = key.decode("utf-8", "replace")
+            start, end = text.find(":{") + 2, text.find("}:job:")
+            if start > 1 and end > start:
+                return text[start:end]
+        return None
+
+    def state(self, job_id: str, queue: str | None = None) -> JobState:
+        queue = queue or self.find_queue(job_id)
+        if queue is None:
+            return JobState(Status.UNKNOWN)
+        qk = self.keys.queue(queue)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hmget(qk.job(job_id), ["s", "r", "e", "pg"])
+            pipe.hexists(qk.active, job_id)
+            (status, result, error, progress), running = pipe.execute()
+        if status is None:
+            return JobState(Status.UNKNOWN)
+        progress_value = json.loads(progress) if progress else None
+        if running:
+            return JobState(Status.RUNNING, progress=progress_value, extra={"queue": queue})
+        kind = _STATUS.get(status, Status.UNKNOWN)
+        if kind is Status.SUCCEEDED:
+            return JobState(kind, result=json.loads(result) if result else None, progress=progress_value)
+        if kind is Status.FAILED:
+            record = self.dead_letters.get(job_id)
+            text = record.error if record else (error.decode("utf-8", "replace") if error else None)
+            return JobState(kind, error=text, progress=progress_value)
+        return JobState(kind, progress=progress_value, extra={"queue": queue})
+
+    def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
+        dead_by_queue: dict[str, int] = {}
+        for record in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
+            dead_by_queue[record.queue or "?"] = dead_by_queue.get(record.queue or "?", 0) + 1
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                qk = self.keys.queue(queue)
+                for key in qk.waits:
+                    pipe.llen(key)
+                pipe.llen(qk.stalled)
+                pipe.zcard(qk.delayed)
+                pipe.hlen(qk.active)
+                pipe.zcard(qk.done)
+            replies = iter(int(n) for n in pipe.execute())
+        rows = []
+        for queue in queues:
+            waiting = sum(next(replies) for _ in range(len(PRIORITIES) + 1))
+            scheduled, running, finished = next(replies), next(replies), next(replies)
+            rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
+        return rows
+
+    def pending(self, queues: Iterable[str], horizon_ms: float = 0.0) -> int:
+        """Jobs waiting, running, stalled, or delayed and due within `horizon_ms` of now (client clock)."""
+        until = time.time() * 1000 + horizon_ms
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                qk = self.keys.queue(queue)
+                for key in qk.waits:
+                    pipe.llen(key)
+                pipe.llen(qk.stalled)
+                pipe.hlen(qk.active)
+                pipe.zcount(qk.delayed, "-inf", until)
+            return sum(int(n) for n in pipe.execute())
+
+    # -- dedupe and debounce --------------------------------------------------------------
+
+    _CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+    def claim(self, jobs: Sequence[Prepared]) -> dict[str, str]:
+        wanted = [job for job in jobs if job.dedupe is not None]
+        if not wanted:
+            return {}
+        script = self.connection.register_script(self._CLAIM)
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job in wanted:
+                assert job.dedupe is not None
+                ttl_ms = max(1, int(job.dedupe_ttl * 1000))
+                script(keys=[self.keys.dedupe(job.dedupe)], args=[job.job_id, ttl_ms], client=pipe)
+            holders = pipe.execute()
+        taken = {job.job_id: h.decode() for job, h in zip(wanted, holders) if h and h.decode() != job.job_id}
+        events = []
+        for job in wanted:
+            if job.job_id in taken:
+                events.append(
+                    Event(
+                        kind=EventKind.DEDUPLICATED,
+                        job_id=job.job_id,
+                        name=job.name,
+                        queue=job.queue,
+                        data={"existing": taken[job.job_id]},
+                    )
+                )
+        self.events.append_many(events)
+        return taken
+
+    def unclaim(self, jobs: Sequence[Prepared]) -> None:
+        keys = [self.keys.dedupe(job.dedupe) for job in jobs if job.dedupe is not None]
+        if keys:
+            self.connection.delete(*keys)
+
+    def debounce(self, key: str, build: Callable[[str], Prepared], new_id: str, ttl: float) -> tuple[str, bool]:
+        pointer = self.keys.debounce(key)
+        ttl_ms = max(1, int(ttl * 1000))
+
+        def transaction(pipe: Any) -> tuple[str, bool]:
+            raw = pipe.get(pointer)
+            if raw:
+                current = raw.decode()
+                job = build(current)
+                qk = self.keys.queue(job.queue)
+                pipe.watch(qk.job(current))  # a worker promoting it meanwhile makes us try again
+                if pipe.hget(qk.job(current), "s") == b"scheduled":
+                    assert job.due_at is not None
+                    pipe.multi()
+                    pipe.hset(qk.job(current), "d", job.envelope)
+                    pipe.zadd(qk.delayed, {current: epoch_ms(job.due_at)})
+                    pipe.pexpire(pointer, ttl_ms)
+                    return current, True
+            job = build(new_id)
+            pipe.multi()
+            self._enqueue_call([job], pipe)
+            pipe.set(pointer, new_id, px=ttl_ms)
+            return new_id, False
+
+        return cast(
+            tuple[str, bool],
+            self.connection.transaction(transaction, pointer, value_from_callable=True),  # type: ignore[arg-type]
+        )
+
+    # -- logs and progress ----------------------------------------------------------------
+
+    def append_log(self, queue: str, job_id: str, line: str) -> None:
+        key = self.keys.queue(queue).log(job_id)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, line)
+            pipe.ltrim(key, -self.LOG_LINES, -1)
+            pipe.expire(key, self.LOG_TTL)
+            pipe.execute()
+
+    def logs(self, job_id: str) -> list[str]:
+        queue = self.find_queue(job_id)
+        if queue is None:
+            return []
+        key = self.keys.queue(queue).log(job_id)
+        return [b.decode() for b in cast(list[bytes], self.connection.lrange(key, 0, -1))]
+
+    def report_progress(self, queue: str, job_id: str, value: ProgressValue) -> None:
+        self.connection.hset(self.keys.queue(queue).job(job_id), "pg", json.dumps(value, separators=(",", ":")))
+
+    # -- queue administration ------------------------------------------------------------
+
+    def forget(self, job_id: str) -> None:
+        queue = self.find_queue(job_id)
+        if queue is None:
+            return
+        qk = self.keys.queue(queue)
+        with self.connection.pipeline() as pipe:
+            for key in qk.waits:
+                pipe.lrem(key, 0, job_id)
+            pipe.zrem(qk.delayed, job_id)
+            pipe.zrem(qk.done, job_id)
+            pipe.zrem(qk.failed, job_id)
+            pipe.delete(qk.job(job_id), qk.log(job_id))
+            pipe.execute()
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        if paused:
+            self.connection.sadd(self.keys.paused, queue)
+        else:
+            self.connection.srem(self.keys.paused, queue)
+
+    def paused(self) -> set[str]:
+        return {m.decode() for m in cast(set[bytes], self.connection.smembers(self.keys.paused))}
+
+    def drain(self, queue: str) -> int:
+        qk = self.keys.queue(queue)
+        with self.connection.pipeline() as pipe:
+            for key in qk.waits:
+                pipe.lrange(key, 0, -1)
+                pipe.delete(key)
+            pipe.zrange(qk.delayed, 0, -1)
+            pipe.delete(qk.delayed)
+            replies = pipe.execute()
+        ids = {i for reply in replies[0::2] for i in reply}
+        for chunk in _chunks(sorted(ids), 500):
+            self.connection.delete(*[qk.job(i) for i in chunk])
+        return len(ids)
+
+    def running(self, queue: str) -> int:
+        return int(cast(int, self.connection.hlen(self.keys.queue(queue).active)))
+
+    def obliterate(self, queue: str) -> int:
+        qk = self.keys.queue(queue)
+        jobs = 0
+        batch: list[bytes] = []
+        for key in self.connection.scan_iter(match=qk.pattern, count=1000):
+            batch.append(key)
+            jobs += key.startswith(qk.job_prefix.encode())
+            if len(batch) >= 500:
+                self.connection.delete(*batch)
+                batch = []
+        if batch:
+            self.connection.delete(*batch)
+        for record in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
+            if record.queue == queue:
+                self.dead_letters.remove(record.id)
+        self.set_paused(queue, False)
+        return jobs
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _chunks(items: Sequence[bytes], size: int) -> Iterable[Sequence[bytes]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

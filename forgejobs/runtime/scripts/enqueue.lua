@@ -1,0 +1,61 @@
+-- enqueue: store jobs of one queue, one job type and one priority, waiting now or delayed, with
+-- their "enqueued" events. A job is its hash plus its list or delayed entry, written together.
+--
+-- KEYS[1]  wait list of the priority        (forgejobs:{q}:wait:pNN)
+-- KEYS[2]  delayed zset, id -> due ms       (forgejobs:{q}:delayed)
+-- KEYS[3]  marker zset                      (forgejobs:{q}:marker)
+-- KEYS[4]  event stream                     (forgejobs:events)
+-- KEYS[5..] one job hash per job            (forgejobs:{q}:job:<id>)
+-- ARGV[1]  priority (1..10)
+-- ARGV[2]  due time in ms since the epoch, "" to start now
+-- ARGV[3]  "1": the caller chose the ids; an id whose hash exists is not stored again
+-- ARGV[4]  per-key concurrency limit, "" for none
+-- ARGV[5]  job name (for the events)
+-- ARGV[6]  queue name (for the events)
+-- ARGV[7]  event time (ISO 8601)
+-- ARGV[8]  event data JSON
+-- ARGV[9]  the stream's approximate cap (XADD MAXLEN ~), "0" to write no events
+-- then three per job: id, envelope JSON, concurrency key ("" for none)
+-- Returns the ids that were not stored because they exist.
+local existing = {}
+local ready = {}
+local delayed = {}
+local due = ARGV[2]
+local status = 'queued'
+if due ~= '' then status = 'scheduled' end
+local function event(kind, id, data)
+    if ARGV[9] ~= '0' then
+        redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', kind, 'job_id', id, 'name', ARGV[5],
+            'queue', ARGV[6], 'attempt', '1', 'at', ARGV[7], 'data', data)
+    end
+end
+for i = 5, #KEYS do
+    local base = 10 + (i - 5) * 3
+    local id, envelope, ck = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+    if ARGV[3] == '1' and redis.call('EXISTS', KEYS[i]) == 1 then
+        existing[#existing + 1] = id
+        event('deduplicated', id, ARGV[8])
+    else
+        if ck ~= '' then
+            redis.call('HSET', KEYS[i], 'd', envelope, 'p', ARGV[1], 's', status, 'ck', ck, 'cl', ARGV[4])
+        else
+            redis.call('HSET', KEYS[i], 'd', envelope, 'p', ARGV[1], 's', status)
+        end
+        if due ~= '' then
+            delayed[#delayed + 1] = due
+            delayed[#delayed + 1] = id
+        else
+            ready[#ready + 1] = id
+        end
+        event('enqueued', id, ARGV[8])
+    end
+end
+if #ready > 0 then
+    redis.call('RPUSH', KEYS[1], unpack(ready))
+    redis.call('ZADD', KEYS[3], 0, '0')
+end
+if #delayed > 0 then
+    redis.call('ZADD', KEYS[2], unpack(delayed))
+    redis.call('ZADD', KEYS[3], 'LT', due, 'd')
+end
+return existing

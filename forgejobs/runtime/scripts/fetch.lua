@@ -1,0 +1,73 @@
+-- fetch: record the outcome of the job this slot ran (if any), then take the next waiting job
+-- (if asked): "finish and fetch next" in one round trip. A taken job moves from its wait list
+-- into the active hash, owned by this slot, in the same step: it is never in no structure.
+--
+-- KEYS[1]  active hash, id -> "<slot>|<start ms>"   (forgejobs:{q}:active)
+-- KEYS[2]  workers zset, slot -> lease expiry ms     (forgejobs:{q}:workers)
+-- KEYS[3]  marker zset                               (forgejobs:{q}:marker)
+-- KEYS[4]  delayed zset, id -> due ms                (forgejobs:{q}:delayed)
+-- KEYS[5]  done zset, id -> expiry ms                (forgejobs:{q}:done)
+-- KEYS[6]  failed zset, id -> expiry ms              (forgejobs:{q}:failed)
+-- KEYS[7..16] wait lists, priority 1 first           (forgejobs:{q}:wait:p01 .. p10)
+-- ARGV[1]  job key prefix (forgejobs:{q}:job:); job hashes are built from it and share the tag
+-- ARGV[2]  this slot's id
+-- ARGV[3]  lease in ms
+-- ARGV[4]  finish: "" (nothing to finish), "done", "failed", "retry", "requeue"
+-- ARGV[5]  the finished job's id
+-- ARGV[6]  its result JSON (done), error (failed), or next envelope (retry, requeue)
+-- ARGV[7]  ms: result or failure TTL (done, failed), delay (retry)
+-- ARGV[8]  its priority (retry, requeue)
+-- ARGV[9]  "1": take the next job
+-- ARGV[10] the queue's global concurrency, "0" for none
+-- ARGV[11] "1": put the marker back when a job was taken (the slot woke from idle: wake another)
+-- ARGV[12] concurrency-key prefix (forgejobs:{q}:ck:)
+-- ARGV[13] the finished job's concurrency key, "" for none
+-- Returns {lost, id, envelope, priority, concurrency key, state}: lost is 1 when this slot no
+-- longer held the finished job (its lease was recovered) and nothing was recorded; state is
+-- "ok", "empty", "limited" or "corrupt" (a record without a readable envelope: dead-letter it).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, slot = ARGV[1], ARGV[2]
+
+-- @include common
+
+local lost = 0
+local mode, fid = ARGV[4], ARGV[5]
+if mode ~= '' then
+    local owner = redis.call('HGET', KEYS[1], fid)
+    if not owner or string.sub(owner, 1, #slot + 1) ~= slot .. '|' then
+        lost = 1
+    else
+        redis.call('HDEL', KEYS[1], fid)
+        record(mode, fid, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]))
+        if ARGV[13] ~= '' then release_key(ARGV[12], ARGV[13], fid) end
+        if ARGV[10] ~= '0' and ARGV[9] ~= '1' then redis.call('ZADD', KEYS[3], 0, '0') end
+    end
+end
+
+if ARGV[9] ~= '1' then return {lost, false, false, 0, false, 'empty'} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), slot)
+local limit = tonumber(ARGV[10])
+if limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
+    return {lost, false, false, 0, false, 'limited'}
+end
+for _ = 1, 50 do
+    local key, id = pop_waiting()
+    if not id then return {lost, false, false, 0, false, 'empty'} end
+    local priority = tonumber(string.sub(key, -2))
+    local fields = redis.pcall('HMGET', prefix .. id, 'd', 'ck', 'cl')
+    if fields.err or not fields[1] then
+        redis.call('HSET', KEYS[1], id, slot .. '|' .. now)
+        return {lost, id, false, priority, false, 'corrupt'}
+    end
+    local ck = fields[2]
+    if ck and redis.call('SCARD', ARGV[12] .. ck .. ':run') >= (tonumber(fields[3]) or 1) then
+        redis.call('RPUSH', ARGV[12] .. ck .. ':wait', id)  -- parked until a job of its key finishes
+    else
+        if ck then redis.call('SADD', ARGV[12] .. ck .. ':run', id) end
+        redis.call('HSET', KEYS[1], id, slot .. '|' .. now)
+        if ARGV[11] == '1' then redis.call('ZADD', KEYS[3], 0, '0') end
+        return {lost, id, fields[1], priority, ck, 'ok'}
+    end
+end
+return {lost, false, false, 0, false, 'empty'}

@@ -1,0 +1,25 @@
+-- promote: move delayed jobs and retries that are due onto their wait lists.
+--
+-- KEYS: the queue's standard keys (see common.lua); uses [3] marker, [4] delayed, [7..16] wait lists.
+-- ARGV[1]  job key prefix (forgejobs:{q}:job:)
+-- ARGV[2]  at most this many jobs in one call
+-- Returns {moved, due ms of the next delayed job or false}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = ARGV[1]
+
+-- @include common
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do
+    if redis.call('EXISTS', prefix .. id) == 1 then  -- a job deleted meanwhile has nothing to run
+        hset(prefix .. id, 's', 'queued')
+        redis.call('RPUSH', KEYS[6 + priority_of(id)], id)
+    end
+end
+if #due > 0 then
+    redis.call('ZREM', KEYS[4], unpack(due))
+    redis.call('ZADD', KEYS[3], 0, '0')
+end
+local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or false}

@@ -1,0 +1,19 @@
+-- settle: apply the decision about one stalled job (retry it, or record it failed), once.
+--
+-- KEYS: the queue's standard keys (see common.lua), and KEYS[17] the stalled list.
+-- ARGV[1]  job key prefix (forgejobs:{q}:job:)
+-- ARGV[2]  the job's id
+-- ARGV[3]  "retry", "requeue", "failed", or "drop" (nothing to record: its record is gone)
+-- ARGV[4]  next envelope (retry, requeue) or error (failed)
+-- ARGV[5]  ms: delay (retry) or failure TTL (failed)
+-- ARGV[6]  priority
+-- Returns 1, or 0 when the job was no longer on the stalled list (another worker settled it).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = ARGV[1]
+
+-- @include common
+
+if redis.call('LREM', KEYS[17], 1, ARGV[2]) == 0 then return 0 end
+if ARGV[3] ~= 'drop' then record(ARGV[3], ARGV[2], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])) end
+return 1

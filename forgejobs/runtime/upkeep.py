@@ -1,0 +1,221 @@
+"""One upkeep thread per worker process: what keeps the slots' leases and the queues healthy.
+
+Every tick (0.1 s) it writes the buffered job events; every `stall_timeout / 5` it renews the
+leases of the process's live slots (one `beat.lua` call per queue, in one round trip); every
+second it reads which queues are paused and when each queue's next delayed job is due, recovers
+the jobs of dead slots (`recover.lua`, then `settle.lua` for each stalled job) on the queues no
+other worker has checked within the second, and replaces slot threads that died; every five
+seconds it applies retention (`trim.lua`). None of this is on a job's round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+import redis
+
+from ..deadletter import DeadLetter, Reason
+from ..events import Event, EventStream
+from ..execution import DeadLettered, Retry, stalled
+
+if TYPE_CHECKING:
+    from .worker import QueueState, Worker
+
+log = logging.getLogger("forgejobs.worker")
+
+TICK = 0.1
+SETTLE_BATCH = 50
+TRIM_BATCH = 500
+
+
+class EventBuffer:
+    """Job events of this process's slots, written to the stream in batches (within TICK seconds)."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self._buffer: list[Event] = []
+        self._lock = threading.Lock()
+
+    def emit(self, events: Sequence[Event]) -> None:
+        if events:
+            with self._lock:
+                self._buffer.extend(events)
+
+    def flush(self) -> None:
+        with self._lock:
+            events, self._buffer = self._buffer, []
+        if not events:
+            return
+        try:
+            self.stream.append_many(events)
+        except redis.RedisError:
+            with self._lock:
+                self._buffer[:0] = events  # written with the next flush
+            raise
+
+
+class Outage:
+    """One log line when Redis stops answering, one when it answers again; backoff in between."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self.pause = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> float:
+        with self._lock:
+            if self.since is None:
+                self.since = time.monotonic()
+                log.warning("%s: Redis is unreachable (%s); retrying", self.what, exc)
+            self.pause = min(self.pause * 2, 2.0) if self.pause else 0.05
+            return self.pause
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is not None:
+                log.warning("%s: Redis answers again after %.1f s", self.what, time.monotonic() - self.since)
+                self.since = None
+                self.pause = 0.0
+
+
+class Upkeep:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.connection = worker.connection
+        self.scripts = worker.scripts
+        self.beat_every = worker.lease_ms / 5000
+        self._last_beat = float("-inf")
+        self._last_second = float("-inf")
+        self._last_trim = float("-inf")
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(TICK):
+            self.tick()
+        self.final()
+
+    def tick(self) -> None:
+        worker = self.worker
+        try:
+            worker.events.flush()
+            now = time.monotonic()
+            if now - self._last_beat >= self.beat_every:
+                self.beat()
+                self._last_beat = now
+            if now - self._last_second >= 1.0:
+                self._last_second = now
+                worker.supervise()
+                self.refresh()
+                for state in worker.states.values():
+                    self.recover(state)
+            if now - self._last_trim >= 5.0:
+                self._last_trim = now
+                for state in worker.states.values():
+                    self.trim(state)
+            worker.outage.recovered()
+        except redis.RedisError as exc:
+            worker.outage.failed(exc)
+        except Exception:  # noqa: BLE001 - upkeep must go on: leases, recovery and promotion depend on it
+            log.exception("worker upkeep failed; trying again")
+
+    def final(self) -> None:
+        """A clean stop: write the last events and give up the slots' leases (they hold no jobs now)."""
+        try:
+            self.worker.events.flush()
+            with self.connection.pipeline(transaction=False) as pipe:
+                for state in self.worker.states.values():
+                    idents = [s.ident for s in state.slots] + state.retired_idents
+                    if idents:
+                        pipe.zrem(state.keys.workers, *idents)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not write the last events or release the leases: %s", exc)
+
+    def beat(self) -> None:
+        """Renew the lease of every live slot, by queue, in one round trip."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            any_slot = False
+            for state in self.worker.states.values():
+                idents = [slot.ident for slot in state.slots if slot.alive()]
+                if idents:
+                    any_slot = True
+                    self.scripts.beat(keys=[state.keys.workers], args=[self.worker.lease_ms, *idents], client=pipe)
+            if any_slot:
+                pipe.execute()
+
+    def refresh(self) -> None:
+        """Paused queues, the next due time of each queue's delayed jobs, and the server's clock."""
+        states = list(self.worker.states.values())
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.smembers(self.worker.keys.paused)
+            for state in states:
+                pipe.zrange(state.keys.delayed, 0, 0, withscores=True)
+            replies = pipe.execute()
+        seconds, micros = replies[0]
+        self.worker.clock.set_server_ms(seconds * 1000 + micros / 1000)
+        paused = {m.decode() for m in cast(set[bytes], replies[1])}
+        earliest = False
+        for state, head in zip(states, replies[2:]):
+            state.paused = state.name in paused
+            due = float(head[0][1]) if head else float("inf")
+            if due < state.next_due:
+                earliest = True
+            state.next_due = due
+        if earliest:
+            self.worker.waiter.poke()
+
+    def recover(self, state: QueueState) -> None:
+        """Once a second per queue across all workers: move the jobs of dead slots to the stalled list and
+        settle what is there."""
+        if not self.connection.set(state.keys.check, self.worker.name, nx=True, px=1000):
+            return
+        moved, stalled_count = self.scripts.recover(
+            keys=[*state.keys.standard, state.keys.stalled], args=[state.keys.job_prefix, state.keys.ck_prefix]
+        )
+        if moved:
+            log.warning("%s: %d job(s) of dead workers taken back", state.name, moved)
+        if stalled_count:
+            self.settle(state)
+
+    def settle(self, state: QueueState) -> None:
+        ids = cast(list[bytes], self.connection.lrange(state.keys.stalled, 0, SETTLE_BATCH - 1))
+        for job_id in ids:
+            self.settle_one(state, job_id)
+
+    def settle_one(self, state: QueueState, job_id: bytes) -> None:
+        keys = state.keys
+        envelope, priority = cast(list[bytes | None], self.connection.hmget(keys.job_bytes(job_id), ["d", "p"]))
+        shown = job_id.decode("utf-8", "backslashreplace")
+        rank = int(priority) if priority and priority.isdigit() and 1 <= int(priority) <= 10 else 5
+        base = [*keys.standard, keys.stalled]
+        if envelope is None:
+            # Nothing to run: the record is gone (deleted meanwhile) or was never one of ours.
+            self.worker.runtime_for(state).dead_letters.add(
+                DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error="stalled job has no record")
+            )
+            self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, rank])
+            return
+        outcome = stalled(envelope, self.worker.runtime_for(state), job_id=shown, queue=state.name)
+        if isinstance(outcome, Retry):
+            args = ["retry", outcome.envelope.encode(), round(outcome.delay * 1000)]
+        elif isinstance(outcome, DeadLettered):
+            args = ["failed", outcome.record.error, self.worker.failure_ttl_ms(outcome.record.name)]
+        else:  # stalled() only retries or dead-letters; keep the job rather than guess
+            args = ["requeue", envelope, 0]
+        self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, *args, rank])
+
+    def trim(self, state: QueueState) -> None:
+        if not self.connection.set(state.keys.trim, self.worker.name, nx=True, px=5000):
+            return
+        retention = state.spec.retention
+        for key, keep in ((state.keys.done, retention.completed), (state.keys.failed, retention.failed)):
+            count = "" if keep.count is None else keep.count
+            age = "" if keep.age is None else round(keep.age.total_seconds() * 1000)
+            self.scripts.trim(keys=[key], args=[state.keys.job_prefix, count, age, state.keys.log_prefix, TRIM_BATCH])

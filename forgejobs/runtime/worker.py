@@ -1,0 +1,553 @@
+"""`Worker`: every slot of the chosen queues as a thread of one process.
+
+Each slot loops: `fetch.lua` records the outcome of the job it just ran and takes the next one in
+the same round trip; execution runs the job; repeat. A slot that finds nothing waits until the
+process's waiter wakes it (see `waiter.py`); the upkeep thread (see `upkeep.py`) renews leases,
+recovers dead workers' jobs, applies retention and writes events.
+
+Signals (when `run` is called in the main thread): the first SIGTERM or SIGINT lets running jobs
+finish and then exits; a second one aborts them, and each aborted job is put back at the front of
+its queue to run the same attempt again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, cast
+
+import redis
+
+from ..backends.redis import RedisBackend
+from ..client import Client, set_client
+from ..deadletter import DeadLetter, Reason
+from ..errors import ForgeJobsError, UnknownJob
+from ..events import Hooks
+from ..execution import Aborted, DeadLettered, Outcome, Retry, Runtime, Succeeded, WorkerShutdown, execute
+from ..keys import Keys, QueueKeys
+from ..ratelimit import RedisRateLimiter
+from ..registry import Registry
+from ..settings import Settings, load_hooks, load_resources
+from ..specs import QueueSpec
+from ..timeouts import watchdog_guard
+from .scripts import Scripts
+from .upkeep import EventBuffer, Outage, Upkeep
+from .waiter import ServerClock, Waiter
+
+log = logging.getLogger("forgejobs.worker")
+
+IDLE_POLL = 2.0
+"""An idle slot looks for work by itself this often, whatever the waiter does (a marker lost with a
+killed process cannot strand jobs for longer)."""
+
+STUCK_GRACE = 30.0
+"""A slot still inside a job this long after its timeout has stopped being a live slot: its lease is
+no longer renewed, so its job is recovered and run elsewhere."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A connection for a worker: socket timeouts above the waiter's longest block (1 s)."""
+    return redis.Redis.from_url(url, health_check_interval=30, socket_timeout=15, socket_connect_timeout=5)
+
+
+@dataclass
+class WorkerStats:
+    """Outcomes seen, by kind (`succeeded`, `retried`, `dead`, `aborted`)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[kind] += n
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        kind = type(outcome).__name__.lower()
+        self.add({"retry": "retried", "deadlettered": "dead"}.get(kind, kind))
+
+
+@dataclass
+class Fetched:
+    """A job a slot took: its id as stored, its envelope (None: the record is not readable)."""
+
+    id: bytes
+    envelope: bytes | None
+    priority: int
+    concurrency_key: bytes | None
+
+
+@dataclass
+class Finish:
+    """What to record about a job a slot ran, sent with the slot's next fetch."""
+
+    mode: str  # done, failed, retry, requeue
+    job: Fetched
+    payload: str | bytes
+    ms: int
+    owner: str  # the slot identity that took it
+
+
+@dataclass
+class Slot:
+    queue: str
+    index: int
+    ident: str
+    wake: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    job_started: float | None = None  # monotonic, while inside a job
+    job_timeout: float = 0.0
+    in_handler: bool = False
+    retired: bool = False
+    jobs: int = 0
+
+    def alive(self) -> bool:
+        """Whether this slot's lease should be renewed: its loop runs and is not stuck in a job."""
+        if self.retired or self.thread is None or not self.thread.is_alive():
+            return False
+        started = self.job_started
+        return started is None or time.monotonic() - started < self.job_timeout + STUCK_GRACE
+
+
+@dataclass
+class QueueState:
+    """One queue as this process serves it."""
+
+    name: str
+    keys: QueueKeys
+    spec: QueueSpec
+    slots: list[Slot] = field(default_factory=list)
+    idle: deque[Slot] = field(default_factory=deque)
+    paused: bool = False
+    next_due: float = math.inf  # server ms of the next delayed job, as far as this process knows
+    promoted: bool = False
+    retired_idents: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def has_idle(self) -> bool:
+        return bool(self.idle)
+
+    def wake_one(self) -> None:
+        with self.lock:
+            slot = self.idle.popleft() if self.idle else None
+        if slot is not None:
+            slot.wake.set()
+
+
+class Worker:
+    """The slots of `queues` (default: every declared queue, at its spec concurrency) as threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        connection: redis.Redis | None = None,
+        resources: Any = None,  # None: built by load_resources(settings)
+        on_outcome: Callable[[str, Outcome], None] | None = None,
+        hooks: Hooks | None = None,  # None: load_hooks(settings)
+        guard: Callable[[float], AbstractContextManager[object]] = watchdog_guard,
+    ) -> None:
+        names = queues or sorted(registry.queues)
+        unknown = [q for q in names if q not in registry.queues]
+        if unknown:
+            declared = ", ".join(sorted(registry.queues))
+            raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {declared}")
+        if concurrency is not None and concurrency < 1:
+            raise ForgeJobsError("concurrency must be at least 1")
+        self.settings = settings
+        self.registry = registry
+        self.queues = names
+        self.concurrency = {q: concurrency or registry.queues[q].concurrency for q in names}
+        self.stats = WorkerStats()
+        self.name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.connection = connection or connect(settings.redis_url_or_default())
+        self.keys = Keys(settings.key_prefix)
+        self.backend = RedisBackend.for_connection(self.connection, settings)
+        self.backend.use_queues(registry.queues)
+        self.scripts = Scripts(self.connection)
+        self.lease_ms = round(settings.stall_timeout * 1000)
+        self.events = EventBuffer(self.backend.events)
+        self.outage = Outage(f"worker {self.name}")
+        self.clock = ServerClock()
+        self.states = {q: QueueState(q, self.keys.queue(q), registry.queues[q]) for q in names}
+        self._user_on_outcome = on_outcome
+        self._resources = resources if resources is not None else load_resources(settings)
+        self._hooks = hooks if hooks is not None else load_hooks(settings)
+        self._limiter = RedisRateLimiter(self.connection, self.keys.prefix)
+        self._guard = guard
+        self._runtimes = {q: self._runtime(q) for q in names}
+        self.waiter = Waiter(self)
+        self.upkeep = Upkeep(self)
+        self._stop = threading.Event()  # take no new jobs
+        self._halt = threading.Event()  # the waiter and upkeep threads end
+        self._threads: list[threading.Thread] = []
+        self._signals = 0
+        self._max_jobs: int | None = None
+        self._generation = 0
+        self._inline = False
+
+    # -- the pieces execution needs -------------------------------------------------------
+
+    def _runtime(self, queue: str) -> Runtime:
+        backend = self.backend
+
+        def progress(job_id: str, value: Any) -> None:
+            backend.report_progress(queue, job_id, value)
+
+        def log_line(job_id: str, line: str) -> None:
+            backend.append_log(queue, job_id, line)
+
+        return Runtime(
+            registry=self.registry,
+            dead_letters=backend.dead_letters,
+            resources=self._resources,
+            report_progress=progress,
+            on_outcome=self._on_outcome,
+            hooks=self._hooks,
+            limiter=self._limiter,
+            report_log=log_line,
+            events=self.events.emit,
+            guard=self._guard,
+        )
+
+    def runtime_for(self, state: QueueState) -> Runtime:
+        return self._runtimes[state.name]
+
+    def _on_outcome(self, name: str, outcome: Outcome) -> None:
+        self.stats.add_outcome(outcome)
+        if self._user_on_outcome is not None:
+            self._user_on_outcome(name, outcome)
+
+    def _options(self, name: str | None) -> Any:
+        try:
+            return self.registry.resolve(name or "").options
+        except UnknownJob:
+            return None
+
+    def result_ttl_ms(self, name: str | None) -> int:
+        options = self._options(name)
+        return round(options.result_ttl.total_seconds() * 1000) if options else 3_600_000
+
+    def failure_ttl_ms(self, name: str | None) -> int:
+        options = self._options(name)
+        return round(options.failure_ttl.total_seconds() * 1000) if options else 7 * 86_400_000
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return ", ".join(f"{q}×{self.concurrency[q]}" for q in self.queues)
+
+    def _new_ident(self, queue: str, index: int) -> str:
+        self._generation += 1
+        return f"{self.name}/{queue}/{index}/{self._generation}"
+
+    def start(self, max_jobs: int | None = None) -> None:
+        """Start the slot, waiter and upkeep threads and return."""
+        self._max_jobs = max_jobs
+        set_client(Client(self.backend, self.registry))
+        self.upkeep.refresh()
+        if not self._inline:
+            for queue in self.queues:
+                state = self.states[queue]
+                for index in range(self.concurrency[queue]):
+                    state.slots.append(Slot(queue, index, self._new_ident(queue, index)))
+        self.upkeep.beat()
+        if not self._inline:
+            for state in self.states.values():
+                for slot in state.slots:
+                    self._start_slot(slot)
+        for target, name in ((self.waiter.run, "waiter"), (self.upkeep.run, "upkeep")):
+            thread = threading.Thread(target=target, args=(self._halt,), name=f"forgejobs-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker %s serving %s", self.name, self.describe())
+
+    def _start_slot(self, slot: Slot) -> None:
+        slot.thread = threading.Thread(target=self._serve, args=(slot,), name=slot.ident, daemon=True)
+        slot.thread.start()
+
+    def supervise(self) -> None:
+        """Replace slots whose thread died or that are stuck in a job, under a fresh identity."""
+        if self._stop.is_set() or self._inline:
+            return  # an inline slot is the process: its supervisor replaces the process
+        for state in self.states.values():
+            for position, slot in enumerate(state.slots):
+                if slot.alive() or slot.thread is None:
+                    continue
+                if self._max_jobs is not None and slot.jobs >= self._max_jobs:
+                    continue  # done, not dead
+                log.error("worker slot %s stopped (died or stuck); starting another", slot.ident)
+                slot.retired = True
+                state.retired_idents.append(slot.ident)
+                fresh = Slot(slot.queue, slot.index, self._new_ident(slot.queue, slot.index))
+                state.slots[position] = fresh
+                self._start_slot(fresh)
+
+    def stop(self) -> None:
+        """Finish running jobs, then stop."""
+        self._stop.set()
+        for state in self.states.values():
+            for slot in state.slots:
+                slot.wake.set()
+        self.waiter.poke()
+
+    def abort(self) -> None:
+        """Stop now: running jobs are interrupted and put back to run the same attempt again."""
+        self.stop()
+        for slot in self._all_slots():
+            thread = slot.thread
+            if slot.in_handler and thread is not None and thread.ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(thread.ident), ctypes.py_object(WorkerShutdown)
+                )
+
+    def _all_slots(self) -> Iterator[Slot]:
+        for state in self.states.values():
+            yield from state.slots
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the slots to end, then stop the waiter and upkeep (writing the last events)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for slot in list(self._all_slots()):
+            if slot.thread is not None:
+                slot.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if any(s.thread is not None and s.thread.is_alive() for s in self._all_slots()):
+            return False
+        self._halt.set()
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def pending(self, connection: redis.Redis | None = None, horizon: float = 0.0) -> int:
+        """Jobs of these queues waiting, running, or delayed and due within `horizon` seconds."""
+        return self.backend.pending(self.queues, horizon * 1000)
+
+    def drained(self, horizon: float = 0.0) -> bool:
+        """Nothing waiting, running, or due within `horizon` seconds."""
+        busy = any(slot.job_started is not None for slot in self._all_slots())
+        return not busy and self.pending(horizon=horizon) == 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning("signal %d: finishing running jobs, then exiting (send again to abort them)", signum)
+            self.stop()
+        else:
+            log.warning("signal %d again: aborting running jobs; they will run again", signum)
+            self.abort()
+
+    def run_inline(self) -> WorkerStats:
+        """Run this worker's one slot in the calling (main) thread until stopped: a `mode: processes` child,
+        whose `alarm_guard` timeouts need the main thread. A second SIGTERM aborts the running job."""
+        slots = sum(self.concurrency.values())
+        if slots != 1 or threading.current_thread() is not threading.main_thread():
+            raise ForgeJobsError("run_inline runs exactly one slot, in the main thread")
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self._on_signal(signum, frame)
+            slot = next(self._all_slots())
+            if self._signals > 1 and slot.in_handler:
+                raise WorkerShutdown()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards a terminal's Ctrl+C
+        state = self.states[self.queues[0]]
+        slot = Slot(state.name, 0, self._new_ident(state.name, 0), thread=threading.main_thread())
+        state.slots.append(slot)
+        self._inline = True
+        self.start()
+        try:
+            self._serve(slot)
+        finally:
+            self.stop()
+            self.join(10)
+        return self.stats
+
+    def run(self, *, burst: bool = False, horizon: float = 10.0, max_jobs: int | None = None) -> WorkerStats:
+        """Work until stopped (or, with `burst`, until drained). Returns the outcome counts."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start(max_jobs=max_jobs)
+        try:
+            idle_checks = 0
+            while not self._stop.is_set():
+                if max_jobs is not None and all(s.jobs >= max_jobs for s in self._all_slots()):
+                    break
+                if burst:
+                    try:
+                        idle_checks = idle_checks + 1 if self.drained(horizon) else 0
+                    except redis.RedisError as exc:
+                        self.outage.failed(exc)
+                        idle_checks = 0
+                    if idle_checks >= 3:
+                        break
+                self._stop.wait(0.05 if burst else 0.2)
+        finally:
+            self.stop()
+            while not self.join(1.0):  # running jobs finish; a second signal aborts them
+                pass
+        return self.stats
+
+    # -- one slot ------------------------------------------------------------------------
+
+    def _may_take(self, slot: Slot, state: QueueState) -> bool:
+        if self._stop.is_set() or slot.retired or state.paused:
+            return False
+        return self._max_jobs is None or slot.jobs < self._max_jobs
+
+    def _serve(self, slot: Slot) -> None:
+        state = self.states[slot.queue]
+        finish: Finish | None = None
+        woke = True
+        while True:
+            take = self._may_take(slot, state)
+            if finish is None and not take:
+                if self._stop.is_set() or slot.retired or (self._max_jobs is not None and slot.jobs >= self._max_jobs):
+                    return
+                self._idle(slot, state, 0.5)  # paused
+                continue
+            try:
+                if finish is not None and finish.owner != slot.ident:
+                    self._fetch(state, slot, finish, take=False, woke=False)  # under the identity that took it
+                    finish = None
+                    continue
+                job, status = self._fetch(state, slot, finish, take=take, woke=woke)
+                self.outage.recovered()
+            except redis.RedisError as exc:
+                if take:
+                    # The reply is lost: the call may have run and given this identity a job we never saw.
+                    # Take a fresh identity; the old one's lease runs out and recovery requeues what it held.
+                    slot.ident = self._new_ident(slot.queue, slot.index)
+                self._stop.wait(self.outage.failed(exc))
+                continue
+            finish = None
+            if job is None:
+                if status == "limited" or take:
+                    woke = True
+                    self._idle(slot, state, IDLE_POLL)
+                continue
+            if woke:
+                state.wake_one()  # it found work: another idle slot may too
+            woke = False
+            finish = self._run(state, slot, job)
+            slot.jobs += 1
+
+    def _idle(self, slot: Slot, state: QueueState, timeout: float) -> None:
+        with state.lock:
+            state.idle.append(slot)
+        self.waiter.poke(state.name)
+        deadline = time.monotonic() + timeout
+        while not slot.wake.is_set() and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            slot.wake.wait(min(remaining, 0.5))
+        slot.wake.clear()
+        with state.lock:
+            if slot in state.idle:
+                state.idle.remove(slot)
+
+    def _fetch(
+        self, state: QueueState, slot: Slot, finish: Finish | None, *, take: bool, woke: bool
+    ) -> tuple[Fetched | None, str]:
+        keys = state.keys
+        args: list[Any] = [keys.job_prefix, finish.owner if finish else slot.ident, self.lease_ms]
+        if finish is None:
+            args += ["", "", "", 0, 0]
+        else:
+            args += [finish.mode, finish.job.id, finish.payload, finish.ms, finish.job.priority]
+        limit = state.spec.global_concurrency or 0
+        args += ["1" if take else "", limit, "1" if woke else "", keys.ck_prefix]
+        args.append(finish.job.concurrency_key or "" if finish else "")
+        lost, job_id, envelope, priority, ck, status = self.scripts.fetch(keys=keys.standard, args=args)
+        if lost and finish is not None:
+            log.warning(
+                "%s %s: its lease had been recovered (the worker was too slow or cut off); this run's outcome "
+                "(%s) is not recorded, the job runs again",
+                state.name,
+                finish.job.id.decode("utf-8", "backslashreplace"),
+                finish.mode,
+            )
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        if job_id is None:
+            return None, text
+        return Fetched(job_id, envelope, int(priority), ck), text
+
+    def _run(self, state: QueueState, slot: Slot, job: Fetched) -> Finish:
+        shown = job.id.decode("utf-8", "backslashreplace")
+        if job.envelope is None:
+            return self._corrupt(state, slot, job, shown)
+        runtime = self._runtimes[state.name]
+        slot.job_timeout = self._timeout_hint(job.envelope)
+        slot.job_started = time.monotonic()
+        slot.in_handler = True
+        try:
+            outcome = execute(job.envelope, runtime, job_id=shown, queue=state.name)
+        except WorkerShutdown:
+            return Finish("requeue", job, job.envelope, 0, slot.ident)
+        except BaseException:  # noqa: BLE001 - e.g. a timeout that fired after perform returned
+            log.exception("%s %s: failed outside its handler; running it again in 1 s", state.name, shown)
+            return Finish("retry", job, job.envelope, 1000, slot.ident)
+        finally:
+            slot.in_handler = False
+            slot.job_started = None
+        return self._finish_for(outcome, job, slot)
+
+    def _finish_for(self, outcome: Outcome, job: Fetched, slot: Slot) -> Finish:
+        if isinstance(outcome, Succeeded):
+            payload = json.dumps(outcome.value, separators=(",", ":"))
+            return Finish("done", job, payload, self.result_ttl_ms(outcome.name), slot.ident)
+        if isinstance(outcome, Retry):
+            return Finish("retry", job, outcome.envelope.encode(), round(outcome.delay * 1000), slot.ident)
+        if isinstance(outcome, DeadLettered):
+            error = outcome.record.error
+            return Finish("failed", job, error, self.failure_ttl_ms(outcome.record.name), slot.ident)
+        assert isinstance(outcome, Aborted)
+        return Finish("requeue", job, outcome.envelope.encode(), 0, slot.ident)
+
+    def _timeout_hint(self, envelope: bytes) -> float:
+        """The job's timeout, for the stuck-slot check (execution enforces it)."""
+        try:
+            name = json.loads(envelope).get("name")
+            options = self._options(name if isinstance(name, str) else None)
+        except (ValueError, AttributeError):
+            options = None
+        return options.timeout.total_seconds() if options else 300.0
+
+    def _corrupt(self, state: QueueState, slot: Slot, job: Fetched, shown: str) -> Finish:
+        """A record without a readable envelope: keep what is there as a dead letter, never run it."""
+        key = state.keys.job_bytes(job.id)
+        try:
+            kind = self.connection.type(key)
+            kind_text = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind_text == "hash":
+                fields = cast(dict[bytes, bytes], self.connection.hgetall(key))
+                raw = repr({k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()})
+            elif kind_text == "string":
+                raw = cast(bytes, self.connection.get(key)).decode("utf-8", "replace")
+            else:
+                raw = f"<{kind_text}>"
+        except redis.RedisError as exc:
+            kind_text, raw = "?", f"<unreadable: {exc}>"
+        error = "corrupt record: no envelope" if kind_text in ("hash", "none") else f"corrupt record: a {kind_text}"
+        record = DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error=error, raw=raw)
+        self._runtimes[state.name].dead_letters.add(record)
+        log.error("dead-lettered %s from %s: %s", shown, state.name, error)
+        self.stats.add("dead")
+        return Finish("failed", job, error, self.failure_ttl_ms(None), slot.ident)
