@@ -271,11 +271,22 @@ def _rate_limited(runtime: Runtime, options: JobOptions, job: Job, envelope: Env
 def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
     """The worker running this job died mid-job. That uses up the attempt: retry per backoff, or dead-letter
     (as `stalled`) when attempts are spent or the job has already stalled `max_stalled` times."""
+    outcome = decide_stalled(raw, runtime, job_id=job_id, queue=queue)
+    if outcome is None:
+        return execute(raw, runtime, job_id=job_id, queue=queue)  # dead-letters it with the precise reason
+    return record_stalled(outcome, runtime, job_id=job_id, queue=queue)
+
+
+def decide_stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Retry | DeadLettered | None:
+    """What `stalled` decides, with no side effect (no dead letter written, nothing announced), so that a
+    worker can first make sure it is the one settling the job. None: not an envelope of a known job."""
     try:
         envelope = decode(raw)
         entry = runtime.registry.resolve(envelope.name)
     except (EnvelopeError, UnknownJob):
-        return execute(raw, runtime, job_id=job_id, queue=queue)  # dead-letters it with the precise reason
+        return None
+    if envelope.id != job_id:
+        envelope = envelope.model_copy(update={"id": job_id})
     options = entry.options
     stalls_before = sum(1 for a in envelope.history if a.error.startswith(STALL_ERROR))
     if envelope.attempt < options.attempts and stalls_before < options.max_stalled:
@@ -283,10 +294,17 @@ def stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> O
             delay = min(options.backoff.delay(envelope.attempt), MAX_DELAY)
         except Exception:
             delay = 0.0
-        log.warning("%s %s stalled on attempt %d; retrying in %.3gs", envelope.name, job_id, envelope.attempt, delay)
-        outcome: Outcome = Retry(delay, envelope.next_attempt(STALL_ERROR, delay), STALL_ERROR)
+        return Retry(delay, envelope.next_attempt(STALL_ERROR, delay), STALL_ERROR)
+    return DeadLettered(_record(envelope, queue, Reason.STALLED, STALL_ERROR))
+
+
+def record_stalled(outcome: Retry | DeadLettered, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
+    """Write the dead letter (if it is one) and announce what `decide_stalled` decided."""
+    if isinstance(outcome, DeadLettered):
+        _dead(runtime, outcome.record)
     else:
-        outcome = _dead(runtime, _record(envelope, queue, Reason.STALLED, STALL_ERROR))
+        attempt = outcome.envelope.attempt - 1
+        log.warning("%s %s stalled on attempt %d; retrying in %.3gs", outcome.name, job_id, attempt, outcome.delay)
     return _announce(runtime, outcome, job_id, queue)
 
 

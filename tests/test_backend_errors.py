@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from forgejobs import BackendError, Client, Registry
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.specs import QueueSpec, Specs
 from tests.samplejobs.basic import Echo
 

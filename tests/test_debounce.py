@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from forgejobs import Client, Context, EnqueueOptions, Job, Registry, Settings, Status
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
 from forgejobs.worker import Worker
@@ -47,7 +47,7 @@ def test_a_debounced_job_refuses_its_own_start_time() -> None:
 
 @pytest.mark.redis
 def test_debounce_on_redis_is_atomic_and_pushes_the_start_back(conn: redis.Redis) -> None:
-    client = Client(RQBackend(conn), Registry([SearchReindex], Specs(queues={"fast": QueueSpec()})))
+    client = Client(RedisBackend(conn), Registry([SearchReindex], Specs(queues={"fast": QueueSpec()})))
     ids: list[str] = []
     barrier = threading.Barrier(6)
 

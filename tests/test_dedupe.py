@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from forgejobs import Client, Context, EnqueueOptions, Job, OptionsError, Registry
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
 from tests.samplejobs.basic import Echo
@@ -56,7 +56,7 @@ class UniqueEcho(Echo, queue="fast", unique_for=timedelta(seconds=30)):
 
 @pytest.mark.redis
 def test_concurrent_enqueues_of_one_key_make_one_job(conn: redis.Redis) -> None:
-    client = Client(RQBackend(conn), Registry([UniqueEcho], Specs(queues={"fast": QueueSpec()})))
+    client = Client(RedisBackend(conn), Registry([UniqueEcho], Specs(queues={"fast": QueueSpec()})))
     ids: list[str] = []
     barrier = threading.Barrier(8)
 

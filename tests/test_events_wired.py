@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from forgejobs import Client, Status
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.cli import cli
 from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
 from tests.samplejobs.basic import Doomed, Echo, Flaky, Progressing
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.redis
 
 
 def kinds(client: Client, job_id: str) -> list[str]:
-    assert isinstance(client.backend, RQBackend)
+    assert isinstance(client.backend, RedisBackend)
     return [e.kind.value for e in client.backend.events.read(count=10_000) if e.job_id == job_id]
 
 

@@ -13,7 +13,7 @@ import redis
 from click.testing import CliRunner
 
 from forgejobs import Client, Registry
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.backends.rqscheduler import RQSchedulerStore
 from forgejobs.cli import cli
 from forgejobs.scheduling import Repeater
@@ -70,7 +70,7 @@ def test_a_restart_neither_duplicates_nor_drops_a_repeat(client: Client, conn: r
     assert conn.zcard("rq:scheduler:scheduled_jobs") == 1
     # the schedule leaves the specs: the next scheduler to start unregisters it
     without = Registry([e.job_type for e in client.registry], Specs(queues=client.registry.queues))
-    gone = Client(RQBackend(conn), without)
+    gone = Client(RedisBackend(conn), without)
     assert Repeater(gone, RQSchedulerStore(conn)).sync().removed == [SCHEDULE]
     assert conn.zcard("rq:scheduler:scheduled_jobs") == 0
     assert not conn.keys("rq:job:fj-repeat-*")

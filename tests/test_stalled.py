@@ -1,7 +1,7 @@
 """A job whose worker dies mid-job is retried (or dead-lettered as stalled), never lost.
 
-Two detectors: forgejobs' liveness keys (a reaper notices within the stall timeout),
-and RQ's own maintenance pass (run here directly with a far-future clock).
+The lease scripts are driven directly first (two slots, one of which stops renewing), then real
+`forgejobs worker` processes are SIGKILLed mid-job.
 """
 
 from __future__ import annotations
@@ -10,163 +10,189 @@ import json
 import os
 import signal
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from rq.registry import StartedJobRegistry
-from rq.serializers import JSONSerializer
 
 from forgejobs import Client, Reason, Registry, Status
-from forgejobs.backends import rq as rq_backend
-from forgejobs.execution import STALL_ERROR, Runtime
-from forgejobs.worker import SlotWorker, make_slot
+from forgejobs.execution import STALL_ERROR
+from forgejobs.keys import QueueKeys
+from forgejobs.runtime.scripts import Scripts
+from forgejobs.runtime.upkeep import Upkeep
+from forgejobs.runtime.worker import Worker
+from forgejobs.settings import Settings
 from tests.conftest import WorkerProcess, wait_for
-from tests.samplejobs.basic import Slow
+from tests.samplejobs.basic import Slow, SlowFirstAttempt
 
 pytestmark = pytest.mark.redis
 
+SLOW = QueueKeys("forgejobs", "slow")
 
-def notes(path: Path) -> list[dict[str, object]]:
+
+def notes(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def kill_child_mid_job(conn: redis.Redis, start_worker: Callable[..., WorkerProcess], path: Path) -> None:
-    from rq import Worker as RQWorker
-
-    worker = start_worker("--queues", "slow")
-    wait_for(lambda: notes(path), timeout=15, what="the job to start")
-    (child,) = [w for w in RQWorker.all(connection=conn) if w.get_current_job_id()]
-    os.kill(child.pid, signal.SIGKILL)
-    worker.stop()
+def fetch(scripts: Scripts, slot: str, lease_ms: int = 10_000, finish: tuple[str, str, str, int] | None = None) -> Any:
+    """One fetch.lua call for `slot` on the slow queue: optionally finish (mode, id, payload, ms), then take."""
+    mode, job_id, payload, ms = finish or ("", "", "", 0)
+    args = [SLOW.job_prefix, slot, lease_ms, mode, job_id, payload, ms, 5, "1", 0, "", SLOW.ck_prefix, ""]
+    return scripts.fetch(keys=SLOW.standard, args=args)
 
 
-def run_rq_cleanup(conn: redis.Redis, registry: Registry, client: Client) -> None:
-    rq_backend.install_runtime(Runtime(registry, client.backend.dead_letters))
-    try:
-        handler = make_slot(SlotWorker, conn, client.backend.dead_letters, "slow", "cleanup")._exc_handlers[0]
-        StartedJobRegistry("slow:p05", connection=conn, serializer=JSONSerializer).cleanup(
-            timestamp=time.time() + 100_000, exception_handlers=[handler]
-        )
-    finally:
-        rq_backend.install_runtime(None)
+def recover(scripts: Scripts) -> list[int]:
+    return scripts.recover(keys=[*SLOW.standard, SLOW.stalled], args=[SLOW.job_prefix, SLOW.ck_prefix])
 
 
-def test_a_job_whose_worker_was_killed_runs_again_as_its_next_attempt(
-    client: Client, registry: Registry, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+def test_a_taken_job_is_in_the_active_hash_under_its_slot_never_in_no_structure(
+    client: Client, conn: redis.Redis, tmp_path: Path
 ) -> None:
-    path = tmp_path / "slow.jsonl"
-    handle = Slow.enqueue(path=str(path), seconds=30)  # attempts=2, backoff fixed 0
-    kill_child_mid_job(conn, start_worker, path)
-    assert handle.status() is Status.RUNNING  # RQ has not noticed yet
-
-    run_rq_cleanup(conn, registry, client)
-
-    assert handle.status() is Status.SCHEDULED
-    path.write_text("")  # let the second attempt be short: the test changes the file, not the job
-    start_worker("--queues", "slow")
-    wait_for(lambda: [n.get("attempt") for n in notes(path)] == [2], timeout=15, what="attempt 2 to start")
+    handle = Slow.enqueue(path=str(tmp_path / "x"), seconds=0)
+    lost, job_id, envelope, priority, _ck, status = fetch(Scripts(conn), "slot-a")
+    assert (lost, job_id.decode(), status, priority) == (0, handle.id, b"ok", 5)
+    assert json.loads(envelope)["id"] == handle.id
+    assert conn.llen(SLOW.wait(5)) == 0
+    assert conn.hget(SLOW.active, handle.id).startswith(b"slot-a|")
+    assert handle.status() is Status.RUNNING
 
 
-def test_a_job_stalled_on_its_last_attempt_is_dead_lettered_as_stalled(
-    client: Client, registry: Registry, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+def test_recovery_takes_back_only_the_jobs_of_slots_whose_lease_ran_out(
+    client: Client, conn: redis.Redis, tmp_path: Path
+) -> None:
+    scripts = Scripts(conn)
+    alive = Slow.enqueue(path=str(tmp_path / "a"), seconds=0)
+    dead = Slow.enqueue(path=str(tmp_path / "b"), seconds=0)
+    fetch(scripts, "alive-slot", lease_ms=60_000)
+    fetch(scripts, "dead-slot", lease_ms=1)
+    time.sleep(0.01)
+
+    moved, on_stalled = recover(scripts)
+
+    assert (moved, on_stalled) == (1, 1)
+    assert conn.lrange(SLOW.stalled, 0, -1) == [dead.id.encode()]
+    assert conn.hexists(SLOW.active, alive.id) and not conn.hexists(SLOW.active, dead.id)
+    assert recover(scripts) == [0, 1]  # a second pass (another worker) moves nothing twice
+
+
+def test_a_slot_whose_lease_was_recovered_cannot_record_an_outcome(
+    client: Client, conn: redis.Redis, tmp_path: Path
+) -> None:
+    scripts = Scripts(conn)
+    handle = Slow.enqueue(path=str(tmp_path / "a"), seconds=0)
+    fetch(scripts, "slow-slot", lease_ms=1)
+    time.sleep(0.01)
+    recover(scripts)  # the slot looked dead; its job is on the stalled list now
+
+    lost, *_ = fetch(scripts, "slow-slot", finish=("done", handle.id, '"late"', 60_000))
+
+    assert lost == 1
+    assert conn.hget(SLOW.job(handle.id), "s") == b"queued"  # not "succeeded": it will run again
+    assert conn.lrange(SLOW.stalled, 0, -1) == [handle.id.encode()]
+
+
+def test_a_job_in_the_active_hash_of_a_slot_that_never_had_a_lease_is_recovered(
+    client: Client, conn: redis.Redis, tmp_path: Path
+) -> None:
+    """Whatever wrote it, an active entry with no live lease behind it is taken back."""
+    handle = Slow.enqueue(path=str(tmp_path / "a"), seconds=0)
+    conn.lrem(SLOW.wait(5), 0, handle.id)
+    conn.hset(SLOW.active, handle.id, "a-slot-nobody-knows|0")
+    assert recover(Scripts(conn))[0] == 1
+
+
+def test_stalled_jobs_are_settled_once_as_their_next_attempt(
+    client: Client, registry: Registry, conn: redis.Redis, tmp_path: Path
+) -> None:
+    scripts = Scripts(conn)
+    handle = Slow.enqueue(path=str(tmp_path / "a"), seconds=0)
+    fetch(scripts, "dead-slot", lease_ms=1)
+    time.sleep(0.01)
+    recover(scripts)
+    worker = Worker(Settings(), registry, queues=["slow"], connection=conn, resources=object())
+    upkeep = Upkeep(worker)
+    state = worker.states["slow"]
+
+    upkeep.settle(state)
+    upkeep.settle_one(state, handle.id.encode())  # a second settler finds nothing to do
+
+    assert conn.llen(SLOW.stalled) == 0
+    assert conn.lrange(SLOW.wait(5), 0, -1) == [handle.id.encode()]  # backoff fixed(0): straight back
+    envelope = json.loads(conn.hget(SLOW.job(handle.id), "d"))
+    assert envelope["attempt"] == 2 and envelope["history"][0]["error"] == STALL_ERROR
+    worker.events.flush()
+    kinds = [e.kind.value for e in client.backend.events.read() if e.job_id == handle.id]  # type: ignore[attr-defined]
+    assert kinds == ["enqueued", "stalled", "retrying"]
+
+
+def rewrite_envelope(conn: redis.Redis, job_id: str, **changes: Any) -> None:
+    envelope = json.loads(conn.hget(SLOW.job(job_id), "d"))
+    envelope.update(changes)
+    conn.hset(SLOW.job(job_id), "d", json.dumps(envelope))
+
+
+def slot_pids(conn: redis.Redis) -> set[int]:
+    """The processes holding leases on the slow queue (a slot's id starts with host.pid.suffix/)."""
+    return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in conn.zrange(SLOW.workers, 0, -1)}
+
+
+def kill_worker_mid_job(
+    conn: redis.Redis, start_worker: Callable[..., WorkerProcess], path: Path, *args: str, env: dict[str, str]
+) -> None:
+    """SIGKILL every process of one `forgejobs worker` (its supervisor and children, by PID) mid-job."""
+    worker = start_worker("--queues", "slow", *args, env=env)
+    wait_for(lambda: notes(path), timeout=15, what="the job to start")
+    for pid in {worker.pid, *slot_pids(conn)}:
+        os.kill(pid, signal.SIGKILL)
+    worker.wait(10)
+
+
+def test_a_job_on_its_last_attempt_whose_worker_was_killed_is_dead_lettered_as_stalled(
+    client: Client, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     path = tmp_path / "slow.jsonl"
     handle = Slow.with_options(job_id="stalls-once").enqueue(path=str(path), seconds=30)
-    # Pretend attempt 1 already stalled: rewrite the stored envelope to attempt 2 of 2.
-    data = json.loads(zlib.decompress(conn.hget("rq:job:stalls-once", "data")))
-    envelope = json.loads(data[2][0])
-    envelope["attempt"] = 2
-    data[2][0] = json.dumps(envelope)
-    conn.hset("rq:job:stalls-once", "data", zlib.compress(json.dumps(data).encode()))
+    rewrite_envelope(conn, "stalls-once", attempt=2)  # pretend attempt 1 already failed: this is 2 of 2
+    kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+    start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
 
-    kill_child_mid_job(conn, start_worker, path)
-    run_rq_cleanup(conn, registry, client)
-
-    assert handle.status() is Status.FAILED
+    wait_for(lambda: handle.status() is Status.FAILED, timeout=15, what="the job to be dead-lettered")
     record = client.dead_letter("stalls-once")
     assert record.reason is Reason.STALLED
     assert record.payload == {"path": str(path), "seconds": 30.0}
 
 
-def test_a_sigkilled_worker_s_job_is_finished_by_another_within_the_stall_timeout(
+def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
     client: Client, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    from rq import Worker as RQWorker
-
-    from tests.samplejobs.basic import SlowFirstAttempt
-
-    path = tmp_path / "slow.jsonl"
-    start_worker("--queues", "slow", "--concurrency", "2", env={"FORGEJOBS_STALL_TIMEOUT": "3"})
-    handle = SlowFirstAttempt.enqueue(path=str(path))
-    wait_for(lambda: notes(path), timeout=15, what="attempt 1 to start")
-    (child,) = [w for w in RQWorker.all(connection=conn) if w.get_current_job_id() == handle.id]
-    killed = time.monotonic()
-    os.kill(child.pid, signal.SIGKILL)
-    assert handle.result(timeout=20) == 2
-    recovery = time.monotonic() - killed
-    print(f"stalled job finished by another worker {recovery:.2f} s after SIGKILL (stall timeout 3 s)")
-    assert recovery < 3 + 3  # the lease's TTL, plus a reaper pass and the run
-    assert [n["attempt"] for n in notes(path)] == [1, 2]
-
-
-def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
-    client: Client, registry: Registry, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
-    from tests.samplejobs.basic import SlowFirstAttempt
-
-    # attempt 1 already stalled once (max_stalled=1): the next stall is one too many
     path = tmp_path / "slow.jsonl"
     handle = SlowFirstAttempt.with_options(job_id="stalls-twice").enqueue(path=str(path))
-    data = json.loads(zlib.decompress(conn.hget("rq:job:stalls-twice", "data")))
-    envelope = json.loads(data[2][0])
-    envelope["history"] = [{"attempt": 1, "at": "2026-01-01T00:00:00Z", "error": STALL_ERROR, "delay": 0}]
-    data[2][0] = json.dumps(envelope)
-    conn.hset("rq:job:stalls-twice", "data", zlib.compress(json.dumps(data).encode()))
-    kill_child_mid_job(conn, start_worker, path)
-    run_rq_cleanup(conn, registry, client)
-    assert handle.status() is Status.FAILED
+    history = [{"attempt": 1, "at": "2026-01-01T00:00:00Z", "error": STALL_ERROR, "delay": 0}]
+    rewrite_envelope(conn, "stalls-twice", history=history)  # attempt 1 already stalled once (max_stalled=1)
+    kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+    start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+
+    wait_for(lambda: handle.status() is Status.FAILED, timeout=15, what="the job to be dead-lettered")
     assert client.dead_letter("stalls-twice").reason is Reason.STALLED
 
 
-def test_a_job_between_dequeue_and_start_keeps_its_registry_entry(
-    client: Client, registry: Registry, conn: redis.Redis, tmp_path: Path
+@pytest.mark.parametrize("mode", ["--threads", "--processes"])
+def test_a_killed_worker_s_job_is_finished_by_another_within_the_lease(
+    client: Client, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path, mode: str
 ) -> None:
-    """RQ adds the registry entry (with its execution record) before the job hash says "started" and names its
-    worker; a reaper pass in that window once crashed the scheduler, then dropped the entry of a live job."""
-    from forgejobs.backends.stalls import Heartbeat, reap
-    from forgejobs.keys import Keys
+    """The whole worker (every process of it) is SIGKILLed mid-job, as an OOM kill or a lost host would; a
+    worker started at once finishes the job within the lease (3 s here) plus about a second."""
+    path = tmp_path / "slow.jsonl"
+    env = {"FORGEJOBS_STALL_TIMEOUT": "3"}
+    handle = SlowFirstAttempt.enqueue(path=str(path))
+    kill_worker_mid_job(conn, start_worker, path, mode, env=env)
+    killed = time.monotonic()
+    start_worker("--queues", "slow", env=env)
 
-    Slow.enqueue(path=str(tmp_path / "slow.jsonl"), seconds=0)
-    heartbeat = Heartbeat(conn, Keys(), ttl=20)
-    slot = make_slot(SlotWorker, conn, client.backend.dead_letters, "slow", "slot-a", heartbeat=heartbeat)
-    try:
-        job, queue = slot.dequeue_job_and_maintain_ttl(1)
-        slot.prepare_execution(job)
-        started = StartedJobRegistry(queue=queue)
-        (entry,) = conn.zrange(started.key, 0, -1)
-        assert conn.hget(f"rq:job:{job.id}", "status") == b"queued"  # the window
-
-        recovered = reap(conn, [queue], Runtime(registry, client.backend.dead_letters), Keys(), stall_timeout=0)
-
-        assert recovered == [] and conn.zrange(started.key, 0, -1) == [entry]
-    finally:
-        heartbeat.close()
-
-
-def test_an_old_entry_of_a_dead_worker_whose_job_is_not_running_is_dropped(
-    client: Client, registry: Registry, conn: redis.Redis
-) -> None:
-    from forgejobs.backends.stalls import reap
-    from forgejobs.keys import Keys
-
-    started = StartedJobRegistry("slow:p05", connection=conn, serializer=JSONSerializer)
-    conn.hset("rq:job:odd", mapping={"worker_name": "a-worker-long-gone", "started_at": "", "status": "finished"})
-    conn.zadd(started.key, {"odd": time.time() - 3600})
-    queue = rq_backend.RQBackend(conn).rq_queue("slow:p05")
-
-    recovered = reap(conn, [queue], Runtime(registry, client.backend.dead_letters), Keys(), stall_timeout=1)
-
-    assert recovered == [] and conn.zscore(started.key, "odd") is None
+    assert handle.result(timeout=20) == 2
+    recovery = time.monotonic() - killed
+    print(f"stalled job finished by another worker {recovery:.2f} s after SIGKILL (lease 3 s)")
+    assert recovery < 3 + 4  # the lease, a recovery pass, start-up of the new worker and the run
+    assert [n["attempt"] for n in notes(path)] == [1, 2]

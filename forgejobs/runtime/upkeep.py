@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, cast
 
 import redis
 
-from ..deadletter import DeadLetter, Reason
 from ..events import Event, EventStream
-from ..execution import DeadLettered, Retry, stalled
+from ..execution import Retry, decide_stalled, record_stalled
 
 if TYPE_CHECKING:
     from .worker import QueueState, Worker
@@ -190,26 +189,30 @@ class Upkeep:
             self.settle_one(state, job_id)
 
     def settle_one(self, state: QueueState, job_id: bytes) -> None:
+        """Retry or dead-letter one stalled job. The decision is applied by `settle.lua` only if the job is
+        still on the stalled list with the envelope it was made from; its side effects (dead letter,
+        events) follow only then, so two workers settling at once act once."""
         keys = state.keys
         envelope, priority = cast(list[bytes | None], self.connection.hmget(keys.job_bytes(job_id), ["d", "p"]))
         shown = job_id.decode("utf-8", "backslashreplace")
         rank = int(priority) if priority and priority.isdigit() and 1 <= int(priority) <= 10 else 5
+        runtime = self.worker.runtime_for(state)
         base = [*keys.standard, keys.stalled]
-        if envelope is None:
-            # Nothing to run: the record is gone (deleted meanwhile) or was never one of ours.
-            self.worker.runtime_for(state).dead_letters.add(
-                DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error="stalled job has no record")
-            )
-            self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, rank])
+        if envelope is None:  # nothing to run: the record was deleted meanwhile (or never was one of ours)
+            if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, rank, ""]):
+                log.warning("%s: stalled job %s has no record left; dropped", state.name, shown)
             return
-        outcome = stalled(envelope, self.worker.runtime_for(state), job_id=shown, queue=state.name)
-        if isinstance(outcome, Retry):
-            args = ["retry", outcome.envelope.encode(), round(outcome.delay * 1000)]
-        elif isinstance(outcome, DeadLettered):
-            args = ["failed", outcome.record.error, self.worker.failure_ttl_ms(outcome.record.name)]
-        else:  # stalled() only retries or dead-letters; keep the job rather than guess
+        outcome = decide_stalled(envelope, runtime, job_id=shown, queue=state.name)
+        if outcome is None:  # not an envelope of a known job: run it through execution, which dead-letters it
             args = ["requeue", envelope, 0]
-        self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, *args, rank])
+        elif isinstance(outcome, Retry):
+            args = ["retry", outcome.envelope.encode(), round(outcome.delay * 1000)]
+        else:
+            args = ["failed", outcome.record.error, self.worker.failure_ttl_ms(outcome.record.name)]
+        if not self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, *args, rank, envelope]):
+            return  # another worker settled it
+        if outcome is not None:
+            record_stalled(outcome, runtime, job_id=shown, queue=state.name)
 
     def trim(self, state: QueueState) -> None:
         if not self.connection.set(state.keys.trim, self.worker.name, nx=True, px=5000):

@@ -23,7 +23,7 @@ import redis
 import sqlalchemy as sa
 
 from forgejobs import Client, Registry, Settings, set_client
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from jobs import store as tables
 from jobs.files import soft_delete_file
 from jobs.flows import sign_up
@@ -124,7 +124,7 @@ def test_a_worker_process_runs_the_catalog_flows_end_to_end(
     )
     app: Resources = build(catalog=catalog)
     connection = redis.Redis.from_url(redis_url)
-    client = Client(RQBackend(connection), Registry.load(Settings(jobs="jobs", specs=ROOT / "specs")))
+    client = Client(RedisBackend(connection), Registry.load(Settings(jobs="jobs", specs=ROOT / "specs")))
     previous = set_client(client)
     try:
         org_id, owner = new_id("org"), new_id("usr")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from forgejobs import Client, Context, Registry, Settings, Status
-from forgejobs.backends.rq import RQBackend
+from forgejobs.backends.redis import RedisBackend
 from forgejobs.schedule import Schedule
 from forgejobs.testing import FakeQueue, make_context
 from jobs.cli import cli
@@ -322,7 +322,7 @@ def test_cli_backfill_enqueues_on_the_redis_of_the_settings(redis_url: str, conn
     assert result.exit_code == 0, result.output
     ids = [line.split()[1] for line in result.output.splitlines() if line.startswith("usage.")]
     assert len(ids) == 3
-    reader = Client(RQBackend(conn), Registry.load(settings))
+    reader = Client(RedisBackend(conn), Registry.load(settings))
     assert [reader.backend.state(job_id).status for job_id in ids] == [Status.QUEUED] * 3
 
 

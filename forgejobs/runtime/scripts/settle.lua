@@ -7,13 +7,16 @@
 -- ARGV[4]  next envelope (retry, requeue) or error (failed)
 -- ARGV[5]  ms: delay (retry) or failure TTL (failed)
 -- ARGV[6]  priority
--- Returns 1, or 0 when the job was no longer on the stalled list (another worker settled it).
+-- ARGV[7]  the envelope the decision was made from ("" with "drop")
+-- Returns 1, or 0 when the job is no longer on the stalled list or its envelope changed (another worker
+-- settled it): then nothing is written.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = ARGV[1]
 
 -- @include common
 
+if ARGV[3] ~= 'drop' and redis.pcall('HGET', prefix .. ARGV[2], 'd') ~= ARGV[7] then return 0 end
 if redis.call('LREM', KEYS[17], 1, ARGV[2]) == 0 then return 0 end
 if ARGV[3] ~= 'drop' then record(ARGV[3], ARGV[2], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])) end
 return 1
