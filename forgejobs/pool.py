@@ -87,7 +87,7 @@ class ProcessWorker:
         for queue in self.process_queues:
             for index in range(self.concurrency[queue]):
                 self._spawn(queue, index)
-        log.info("worker (supervisor %d) serving %s", os.getpid(), self.describe())
+        log.info("worker supervisor %d (processes) serving %s", os.getpid(), self.describe())
         backend = None
         if burst:
             backend = RedisBackend.for_connection(connect(self.settings.redis_url_or_default()), self.settings)

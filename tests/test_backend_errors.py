@@ -13,7 +13,7 @@ from tests.samplejobs.basic import Echo
 
 def test_enqueue_without_redis_raises_a_backend_error_naming_the_cause() -> None:
     client = Client(
-        RQBackend(redis.Redis.from_url("redis://127.0.0.1:1/0")),  # nothing listens on port 1
+        RedisBackend(redis.Redis.from_url("redis://127.0.0.1:1/0")),  # nothing listens on port 1
         Registry([Echo], Specs(queues={"fast": QueueSpec()})),
     )
     with pytest.raises(BackendError, match=r"could not enqueue 1 job\(s\).*Connection refused"):

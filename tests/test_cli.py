@@ -57,7 +57,7 @@ def test_enqueue_validates_and_stores_a_job(redis_url: str, client: Client) -> N
     assert code == 0, out
     job_id = out.split(" as ")[1].split()[0]
     assert client.backend.state(job_id).status is Status.QUEUED
-    assert redis.Redis.from_url(redis_url).llen("rq:queue:fast:p02") == 1
+    assert redis.Redis.from_url(redis_url).llen("forgejobs:{fast}:wait:p02") == 1
 
 
 @pytest.mark.parametrize(

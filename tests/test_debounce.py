@@ -13,6 +13,7 @@ from forgejobs import Client, Context, EnqueueOptions, Job, Registry, Settings, 
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
+from forgejobs.keys import QueueKeys
 from forgejobs.worker import Worker
 
 
@@ -62,12 +63,12 @@ def test_debounce_on_redis_is_atomic_and_pushes_the_start_back(conn: redis.Redis
         t.join(10)
     assert len(set(ids)) == 1
     (job_id,) = set(ids)
-    assert conn.zcard("rq:scheduled:fast:p05") == 1
-    due_before = conn.zscore("rq:scheduled:fast:p05", job_id)
+    assert conn.zcard(QueueKeys("forgejobs", "fast").delayed) == 1
+    due_before = conn.zscore(QueueKeys("forgejobs", "fast").delayed, job_id)
     time.sleep(0.05)  # a later enqueue, measurably later
     again = client.enqueue(SearchReindex, [{"document_id": "d1", "revision": 99}], EnqueueOptions())[0]
     assert again.id == job_id and again.existing
-    assert conn.zscore("rq:scheduled:fast:p05", job_id) > due_before  # type: ignore[operator]
+    assert conn.zscore(QueueKeys("forgejobs", "fast").delayed, job_id) > due_before  # type: ignore[operator]
     assert again.status() is Status.SCHEDULED
     # it runs once, after the window, with the newest payload
     settings = Settings(redis_url="redis://unused", scheduler_interval=0.1)

@@ -10,6 +10,7 @@ import redis
 
 from forgejobs import Client, Context, EnqueueOptions, Job, OptionsError, Registry
 from forgejobs.backends.redis import RedisBackend
+from forgejobs.keys import QueueKeys
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
 from tests.samplejobs.basic import Echo
@@ -70,4 +71,4 @@ def test_concurrent_enqueues_of_one_key_make_one_job(conn: redis.Redis) -> None:
     for t in threads:
         t.join(10)
     assert len(ids) == 8 and len(set(ids)) == 1
-    assert conn.llen("rq:queue:fast:p05") == 1
+    assert conn.llen(QueueKeys("forgejobs", "fast").wait(5)) == 1

@@ -100,7 +100,7 @@ def test_demo_leaves_jobs_it_finds_waiting_alone(redis_url: str, monkeypatch: py
     import jobs.demo as demo
 
     conn = redis.Redis.from_url(redis_url)
-    conn.rpush("rq:queue:email:p05", "someone-elses-job")
+    conn.rpush("forgejobs:{email}:wait:p05", "someone-elses-job")
     monkeypatch.chdir(ROOT)
     out = io.StringIO()
 
@@ -110,5 +110,5 @@ def test_demo_leaves_jobs_it_finds_waiting_alone(redis_url: str, monkeypatch: py
     assert code == 0, text
     assert "already has 1 jobs waiting in the catalog's queues; the demo leaves them alone" in text
     assert "Redis: embedded" in text and "succeeded 18, retried 1, dead-lettered 1" in text
-    assert conn.lrange("rq:queue:email:p05", 0, -1) == [b"someone-elses-job"]
+    assert conn.lrange("forgejobs:{email}:wait:p05", 0, -1) == [b"someone-elses-job"]
     conn.close()

@@ -63,8 +63,8 @@ def test_obliterate_removes_everything_the_queue_holds_and_refuses_while_jobs_ru
     assert client.obliterate("fast") == 2
     assert done.status() is Status.UNKNOWN and dead.status() is Status.UNKNOWN
     assert client.dead_letters() == []
-    for kind in ("queue", "scheduled", "wip", "finished", "failed"):  # worker records and locks stay
-        assert not conn.keys(f"rq:{kind}:fast:*"), kind
+    for kind in ("wait:*", "delayed", "done", "failed", "job:*"):  # the workers' leases stay
+        assert not conn.keys(f"forgejobs:{{fast}}:{kind}"), kind
     running.result(timeout=10)  # the other queue was not touched
 
 

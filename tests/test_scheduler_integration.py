@@ -22,7 +22,7 @@ from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.redis
 
-QUEUE = "rq:queue:fast:p05"
+QUEUE = "forgejobs:{fast}:wait:p05"
 SCHEDULE = "echo-every-second"  # tests/samplespecs/schedules.yaml: every 1s, overlap allow
 
 
@@ -40,7 +40,7 @@ def test_repeats_and_their_ticks_are_stored_as_json(client: Client, conn: redis.
     func, _instance, args, _kwargs = json.loads(zlib.decompress(data))  # JSON, not pickle
     assert func.endswith("repeat_placeholder") and args == [SCHEDULE]
     (tick,) = repeater.run_once(datetime.fromtimestamp(time.time() + 2, UTC))
-    envelope = json.loads(json.loads(zlib.decompress(conn.hget(f"rq:job:{tick.id}", "data")))[2][0])
+    envelope = json.loads(conn.hget(f"forgejobs:{{fast}}:job:{tick.id}", "d"))
     assert envelope["name"] == "fast.echo" and envelope["payload"] == {"text": "tick"}
 
 

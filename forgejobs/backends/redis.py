@@ -391,7 +391,7 @@ return false
             replies = pipe.execute()
         ids = {i for reply in replies[0::2] for i in reply}
         for chunk in _chunks(sorted(ids), 500):
-            self.connection.delete(*[qk.job(i) for i in chunk])
+            self.connection.delete(*[qk.job_bytes(i) for i in chunk])
         return len(ids)
 
     def running(self, queue: str) -> int:

@@ -22,6 +22,9 @@ from ..events import Event, EventStream
 from ..execution import Retry, decide_stalled, record_stalled
 
 if TYPE_CHECKING:
+    from ..keys import QueueKeys
+    from ..specs import QueueSpec
+    from .scripts import Scripts
     from .worker import QueueState, Worker
 
 log = logging.getLogger("forgejobs.worker")
@@ -215,10 +218,18 @@ class Upkeep:
             record_stalled(outcome, runtime, job_id=shown, queue=state.name)
 
     def trim(self, state: QueueState) -> None:
-        if not self.connection.set(state.keys.trim, self.worker.name, nx=True, px=5000):
-            return
-        retention = state.spec.retention
-        for key, keep in ((state.keys.done, retention.completed), (state.keys.failed, retention.failed)):
-            count = "" if keep.count is None else keep.count
-            age = "" if keep.age is None else round(keep.age.total_seconds() * 1000)
-            self.scripts.trim(keys=[key], args=[state.keys.job_prefix, count, age, state.keys.log_prefix, TRIM_BATCH])
+        if self.connection.set(state.keys.trim, self.worker.name, nx=True, px=5000):
+            trim(self.scripts, state.keys, state.spec)
+
+
+def trim(scripts: Scripts, keys: QueueKeys, spec: QueueSpec) -> int:
+    """One retention pass over a queue's succeeded and failed jobs (see `trim.lua`). Returns how many were
+    deleted. Guarantee: afterwards the queue keeps at most `retention.<kind>.count` of each kind, none
+    finished longer ago than `retention.<kind>.age`, none past its own result or failure TTL (each pass
+    deletes at most TRIM_BATCH per kind; the next pass, 5 s later, goes on)."""
+    deleted = 0
+    for key, keep in ((keys.done, spec.retention.completed), (keys.failed, spec.retention.failed)):
+        count = "" if keep.count is None else keep.count
+        age = "" if keep.age is None else round(keep.age.total_seconds() * 1000)
+        deleted += int(scripts.trim(keys=[key], args=[keys.job_prefix, count, age, keys.log_prefix, TRIM_BATCH]))
+    return deleted

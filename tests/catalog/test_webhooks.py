@@ -21,10 +21,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from rq.timeouts import JobTimeoutException
 
 from forgejobs import Unrecoverable
-from forgejobs.errors import RateLimited, RetryLater
+from forgejobs.errors import JobTimeout, RateLimited, RetryLater
 from forgejobs.execution import WorkerShutdown
 from forgejobs.ratelimit import RateLimit
 from forgejobs.testing import FakeQueue, make_context
@@ -283,7 +282,7 @@ def test_the_last_attempt_marks_the_delivery_failed(
     assert delivery(store, delivery_id).status == "failed"
 
 
-@pytest.mark.parametrize(("interruption", "status"), [(JobTimeoutException, "failed"), (WorkerShutdown, "pending")])
+@pytest.mark.parametrize(("interruption", "status"), [(JobTimeout, "failed"), (WorkerShutdown, "pending")])
 def test_a_run_interrupted_mid_request_is_recorded(
     store: Store,
     org: dict[str, str],
