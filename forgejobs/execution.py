@@ -9,7 +9,9 @@ loop dead-letters the same way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import traceback
@@ -129,6 +131,15 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
+def call_perform(job: Job, ctx: Context[Any]) -> Any:
+    """`job.perform(ctx)`; an `async def perform` runs to completion on an event loop of this thread's own
+    (each slot thread has its own, so a slow coroutine holds only its slot)."""
+    value = job.perform(ctx)
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    return value
+
+
 def execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
     """Run one job from its stored envelope and say what should happen next."""
     return _announce(runtime, _execute(raw, runtime, job_id=job_id, queue=queue), job_id, queue)
@@ -205,7 +216,7 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
     guard = runtime.guard(options.timeout.total_seconds()) if runtime.guard else contextlib.nullcontext()
     try:
         with guard:
-            value = job.perform(ctx)
+            value = call_perform(job, ctx)
     except WorkerShutdown:
         return Aborted(envelope)
     except RetryLater as exc:

@@ -25,7 +25,7 @@ from .client import Client, set_client
 from .context import Context
 from .deadletter import DeadLetter
 from .envelope import decode
-from .execution import Aborted, DeadLettered, Retry, Runtime, Succeeded, execute
+from .execution import Aborted, DeadLettered, Retry, Runtime, Succeeded, call_perform, execute
 from .job import Job
 from .options import JobOptions
 from .ratelimit import MemoryRateLimiter
@@ -159,7 +159,7 @@ class FakeQueue:
         """Run one handler now with a test Context and return its result. Exceptions propagate."""
         options = self.registry.ensure(type(job))
         ctx = make_context(job, attempt=attempt, resources=self.resources, options=options)
-        return job.perform(ctx)
+        return call_perform(job, ctx)
 
     def _runtime(self) -> Runtime:
         def progress(job_id: str, value: Any) -> None:

@@ -23,12 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from types import FrameType
+from typing import Any, cast
 
 from .errors import JobTimeout
 
 
 @cache
-def _with_message(exception: type[BaseException], timeout: float) -> type[BaseException]:
+def _with_message(exception: Any, timeout: float) -> type[BaseException]:
     """An async exception can only be a class; bake the message into a subclass (one per timeout value)."""
     message = f"the job ran longer than its timeout ({timeout:g}s)"
 
@@ -36,6 +37,8 @@ def _with_message(exception: type[BaseException], timeout: float) -> type[BaseEx
         exception.__init__(self, message)
 
     return type(exception.__name__, (exception,), {"__init__": __init__, "__module__": exception.__module__})
+
+
 class Watchdog:
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -92,7 +95,7 @@ def watchdog_guard(seconds: float, exception: type[BaseException] = JobTimeout) 
     if seconds <= 0:
         yield
         return
-    token = WATCHDOG.arm(seconds, threading.get_ident(), _with_message(exception, seconds))
+    token = WATCHDOG.arm(seconds, threading.get_ident(), _with_message(cast(Any, exception), seconds))
     try:
         yield
     finally:
@@ -105,7 +108,7 @@ def alarm_guard(seconds: float, exception: type[BaseException] = JobTimeout) -> 
     if seconds <= 0:
         yield
         return
-    cls = _with_message(exception, seconds)
+    cls = _with_message(cast(Any, exception), seconds)
 
     def fire(signum: int, frame: FrameType | None) -> None:
         raise cls()

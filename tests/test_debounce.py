@@ -11,9 +11,9 @@ import redis
 
 from forgejobs import Client, Context, EnqueueOptions, Job, Registry, Settings, Status
 from forgejobs.backends.redis import RedisBackend
+from forgejobs.keys import QueueKeys
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
-from forgejobs.keys import QueueKeys
 from forgejobs.worker import Worker
 
 

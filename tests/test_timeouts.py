@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from forgejobs.errors import JobTimeout
 from forgejobs.timeouts import WATCHDOG, alarm_guard, watchdog_guard
 

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from forgejobs import Client, PayloadTooLarge, Reason, Status
-from forgejobs.keys import QueueKeys
 from forgejobs.cli import cli
+from forgejobs.keys import QueueKeys
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.basic import Doomed, Echo, EchoResult, Flaky, Mark, Progressing, Slow, Snooze, TimesOut
 

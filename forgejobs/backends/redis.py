@@ -202,7 +202,7 @@ class RedisBackend(Backend):
                 return hit
         escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in job_id)
         for key in self.connection.scan_iter(match=f"{self.keys.prefix}:{{*}}:job:{escaped}", count=1000):
-            text = key.decode("utf-8", "replace")
+            text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
             start, end = text.find(":{") + 2, text.find("}:job:")
             if start > 1 and end > start:
                 return text[start:end]

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -196,7 +196,8 @@ class Upkeep:
         still on the stalled list with the envelope it was made from; its side effects (dead letter,
         events) follow only then, so two workers settling at once act once."""
         keys = state.keys
-        envelope, priority = cast(list[bytes | None], self.connection.hmget(keys.job_bytes(job_id), ["d", "p"]))
+        raw_key: Any = keys.job_bytes(job_id)  # bytes: the id may not be UTF-8
+        envelope, priority = cast(list[bytes | None], self.connection.hmget(raw_key, ["d", "p"]))
         shown = job_id.decode("utf-8", "backslashreplace")
         rank = int(priority) if priority and priority.isdigit() and 1 <= int(priority) <= 10 else 5
         runtime = self.worker.runtime_for(state)
@@ -207,7 +208,7 @@ class Upkeep:
             return
         outcome = decide_stalled(envelope, runtime, job_id=shown, queue=state.name)
         if outcome is None:  # not an envelope of a known job: run it through execution, which dead-letters it
-            args = ["requeue", envelope, 0]
+            args: list[Any] = ["requeue", envelope, 0]
         elif isinstance(outcome, Retry):
             args = ["retry", outcome.envelope.encode(), round(outcome.delay * 1000)]
         else:

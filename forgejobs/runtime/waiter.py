@@ -11,6 +11,7 @@ stretch before a due time is waited here, on a local event, for precision.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -61,10 +62,9 @@ class Waiter:
             self._local.set()
             in_redis = self._in_redis
         if in_redis:
-            try:
+            # On an error the waiter's own call fails too, and it looks again after its backoff.
+            with contextlib.suppress(redis.RedisError):
                 self.connection.zadd(self.wake_key, {"poke": 0})
-            except redis.RedisError:
-                pass  # the waiter's own call fails too, and it looks again after its backoff
 
     def run(self, stop: threading.Event) -> None:
         outage = self.worker.outage
@@ -77,10 +77,8 @@ class Waiter:
             except Exception:  # noqa: BLE001 - the waiter must go on, or idle slots never wake
                 log.exception("worker waiter failed; trying again")
                 stop.wait(0.5)
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.connection.delete(self.wake_key)
-        except redis.RedisError:
-            pass
 
     def step(self, stop: threading.Event) -> None:
         worker = self.worker

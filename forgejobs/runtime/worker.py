@@ -532,7 +532,7 @@ class Worker:
 
     def _corrupt(self, state: QueueState, slot: Slot, job: Fetched, shown: str) -> Finish:
         """A record without a readable envelope: keep what is there as a dead letter, never run it."""
-        key = state.keys.job_bytes(job.id)
+        key: Any = state.keys.job_bytes(job.id)  # bytes: the id may not be UTF-8
         try:
             kind = self.connection.type(key)
             kind_text = kind.decode() if isinstance(kind, bytes) else str(kind)
