@@ -1,61 +1,93 @@
 #!/usr/bin/env python
-"""Throughput of forgejobs against raw RQ, in the same run, on the same Redis.
+"""forgejobs' runtime against raw RQ's `SimpleWorker`, in one run, on the same Redis: one table.
 
-    python bench/throughput.py [--jobs N] [--repeat R] [--batches 100,1000] [--redis-url URL] [--breakdown]
+    python bench/throughput.py [--jobs 5000] [--repeat 3] [--sleep-jobs 200] [--latency-samples 200]
+                               [--delayed-jobs 100] [--batches 100,1000] [--redis-url URL]
+                               [--skip-pss] [--breakdown] [--profile]
 
-Measures, each `--repeat` times (default 5; the table shows the median), the two sides of each
-measurement back to back, alternating which goes first:
+Each measurement runs `--repeat` times (default 3) after an unrecorded warm-up; forgejobs and RQ are
+measured back to back, alternating which goes first. Both run in this process (forgejobs' `Worker`
+as threads, RQ's `SimpleWorker` in the main thread) on one redis-py connection pool whose
+`CountingConnection` counts what is sent. RQ runs with its defaults (pickle, 180 s timeout) and
+`logging_level="WARNING"`, as forgejobs' worker logs (RQ's INFO would write three lines per job to
+the terminal and measure the terminal).
 
-1. enqueue/s, single: `NoopJob.enqueue(n=i)` through a `Client(RQBackend(...))` against
-   `Queue.enqueue(noop, i)` on a plain RQ `Queue` with RQ's defaults (pickle serializer).
-2. enqueue/s, bulk: `NoopJob.enqueue_many([...])` against `Queue.enqueue_many([Queue.prepare_data(...)...],
-   pipeline=pipe)` + `pipe.execute()`, one call per batch, for each batch size. Building the
-   batch's items is inside the timing on both sides.
-3. worker jobs/s on no-op jobs, two ways:
-   a. "worker slot": the loop every `forgejobs worker` child process runs (`SlotWorker` from
-      `make_slot`, SIGALRM timeouts, `work(max_jobs=N)` blocking on BLPOP over the queue's ten
-      priority sub-queues), in this process, against raw RQ `SimpleWorker([queue]).work(max_jobs=N)`;
-   b. "--threads": `forgejobs.worker.Worker` (queue "bench", concurrency=1, in this process,
-      `run(burst=True, horizon=0)`; timer-thread timeouts) against `SimpleWorker([queue]).work(burst=True)`.
-   N jobs are enqueued first (untimed). The rate is taken from the jobs' own RQ timestamps:
-   (N - 1) / (last job's ended_at - first job's started_at), on both sides. So neither the
-   start-up (threads, worker registration) nor forgejobs' burst exit detection (three idle
-   polls 0.1 s apart, plus up to 1 s for the BLPOP of its worker thread to time out) is in
-   the rate; the wall time of run()/work(), which includes them, is printed separately.
-   RQ's worker runs with logging_level="WARNING", as forgejobs' worker does: RQ's default
-   (INFO) would write three log lines per job to the terminal and measure the terminal.
+1. No-op jobs/s, one worker process. N (`--jobs`) jobs are enqueued first (untimed); then
+   forgejobs' `Worker(concurrency=1)` and `Worker(concurrency=10)` (`start()`, stopped as soon
+   as its `on_outcome` has seen N outcomes, so burst-exit detection is never in it) and RQ's
+   `SimpleWorker.work(burst=True)`. SimpleWorker is a single slot: the concurrency-10 row
+   compares against that same single SimpleWorker. The rate is (N - 1) / (last finish - first
+   finish), the finish times read back from Redis afterwards: the job hash's `ft` (ms, Redis
+   clock) for forgejobs, RQ's `ended_at`. That is the first job's start to the last job's
+   finish less one no-op job, so the start-up of either worker is not in it; the rate over the
+   whole call (start-up included) is printed under "details".
+2. 50 ms I/O-bound jobs/s (`time.sleep(0.05)`): `--sleep-jobs` jobs at concurrency 10 and a fifth
+   of them at concurrency 1 (forgejobs; same process), RQ's SimpleWorker on the fifth. The jobs
+   record their own start and end; rate = jobs / (last end - first start). The speed-up
+   c10 / c1 is printed (target >= 9x).
+3. Redis commands per job as the server counts them: the `INFO commandstats` delta (calls summed
+   over every cmdstat_* entry, which includes commands run inside Lua scripts) over the
+   measurement, less the one INFO call that is inside it, divided by the jobs. Enqueue side from
+   the single-enqueue run, worker side from the no-op runs (start-up and stop included), total =
+   both. Round trips per job are counted in the client: one per single command or pipeline
+   execute. The server's counts include every other client of the server, which can only add:
+   the table shows the lowest of the runs (the details warn when the runs disagree).
+   Reference targets from the issue: <= 2 round trips, <= 12 commands per job (BullMQ measured 24,
+   Huey 3).
+4. Pick-up latency: one idle worker (concurrency 1) waits; a `StartStamp` job is enqueued every
+   ~5 ms (`--latency-spacing`) once the previous one started; latency = the time.time() the job
+   records when it starts - the time.time() just before the enqueue call. `--latency-samples`
+   per run (after 5 unrecorded), all runs pooled for p50/p99. RQ: SimpleWorker blocking in its
+   BLPOP, the enqueues from a second thread.
+5. Delayed-job lateness (forgejobs only: RQ's scheduler is a separate polling loop, not comparable):
+   `--delayed-jobs` StartStamp jobs enqueued with `with_options(delay=...)`, delays uniform over
+   0.2-2 s, one idle worker; lateness = start - (time.time() before the enqueue call + delay),
+   which is at most a few µs later than the due time the client computes. Pooled over runs.
+6. Enqueue/s: `NoopJob.enqueue(n=i)` against `Queue.enqueue(noop, i)`; `NoopJob.enqueue_many`
+   against `Queue.enqueue_many([...prepare_data...], pipeline=pipe)` + `pipe.execute()`, per batch
+   size, building the items inside the timing on both sides.
+7. Redis bytes per waiting job: after one job (so the list, marker and stream exist), 1000 more
+   jobs with the catalog's `email.welcome-email` payload (`user_id` = "usr_" + 24 hex) enqueued one
+   by one; `INFO memory` used_memory delta / 1000. Also `MEMORY USAGE` of one job hash (mean of 20)
+   plus the per-job share of the wait list (and, forgejobs, of the event stream, which the
+   "enqueued" event grows until its cap). RQ: `Queue.enqueue(welcome_email, user_id)`.
+8. Worker PSS: `python -m forgejobs.cli worker` (and `--processes`) as a subprocess on the catalog
+   (FORGEJOBS_JOBS=jobs, FORGEJOBS_SPECS=specs, its SQLite/outbox/storage in a temp dir), cwd the
+   repo root; once every slot of the eight queues holds a lease (the `forgejobs:{q}:workers` sets),
+   and 1 s more, the Pss of /proc/<pid>/smaps_rollup summed over the process and its children;
+   then SIGTERM to that PID. Measured once per bench run (it hardly varies).
 
-Besides the rates, a second table shows per job: the CPU time of this process (all threads, so
-for forgejobs' worker also its polling, scheduler and timer threads; far less disturbed by other
-load on the machine than the rates are), and Redis commands, counted two ways:
-- "cmds": exact, on the client side: every command this process sends (pipelined ones,
-  MULTI/EXEC, WATCH, the worker's heartbeats and scheduler thread included) through a counting
-  redis-py Connection class that both sides use.
-- "INFO Δ": `INFO stats` total_commands_processed after minus before, server-wide. It
-  includes any other client's commands on the same server, so the client-side count is the one
-  to trust when the two disagree. For the worker row both include start-up and the idle
-  polling until run()/work() returns.
+`--profile` adds a cProfile of forgejobs' worker loop (the slot thread, and the upkeep thread) on N
+no-op jobs at concurrency 1: top 15 by cumulative time.
 
 Safety: the bench refuses to start unless the database in `--redis-url` (default
-redis://127.0.0.1:6379/14) is empty. Because it was empty at start, every key in it afterwards
-was made by the bench, so FLUSHDB of that one database (never FLUSHALL) is used to reset it
-between measurements and to remove everything the bench made at the end, also on error or Ctrl-C.
+redis://127.0.0.1:6379/14) is empty. Because it was empty at start, every key in it afterwards was
+made by the bench, so FLUSHDB of that one database (never FLUSHALL) resets it between measurements
+and removes everything the bench made at the end, also on error or Ctrl-C. Worker subprocesses
+are stopped by their PID.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import io
 import os
+import pstats
+import random
+import secrets
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -74,42 +106,56 @@ for _path in (str(REPO_ROOT), str(BENCH_DIR)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from benchjobs import QUEUE, NoopJob, registry  # noqa: E402
-from benchjobs.rqfuncs import noop  # noqa: E402
+from benchjobs import QUEUE, NoopJob, SleepJob, StartStamp, WelcomeEmail, registry  # noqa: E402
+from benchjobs.rqfuncs import noop, sleep50, stamp, welcome_email  # noqa: E402
+from benchjobs.timing import RECORDER  # noqa: E402
 
-from forgejobs.backends.rq import RQBackend, install_runtime  # noqa: E402
-from forgejobs.backends.stalls import Heartbeat  # noqa: E402
+from forgejobs.backends.redis import RedisBackend  # noqa: E402
 from forgejobs.client import Client, use_client  # noqa: E402
-from forgejobs.execution import Runtime  # noqa: E402
-from forgejobs.keys import rq_queue_name  # noqa: E402
-from forgejobs.options import DEFAULT_PRIORITY  # noqa: E402
+from forgejobs.keys import Keys  # noqa: E402
+from forgejobs.runtime.worker import Worker  # noqa: E402
 from forgejobs.settings import Settings  # noqa: E402
-from forgejobs.worker import SlotWorker, Worker, make_slot  # noqa: E402
+from forgejobs.specs import load_specs  # noqa: E402
 
 DEFAULT_URL = "redis://127.0.0.1:6379/14"
 RQ_QUEUE = "rqbench"
-TARGET = 0.9  # forgejobs / RQ must be at least this
+RQ_EMAIL_QUEUE = "rqemail"
 PREFILL_CHUNK = 1000
+WARM_SAMPLES = 5  # pick-up samples dropped at the start of each run
+MEMORY_JOBS = 1000
+SPECS_DIR = REPO_ROOT / "specs"
+
+TARGET_SINGLE = 10_000
+TARGET_BULK = 23_000
+TARGET_SPEEDUP = 9.0
+TARGET_COMMANDS = 12
+TARGET_TRIPS = 2
+TARGET_LATE_MS = 50
+TARGET_BYTES = 1024
+TARGET_PSS_MB = 250
 
 
 # -- counting Redis commands on the client side ------------------------------------------
 
 
 class CommandCounter:
-    """Commands sent by every CountingConnection of this process, by name."""
+    """Commands and round trips sent by every CountingConnection of this process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._trips = 0
 
     def add(self, names: Iterable[str]) -> None:
         with self._lock:
             self._counts.update(names)
+            self._trips += 1
 
-    def take(self) -> Counter[str]:
+    def take(self) -> tuple[Counter[str], int]:
         with self._lock:
-            counts, self._counts = self._counts, Counter()
-        return counts
+            counts, trips = self._counts, self._trips
+            self._counts, self._trips = Counter(), 0
+        return counts, trips
 
 
 COUNTER = CommandCounter()
@@ -123,7 +169,8 @@ def _command_name(args: tuple[Any, ...] | list[Any]) -> str:
 
 
 class CountingConnection(redis.connection.Connection):
-    """A redis-py Connection that counts what it sends: single commands and pipelines alike."""
+    """A redis-py Connection that counts what it sends: a single command or a whole pipeline is one
+    round trip (redis-py sends a pipeline, MULTI/EXEC included, with one `pack_commands`)."""
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         COUNTER.add([_command_name(args)])
@@ -135,106 +182,292 @@ class CountingConnection(redis.connection.Connection):
         return super().pack_commands(commands)
 
 
-# -- measurements ------------------------------------------------------------------------
+# -- samples ---------------------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    """What one timed run returns."""
+
+    jobs: int
+    seconds: float = 0.0
+    wall: float | None = None
 
 
 @dataclass
 class Sample:
     jobs: int
-    seconds: float
+    seconds: float  # the window the rate is taken over
     commands: Counter[str]  # client-side, exact
-    server_commands: int  # INFO total_commands_processed delta, server-wide
-    cpu: float  # CPU seconds of this process (all threads) during the run
-    wall: float | None = None  # worker rows: run()/work() from call to return
-    intervals: int | None = None  # worker rows: N - 1 job-to-job intervals in `seconds`
+    trips: int  # client-side round trips
+    server: int  # INFO commandstats delta (calls), server-wide
+    cpu: float  # CPU seconds of this process (all threads)
+    wall: float | None = None  # whole call, start-up included
+    intervals: int | None = None  # rate = intervals / seconds (None: jobs / seconds)
+    values: list[float] = field(default_factory=list)  # latencies, lateness, bytes, ...
 
     @property
     def rate(self) -> float:
         return (self.intervals or self.jobs) / self.seconds
 
     @property
-    def cmds_per_job(self) -> float:
-        return sum(self.commands.values()) / self.jobs
+    def wall_rate(self) -> float | None:
+        return self.jobs / self.wall if self.wall else None
 
     @property
     def server_per_job(self) -> float:
-        return self.server_commands / self.jobs
+        return self.server / self.jobs
+
+    @property
+    def trips_per_job(self) -> float:
+        return self.trips / self.jobs
+
+    @property
+    def sent_per_job(self) -> float:
+        return sum(self.commands.values()) / self.jobs
 
     @property
     def cpu_us_per_job(self) -> float:
         return self.cpu / self.jobs * 1e6
 
 
-@dataclass
-class Case:
-    title: str
-    forgejobs: list[Sample] = field(default_factory=list)
-    rq: list[Sample] = field(default_factory=list)
+class Countdown:
+    """An `on_outcome` callback that sets `done` once it has seen `n` outcomes."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    def hit(self, name: str, outcome: object) -> None:
+        with self._lock:
+            self.count += 1
+            if self.count >= self.n:
+                self.done.set()
 
 
 @dataclass
-class Timed:
-    """What one timed run returns: how many jobs, over how many seconds."""
+class Pss:
+    mode: str
+    kb: int
+    processes: int
+    slots: int
+    seconds_to_ready: float
 
-    jobs: int
-    seconds: float
-    wall: float | None = None
-    intervals: int | None = None
+
+@contextlib.contextmanager
+def restored_signals() -> Iterator[None]:
+    """RQ's worker installs SIGINT/SIGTERM handlers in the main thread; put ours back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def user_id() -> str:
+    return "usr_" + secrets.token_hex(12)
+
+
+# -- the measurements --------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, url: str, jobs: int) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.jobs = jobs
-        # `admin` (not counted) checks, resets and reads timestamps; `conn` is what both sides use.
+        # `admin` (not counted) checks, resets and reads results; `conn` is what both sides use.
         self.admin = redis.Redis.from_url(url)
         self.conn = redis.Redis.from_url(url, connection_class=CountingConnection)
-        self.settings = Settings(redis_url=url)
+        # Explicit, so that FORGEJOBS_* in the environment cannot add hooks or change the keys.
+        self.settings = Settings(redis_url=url, hooks=None, key_prefix="forgejobs")
+        self.keys = Keys(self.settings.key_prefix)
+        self.qkeys = self.keys.queue(QUEUE)
         self.registry = registry()
+        self.admin_backend = RedisBackend(self.admin, self.keys)
 
     # -- helpers -----------------------------------------------------------------------
 
     def reset(self) -> None:
         # The database was empty when the bench started (checked in main), so all its keys are ours.
         self.admin.flushdb()
+        RECORDER.clear()
 
-    def server_total(self) -> int:
-        return int(self.admin.info("stats")["total_commands_processed"])
+    def server_calls(self) -> int:
+        return sum(int(v["calls"]) for k, v in self.admin.info("commandstats").items() if k.startswith("cmdstat_"))
+
+    def used_memory(self) -> tuple[int, int]:
+        info = self.admin.info("memory")
+        return int(info["used_memory"]), int(info["used_memory_dataset"])
 
     def measure(self, run: Callable[[], Timed]) -> Sample:
         COUNTER.take()
-        before = self.server_total()
+        before = self.server_calls()
         cpu = time.process_time()
         timed = run()
         cpu = time.process_time() - cpu
-        after = self.server_total()
-        commands = COUNTER.take()
+        after = self.server_calls()
+        commands, trips = COUNTER.take()
         # `after` counts the `before` INFO call (a command is counted once it has run).
-        return Sample(timed.jobs, timed.seconds, commands, after - before - 1, cpu, timed.wall, timed.intervals)
+        return Sample(timed.jobs, timed.seconds, commands, trips, after - before - 1, cpu, timed.wall)
 
     def client(self) -> Client:
-        return Client(RQBackend(self.conn), self.registry)
+        return Client(RedisBackend(self.conn, self.keys), self.registry)
 
-    def rq_queue(self) -> Queue:
-        return Queue(RQ_QUEUE, connection=self.conn)  # RQ's defaults: pickle serializer, 180 s timeout
+    def rq_queue(self, name: str = RQ_QUEUE) -> Queue:
+        return Queue(name, connection=self.conn)  # RQ's defaults: pickle serializer, 180 s timeout
 
-    def window(self, ids: list[str]) -> float:
-        """Seconds from the first job's start to the last job's end, from RQ's own job hashes."""
+    def worker(self, concurrency: int, countdown: Countdown | None = None) -> Worker:
+        return Worker(
+            self.settings,
+            self.registry,
+            queues=[QUEUE],
+            concurrency=concurrency,
+            connection=self.conn,
+            resources=object(),  # not the catalog's: load_resources would build its SQLite database
+            hooks=None,
+            on_outcome=countdown.hit if countdown else None,
+        )
+
+    @contextlib.contextmanager
+    def running(self, worker: Worker) -> Iterator[Worker]:
+        """A started worker, stopped (running jobs finish) and joined on the way out, also on error."""
+        worker.start()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            if not worker.join(30):
+                raise RuntimeError("forgejobs worker did not stop within 30 s")
+
+    def prefill_fj(self, n: int, make: Callable[[int], dict[str, Any]], job: Any = NoopJob) -> list[str]:
+        """Enqueue n jobs (untimed) and return their ids."""
+        ids: list[str] = []
+        with use_client(self.client()):
+            for start in range(0, n, PREFILL_CHUNK):
+                count = min(PREFILL_CHUNK, n - start)
+                ids.extend(h.id for h in job.enqueue_many([make(i) for i in range(start, start + count)]))
+        return ids
+
+    def prefill_rq(self, n: int, func: Callable[..., Any]) -> tuple[Queue, list[str]]:
+        queue = self.rq_queue()
+        ids: list[str] = []
+        for start in range(0, n, PREFILL_CHUNK):
+            count = min(PREFILL_CHUNK, n - start)
+            with self.conn.pipeline() as pipe:
+                jobs = queue.enqueue_many([Queue.prepare_data(func, (i,)) for i in range(start, start + count)], pipe)
+                pipe.execute()
+            ids.extend(j.id for j in jobs)
+        return queue, ids
+
+    def check_fj(self, worker: Worker, n: int) -> None:
+        if worker.stats.counts != Counter(succeeded=n):
+            raise RuntimeError(f"forgejobs worker outcomes {dict(worker.stats.counts)}, expected {n} succeeded")
+        left = self.admin_backend.pending([QUEUE])
+        if left:
+            raise RuntimeError(f"{left} forgejobs jobs still waiting or running")
+
+    def check_rq(self, n: int) -> None:
+        checked = Queue(RQ_QUEUE, connection=self.admin)
+        finished = FinishedJobRegistry(queue=checked).count
+        failed = FailedJobRegistry(queue=checked).count
+        if finished != n or failed or checked.count:
+            raise RuntimeError(f"RQ worker: {finished} finished, {failed} failed, {checked.count} left of {n}")
+
+    def fj_finish_window(self, ids: list[str]) -> float:
+        """Seconds from the first job's finish to the last's, from the job hashes' `ft` (ms, Redis clock)."""
         with self.admin.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(f"rq:job:{job_id}", "started_at", "ended_at")
-            rows = pipe.execute()
-        if any(not started or not ended for started, ended in rows):
-            raise RuntimeError("some bench jobs have no started_at/ended_at: did they all run?")
-        first = min(str_to_date(started) for started, _ in rows)
-        last = max(str_to_date(ended) for _, ended in rows)
-        return (last - first).total_seconds()
+                pipe.hget(self.qkeys.job(job_id), "ft")
+            finishes = pipe.execute()
+        if not all(finishes):
+            raise RuntimeError("some forgejobs bench jobs have no finish time: did they all run?")
+        ms = [int(f) for f in finishes]
+        return max(1, max(ms) - min(ms)) / 1000
 
-    # -- 1. enqueue, single --------------------------------------------------------------
+    def rq_finish_window(self, ids: list[str]) -> float:
+        with self.admin.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(f"rq:job:{job_id}", "ended_at")
+            ends = pipe.execute()
+        if not all(ends):
+            raise RuntimeError("some RQ bench jobs have no ended_at: did they all run?")
+        moments = [str_to_date(e) for e in ends]
+        return (max(moments) - min(moments)).total_seconds()
+
+    @staticmethod
+    def sleep_window(n: int) -> float:
+        """Seconds from the first sleep job's start to the last one's end, as the jobs recorded them."""
+        if len(RECORDER.starts) != n or len(RECORDER.ends) != n:
+            raise RuntimeError(f"{len(RECORDER.ends)} of {n} sleep jobs recorded their end")
+        return max(RECORDER.ends.values()) - min(RECORDER.starts.values())
+
+    # -- 1. no-op jobs / 2. sleep jobs: forgejobs -----------------------------------------
+
+    def fj_work(
+        self, n: int, concurrency: int, job: Any, make: Callable[[int], dict[str, Any]]
+    ) -> tuple[Sample, list[str]]:
+        ids = self.prefill_fj(n, make, job)
+        countdown = Countdown(n)
+        worker = self.worker(concurrency, countdown)
+
+        def run() -> Timed:
+            t0 = time.perf_counter()
+            with self.running(worker):
+                if not countdown.done.wait(timeout=120 + n / 50):
+                    raise RuntimeError(f"forgejobs worker ran {countdown.count} of {n} jobs")
+                wall = time.perf_counter() - t0
+            return Timed(n, wall=wall)
+
+        sample = self.measure(run)
+        # Checks and timestamps are read after the measurement: neither their commands nor their CPU count.
+        self.check_fj(worker, n)
+        return sample, ids
+
+    def fj_noop(self, n: int, concurrency: int) -> Sample:
+        sample, ids = self.fj_work(n, concurrency, NoopJob, lambda i: {"n": i})
+        sample.seconds = self.fj_finish_window(ids)
+        sample.intervals = n - 1
+        return sample
+
+    def fj_sleep(self, n: int, concurrency: int) -> Sample:
+        sample, _ = self.fj_work(n, concurrency, SleepJob, lambda i: {"n": i})
+        sample.seconds = self.sleep_window(n)
+        return sample
+
+    # -- 1. no-op jobs / 2. sleep jobs: RQ -----------------------------------------------
+
+    def rq_work(self, n: int, func: Callable[..., Any]) -> tuple[Sample, list[str]]:
+        queue, ids = self.prefill_rq(n, func)
+        worker = SimpleWorker([queue], connection=self.conn)
+
+        def run() -> Timed:
+            with restored_signals():
+                t0 = time.perf_counter()
+                worker.work(burst=True, logging_level="WARNING")
+                wall = time.perf_counter() - t0
+            return Timed(n, wall=wall)
+
+        sample = self.measure(run)
+        self.check_rq(n)
+        return sample, ids
+
+    def rq_noop(self, n: int) -> Sample:
+        sample, ids = self.rq_work(n, noop)
+        sample.seconds = self.rq_finish_window(ids)
+        sample.intervals = n - 1
+        return sample
+
+    def rq_sleep(self, n: int) -> Sample:
+        sample, _ = self.rq_work(n, sleep50)
+        sample.seconds = self.sleep_window(n)
+        return sample
+
+    # -- 6. enqueue ------------------------------------------------------------------------
 
     def fj_single(self, n: int) -> Sample:
-        client = self.client()
-        with use_client(client):
+        with use_client(self.client()):
 
             def run() -> Timed:
                 t0 = time.perf_counter()
@@ -255,11 +488,8 @@ class Bench:
 
         return self.measure(run)
 
-    # -- 2. enqueue, bulk ----------------------------------------------------------------
-
     def fj_bulk(self, n: int, batch: int) -> Sample:
-        client = self.client()
-        with use_client(client):
+        with use_client(self.client()):
 
             def run() -> Timed:
                 t0 = time.perf_counter()
@@ -282,124 +512,345 @@ class Bench:
 
         return self.measure(run)
 
-    # -- 3. worker ---
+    # -- 4. pick-up latency ----------------------------------------------------------------
 
-    def prefill_forgejobs(self, n: int) -> list[str]:
-        """Enqueue n no-op jobs (untimed) and return their ids."""
-        ids: list[str] = []
-        with use_client(self.client()):
-            for start in range(0, n, PREFILL_CHUNK):
-                count = min(PREFILL_CHUNK, n - start)
-                ids.extend(h.id for h in NoopJob.enqueue_many([{"n": i} for i in range(start, start + count)]))
-        return ids
+    def fj_pickup(self, samples: int, spacing: float) -> Sample:
+        worker = self.worker(1)
+        latencies: list[float] = []
 
-    def prefill_rq(self, n: int) -> tuple[Queue, list[str]]:
+        def run() -> Timed:
+            with self.running(worker), use_client(self.client()):
+                time.sleep(0.5)  # registered, idle, waiting
+                for i in range(WARM_SAMPLES + samples):
+                    tag = f"p{i}"
+                    t0 = time.time()
+                    StartStamp.enqueue(tag=tag)
+                    started = RECORDER.wait(tag, 10)
+                    if started is None:
+                        raise RuntimeError(f"forgejobs pick-up job {i} did not start within 10 s")
+                    if i >= WARM_SAMPLES:
+                        latencies.append(started - t0)
+                    time.sleep(spacing)
+            return Timed(WARM_SAMPLES + samples)
+
+        sample = self.measure(run)
+        sample.values = latencies
+        return sample
+
+    def rq_pickup(self, samples: int, spacing: float) -> Sample:
         queue = self.rq_queue()
-        ids: list[str] = []
-        for start in range(0, n, PREFILL_CHUNK):
-            count = min(PREFILL_CHUNK, n - start)
-            with self.conn.pipeline() as pipe:
-                jobs = queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in range(start, start + count)], pipe)
-                pipe.execute()
-            ids.extend(j.id for j in jobs)
-        return queue, ids
+        worker = SimpleWorker([queue], connection=self.conn)
+        total = WARM_SAMPLES + samples
+        latencies: list[float] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
 
-    # -----------------------------------------------------------------------
-
-    def fj_worker(self, n: int) -> Sample:
-        ids = self.prefill_forgejobs(n)
-        worker = Worker(self.settings, self.registry, queues=[QUEUE], concurrency=1, connection=self.conn)
+        def feed() -> None:
+            try:
+                time.sleep(0.5)  # registered, idle, blocking in BLPOP
+                for i in range(total):
+                    if stop.is_set():
+                        return
+                    tag = f"p{i}"
+                    t0 = time.time()
+                    queue.enqueue(stamp, tag)
+                    started = RECORDER.wait(tag, 10)
+                    if started is None:
+                        raise RuntimeError(f"RQ pick-up job {i} did not start within 10 s")
+                    if i >= WARM_SAMPLES:
+                        latencies.append(started - t0)
+                    time.sleep(spacing)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
 
         def run() -> Timed:
-            with restored_signals():
-                t0 = time.perf_counter()
-                worker.run(burst=True, horizon=0)
-                wall = time.perf_counter() - t0
-            return Timed(n, 0.0, wall, intervals=n - 1)  # seconds: from the job hashes, below
+            feeder = threading.Thread(target=feed, name="bench-rq-feeder", daemon=True)
+            feeder.start()
+            try:
+                with restored_signals():
+                    # max_idle_time: if the feeder fails, the worker gives up instead of waiting forever.
+                    worker.work(burst=False, max_jobs=total, max_idle_time=15, logging_level="WARNING")
+            finally:
+                stop.set()
+                feeder.join(15)
+            if errors:
+                raise errors[0]
+            if len(latencies) < samples:
+                raise RuntimeError(f"RQ worker stopped after {len(latencies)} of {samples} pick-up jobs (Ctrl-C?)")
+            return Timed(total)
 
         sample = self.measure(run)
-        # Checks and timestamps are read after the measurement, so that neither their commands nor
-        # their CPU time count.
-        if any(t.is_alive() for t in getattr(worker, "_threads", [])):
-            raise RuntimeError("forgejobs worker threads still alive after run()")
-        if worker.stats.counts != Counter(succeeded=n):
-            raise RuntimeError(f"forgejobs worker outcomes {dict(worker.stats.counts)}, expected {n} succeeded")
-        waiting = self.admin.llen(f"rq:queue:{rq_queue_name(QUEUE, DEFAULT_PRIORITY)}")
-        if waiting:
-            raise RuntimeError(f"{waiting} forgejobs jobs left on the queue")
-        sample.seconds = self.window(ids)
+        sample.values = latencies
         return sample
 
-    def fj_slot(self, n: int) -> Sample:
-        """The loop each `forgejobs worker` child runs (SlotWorker, SIGALRM timeouts), in this process."""
-        ids = self.prefill_forgejobs(n)
-        backend = RQBackend(self.conn)
-        # As a `forgejobs worker` child builds it: with its heartbeat, which also writes the job's events.
-        beat = Heartbeat(self.conn, backend.keys, self.settings.stall_timeout, backend.events)
-        name = f"bench-slot-{os.getpid()}"
-        slot = make_slot(SlotWorker, self.conn, backend.dead_letters, QUEUE, name, heartbeat=beat)
-        install_runtime(Runtime(self.registry, backend.dead_letters, events=beat.emit))
+    # -- 5. delayed-job lateness -------------------------------------------------------------
+
+    def fj_delayed(self, n: int, seed: int) -> Sample:
+        worker = self.worker(1)
+        rng = random.Random(seed)
+        dues: dict[str, float] = {}
 
         def run() -> Timed:
-            with restored_signals():
-                t0 = time.perf_counter()
-                slot.work(burst=False, max_jobs=n, logging_level="WARNING")
-                wall = time.perf_counter() - t0
-            return Timed(n, 0.0, wall, intervals=n - 1)
+            with self.running(worker), use_client(self.client()):
+                time.sleep(0.3)
+                for i in range(n):
+                    tag = f"d{i}"
+                    delay = rng.uniform(0.2, 2.0)
+                    t0 = time.time()
+                    StartStamp.with_options(delay=timedelta(seconds=delay)).enqueue(tag=tag)
+                    dues[tag] = t0 + delay
+                deadline = time.time() + 12
+                for tag in dues:
+                    if RECORDER.wait(tag, max(0.0, deadline - time.time())) is None:
+                        raise RuntimeError(f"delayed job {tag} did not start within 10 s of its due time")
+            return Timed(n)
 
+        sample = self.measure(run)
+        sample.values = [RECORDER.starts[tag] - due for tag, due in dues.items()]
+        return sample
+
+    # -- 7. bytes per waiting job ------------------------------------------------------------
+
+    def fj_memory(self, n: int) -> Sample:
+        qk = self.keys.queue(WelcomeEmail.job_options().queue or "email")
+        with use_client(self.client()):
+            WelcomeEmail.enqueue(user_id=user_id())  # list, marker, stream and script exist from here
+            before, before_data = self.used_memory()
+            ids = [WelcomeEmail.enqueue(user_id=user_id()).id for _ in range(n)]
+            after, after_data = self.used_memory()
+        sample = Sample(n, 0.0, Counter(), 0, 0, 0.0)
+        priority = WelcomeEmail.job_options().priority
+        hashes = [self.memory_usage(qk.job(i)) for i in ids[:: max(1, n // 20)][:20]]
+        wait = self.memory_usage(qk.wait(priority)) / (n + 1)
+        events = self.memory_usage(self.keys.events) / (n + 1)
+        sample.values = [(after - before) / n, (after_data - before_data) / n, statistics.mean(hashes), wait, events]
+        return sample
+
+    def rq_memory(self, n: int) -> Sample:
+        queue = self.rq_queue(RQ_EMAIL_QUEUE)
+        queue.enqueue(welcome_email, user_id())
+        before, before_data = self.used_memory()
+        ids = [queue.enqueue(welcome_email, user_id()).id for _ in range(n)]
+        after, after_data = self.used_memory()
+        sample = Sample(n, 0.0, Counter(), 0, 0, 0.0)
+        hashes = [self.memory_usage(f"rq:job:{i}") for i in ids[:: max(1, n // 20)][:20]]
+        wait = self.memory_usage(queue.key) / (n + 1)
+        sample.values = [(after - before) / n, (after_data - before_data) / n, statistics.mean(hashes), wait, 0.0]
+        return sample
+
+    def memory_usage(self, key: str) -> int:
+        return int(self.admin.memory_usage(key, samples=0) or 0)
+
+    # -- 8. worker PSS -------------------------------------------------------------------------
+
+    def worker_pss(self, processes: bool, timeout: float = 90.0) -> Pss:
+        queues = load_specs(SPECS_DIR).queues
+        expected = sum(spec.concurrency for spec in queues.values())
+        mode = "--processes" if processes else "threads"
+        with tempfile.TemporaryDirectory(prefix="forgejobs-bench-") as tmp:
+            env = {
+                **os.environ,
+                "FORGEJOBS_REDIS_URL": self.url,
+                "FORGEJOBS_JOBS": "jobs",
+                "FORGEJOBS_SPECS": str(SPECS_DIR),
+                "FORGEJOBS_KEY_PREFIX": self.settings.key_prefix,
+                "FORGEJOBS_CATALOG_DATABASE_URL": f"sqlite:///{tmp}/catalog.db",
+                "FORGEJOBS_CATALOG_OUTBOX_DIR": f"{tmp}/outbox",
+                "FORGEJOBS_CATALOG_STORAGE_DIR": f"{tmp}/storage",
+            }
+            env.pop("FORGEJOBS_HOOKS", None)
+            env.pop("FORGEJOBS_RESOURCES", None)
+            args = [sys.executable, "-m", "forgejobs.cli", "worker", *(["--processes"] if processes else [])]
+            log_path = Path(tmp) / "worker.log"
+            with log_path.open("wb") as log:
+                # Its own session: a Ctrl-C in the terminal reaches the bench, which stops it by PID.
+                process = subprocess.Popen(
+                    args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            family: list[int] = [process.pid]
+            try:
+                t0 = time.monotonic()
+                while True:
+                    if process.poll() is not None:
+                        tail = log_path.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"worker ({mode}) exited with {process.returncode}:\n{tail}")
+                    with self.admin.pipeline(transaction=False) as pipe:
+                        for name in queues:
+                            pipe.zcard(self.keys.queue(name).workers)
+                        slots = [int(c) for c in pipe.execute()]
+                    if all(slots) and sum(slots) >= expected:
+                        break
+                    if time.monotonic() - t0 > timeout:
+                        raise RuntimeError(f"worker ({mode}): {sum(slots)} of {expected} slots after {timeout:g} s")
+                    time.sleep(0.1)
+                ready = time.monotonic() - t0
+                time.sleep(1.0)
+                family = [process.pid, *descendants(process.pid)]
+                kb = sum(pss_kb(pid) for pid in family)
+                return Pss(mode, kb, len(family), sum(slots), ready)
+            finally:
+                stop_process(process, family)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, from /proc/*/stat."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            sample = self.measure(run)
-        finally:
-            install_runtime(None)
-        sample.seconds = self.window(ids)
-        return sample
-
-    def rq_slot(self, n: int) -> Sample:
-        """Raw RQ's SimpleWorker in the same blocking (non-burst) mode, stopping after n jobs."""
-        queue, ids = self.prefill_rq(n)
-        worker = SimpleWorker([queue], connection=self.conn)
-
-        def run() -> Timed:
-            with restored_signals():
-                t0 = time.perf_counter()
-                worker.work(burst=False, max_jobs=n, logging_level="WARNING")
-                wall = time.perf_counter() - t0
-            return Timed(n, 0.0, wall, intervals=n - 1)
-
-        sample = self.measure(run)
-        sample.seconds = self.window(ids)
-        return sample
-
-    def rq_worker(self, n: int) -> Sample:
-        queue, ids = self.prefill_rq(n)
-        worker = SimpleWorker([queue], connection=self.conn)
-
-        def run() -> Timed:
-            with restored_signals():
-                t0 = time.perf_counter()
-                worker.work(burst=True, logging_level="WARNING")
-                wall = time.perf_counter() - t0
-            return Timed(n, 0.0, wall, intervals=n - 1)  # seconds: from the job hashes, below
-
-        sample = self.measure(run)
-        checked = Queue(RQ_QUEUE, connection=self.admin)
-        finished = FinishedJobRegistry(queue=checked).count
-        failed = FailedJobRegistry(queue=checked).count
-        if finished != n or failed or checked.count:
-            raise RuntimeError(f"RQ worker: {finished} finished, {failed} failed, {checked.count} left of {n}")
-        sample.seconds = self.window(ids)
-        return sample
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
-@contextlib.contextmanager
-def restored_signals() -> Iterator[None]:
-    """Both workers install SIGINT/SIGTERM handlers in the main thread; put ours back afterwards."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+def pss_kb(pid: int) -> int:
     try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def stop_process(process: subprocess.Popen[bytes], family: list[int]) -> None:
+    """SIGTERM the worker by its PID and wait; SIGKILL it and the children we saw if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+
+
+# -- profile -------------------------------------------------------------------------------
+
+
+def profile_worker(bench: Bench, n: int) -> str:
+    """cProfile of the worker's slot thread (its whole loop) and upkeep thread on n no-op jobs."""
+    bench.reset()
+    bench.prefill_fj(n, lambda i: {"n": i})
+    countdown = Countdown(n)
+    worker = bench.worker(1, countdown)
+    profiles: dict[str, cProfile.Profile] = {}
+
+    def profiled(name: str, target: Callable[..., None]) -> Callable[..., None]:
+        def run(*args: Any) -> None:
+            profile = profiles[name] = cProfile.Profile()
+            profile.runcall(target, *args)
+
+        return run
+
+    # Instance attributes shadow the methods that start() hands to the threads.
+    worker._serve = profiled("slot", worker._serve)  # type: ignore[method-assign]
+    worker.upkeep.run = profiled("upkeep", worker.upkeep.run)  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    with bench.running(worker):
+        countdown.done.wait(120 + n / 50)
+    seconds = time.perf_counter() - t0
+    bench.check_fj(worker, n)
+    out = io.StringIO()
+    print(f"cProfile, {n} no-op jobs, concurrency 1, {seconds:.2f} s under the profiler:", file=out)
+    for name, count in (("slot", 15), ("upkeep", 8)):
+        print(f"\n-- {name} thread, top {count} by cumulative time --", file=out)
+        stats = pstats.Stats(profiles[name], stream=out)
+        stats.sort_stats("cumulative").print_stats(count)
+    return out.getvalue()
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    pss: list[Pss] = field(default_factory=list)
+
+    def add(self, key: str, sample: Sample) -> None:
+        self.samples.setdefault(key, []).append(sample)
+
+    def get(self, key: str) -> list[Sample]:
+        return self.samples.get(key, [])
+
+
+def run_all(bench: Bench, args: argparse.Namespace) -> Results:
+    n, sleep_n = args.jobs, args.sleep_jobs
+    sleep_n1 = max(5, sleep_n // 5)
+    spacing = args.latency_spacing
+    pairs: list[tuple[str, Callable[[], Sample], str | None, Callable[[], Sample] | None]] = [
+        ("fj noop c1", lambda: bench.fj_noop(n, 1), "rq noop", lambda: bench.rq_noop(n)),
+        ("fj noop c10", lambda: bench.fj_noop(n, 10), None, None),
+        ("fj sleep c1", lambda: bench.fj_sleep(sleep_n1, 1), "rq sleep", lambda: bench.rq_sleep(sleep_n1)),
+        ("fj sleep c10", lambda: bench.fj_sleep(sleep_n, 10), None, None),
+        ("fj single", lambda: bench.fj_single(n), "rq single", lambda: bench.rq_single(n)),
+    ]
+    for batch in args.batches:
+        count = max(batch, n - n % batch)
+        pairs.append(
+            (
+                f"fj bulk {batch}",
+                lambda c=count, b=batch: bench.fj_bulk(c, b),
+                f"rq bulk {batch}",
+                lambda c=count, b=batch: bench.rq_bulk(c, b),
+            )
+        )
+    pairs += [
+        (
+            "fj pickup",
+            lambda: bench.fj_pickup(args.latency_samples, spacing),
+            "rq pickup",
+            lambda: bench.rq_pickup(args.latency_samples, spacing),
+        ),
+        ("fj memory", lambda: bench.fj_memory(MEMORY_JOBS), "rq memory", lambda: bench.rq_memory(MEMORY_JOBS)),
+    ]
+
+    # Warm-up (not recorded): imports, pydantic and RQ first-call costs, script loading, connections.
+    warm = min(n, 300)
+    for warm_up in (
+        lambda: bench.fj_single(warm),
+        lambda: bench.rq_single(warm),
+        lambda: bench.fj_noop(warm, 1),
+        lambda: bench.fj_noop(warm, 10),
+        lambda: bench.rq_noop(warm),
+        lambda: bench.fj_sleep(10, 10),
+    ):
+        bench.reset()
+        warm_up()
+
+    results = Results()
+    for rep in range(args.repeat):
+        for fj_key, fj, rq_key, rq in pairs:
+            sides: list[tuple[str, Callable[[], Sample]]] = [(fj_key, fj)]
+            if rq_key is not None and rq is not None:
+                sides.append((rq_key, rq))
+            for key, measure in sides if rep % 2 == 0 else reversed(sides):
+                bench.reset()
+                results.add(key, measure())
+        bench.reset()
+        results.add("fj delayed", bench.fj_delayed(args.delayed_jobs, seed=rep))
+        print(f"  run {rep + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+    if not args.skip_pss:
+        for processes in (False, True):
+            bench.reset()
+            results.pss.append(bench.worker_pss(processes))
+        print("  worker PSS done", file=sys.stderr, flush=True)
+    bench.reset()
+    return results
 
 
 # -- report --------------------------------------------------------------------------------
@@ -409,8 +860,312 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
-def med_sample(samples: list[Sample]) -> Sample:
-    return sorted(samples, key=lambda s: s.rate)[len(samples) // 2]
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+@dataclass
+class Row:
+    label: str
+    fj: float | None
+    rq: float | None = None
+    target: str = ""
+    met: bool | None = None
+    spec: str = ",.0f"
+
+
+def print_table(results: Results, args: argparse.Namespace) -> None:
+    r = results.get
+
+    def rate(key: str) -> float | None:
+        return median(s.rate for s in r(key)) if r(key) else None
+
+    def lowest(key: str, per_job: Callable[[Sample], float]) -> float | None:
+        return min(per_job(s) for s in r(key)) if r(key) else None
+
+    def med(key: str, per_job: Callable[[Sample], float]) -> float | None:
+        return median(per_job(s) for s in r(key)) if r(key) else None
+
+    def pooled(key: str) -> list[float]:
+        return [v for s in r(key) for v in s.values]
+
+    def add(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a + b
+
+    def at_least(value: float | None, target: float) -> bool | None:
+        return None if value is None else value >= target
+
+    def at_most(value: float | None, target: float) -> bool | None:
+        return None if value is None else value <= target
+
+    sections: list[tuple[str, list[Row]]] = []
+    n, sleep_n = args.jobs, args.sleep_jobs
+    sleep_n1 = max(5, sleep_n // 5)
+
+    c1, c10, rq1 = rate("fj noop c1"), rate("fj noop c10"), rate("rq noop")
+    sections.append(
+        (
+            f"1. no-op jobs/s, one worker process, {n} jobs (median of {args.repeat})",
+            [
+                Row("concurrency 1", c1, rq1),
+                Row("concurrency 10 (RQ: its one SimpleWorker, single-slot)", c10, rq1),
+            ],
+        )
+    )
+
+    s1, s10, rqs = rate("fj sleep c1"), rate("fj sleep c10"), rate("rq sleep")
+    speedup = s10 / s1 if s1 and s10 else None
+    sections.append(
+        (
+            "2. 50 ms sleep jobs/s, one process",
+            [
+                Row(f"concurrency 1 ({sleep_n1} jobs)", s1, rqs, spec=",.1f"),
+                Row(f"concurrency 10 ({sleep_n} jobs; RQ: its one SimpleWorker)", s10, rqs, spec=",.1f"),
+                Row("speed-up, concurrency 10 / 1 (x)", speedup, None, f">= {TARGET_SPEEDUP:g}x", None, ".2f"),
+            ],
+        )
+    )
+    if speedup is not None:
+        sections[-1][1][-1].met = speedup >= TARGET_SPEEDUP
+
+    def server(s: Sample) -> float:
+        return s.server_per_job
+
+    def trips(s: Sample) -> float:
+        return s.trips_per_job
+
+    batch = args.batches[0] if args.batches else None
+    total_fj = add(lowest("fj single", server), lowest("fj noop c1", server))
+    total_rq = add(lowest("rq single", server), lowest("rq noop", server))
+    trips_fj = add(med("fj single", trips), med("fj noop c1", trips))
+    trips_rq = add(med("rq single", trips), med("rq noop", trips))
+    rows = [
+        Row("commands: enqueue (single)", lowest("fj single", server), lowest("rq single", server), spec=".2f"),
+    ]
+    if batch is not None:
+        rows.append(
+            Row(
+                f"commands: enqueue_many (batch {batch})",
+                lowest(f"fj bulk {batch}", server),
+                lowest(f"rq bulk {batch}", server),
+                spec=".2f",
+            )
+        )
+    rows += [
+        Row("commands: worker, concurrency 1", lowest("fj noop c1", server), lowest("rq noop", server), spec=".2f"),
+        Row(
+            "commands: worker, concurrency 10 (RQ: c1)",
+            lowest("fj noop c10", server),
+            lowest("rq noop", server),
+            spec=".2f",
+        ),
+        Row(
+            "commands: total, single enqueue + worker c1",
+            total_fj,
+            total_rq,
+            f"<= {TARGET_COMMANDS} (BullMQ 24, Huey 3)",
+            at_most(total_fj, TARGET_COMMANDS),
+            ".2f",
+        ),
+        Row("round trips: enqueue (single)", med("fj single", trips), med("rq single", trips), spec=".2f"),
+        Row("round trips: worker, concurrency 1", med("fj noop c1", trips), med("rq noop", trips), spec=".2f"),
+        Row(
+            "round trips: total",
+            trips_fj,
+            trips_rq,
+            f"<= {TARGET_TRIPS}",
+            at_most(trips_fj, TARGET_TRIPS),
+            ".2f",
+        ),
+    ]
+    sections.append(("3. Redis per job, no-op (commands: server INFO commandstats, lowest run; trips: client)", rows))
+
+    fj_pick, rq_pick = pooled("fj pickup"), pooled("rq pickup")
+
+    def ms(values: list[float], q: float) -> float | None:
+        return percentile(values, q) * 1000 if values else None
+
+    sections.append(
+        (
+            f"4. pick-up latency, idle worker, ms ({len(fj_pick)} samples, all runs pooled)",
+            [
+                Row("p50", ms(fj_pick, 0.5), ms(rq_pick, 0.5), spec=".2f"),
+                Row("p99", ms(fj_pick, 0.99), ms(rq_pick, 0.99), spec=".2f"),
+            ],
+        )
+    )
+    late = pooled("fj delayed")
+    late99 = ms(late, 0.99)
+    sections.append(
+        (
+            f"5. delayed-job lateness, ms ({len(late)} jobs due over 0.2-2 s; RQ's scheduler: not comparable)",
+            [
+                Row("p50", ms(late, 0.5), None, spec=".2f"),
+                Row("p99", late99, None, f"<= {TARGET_LATE_MS} ms", at_most(late99, TARGET_LATE_MS), ".2f"),
+            ],
+        )
+    )
+
+    single = rate("fj single")
+    rows = [Row("single", single, rate("rq single"), f">= {TARGET_SINGLE:,}/s", at_least(single, TARGET_SINGLE))]
+    for b in args.batches:
+        bulk = rate(f"fj bulk {b}")
+        rows.append(
+            Row(
+                f"enqueue_many, batch {b}",
+                bulk,
+                rate(f"rq bulk {b}"),
+                f">= {TARGET_BULK:,}/s",
+                at_least(bulk, TARGET_BULK),
+            )
+        )
+    sections.append((f"6. enqueue/s (median of {args.repeat})", rows))
+
+    def mem(key: str, i: int) -> float | None:
+        return median(s.values[i] for s in r(key)) if r(key) else None
+
+    used = mem("fj memory", 0)
+    fj_usage = add(add(mem("fj memory", 2), mem("fj memory", 3)), mem("fj memory", 4))
+    rq_usage = add(mem("rq memory", 2), mem("rq memory", 3))
+    sections.append(
+        (
+            f"7. Redis bytes per waiting job (welcome-email payload, {MEMORY_JOBS} jobs, median)",
+            [
+                Row(
+                    "INFO memory used_memory delta / jobs",
+                    used,
+                    mem("rq memory", 0),
+                    "<= 1 KB",
+                    at_most(used, TARGET_BYTES),
+                ),
+                Row("MEMORY USAGE: job hash + list share (+ event)", fj_usage, rq_usage),
+            ],
+        )
+    )
+
+    if results.pss:
+        rows = []
+        for p in results.pss:
+            mb = p.kb / 1024
+            if p.mode == "threads":
+                rows.append(
+                    Row(
+                        "one process, slots as threads (default)",
+                        mb,
+                        None,
+                        f"<= {TARGET_PSS_MB} MB",
+                        mb <= TARGET_PSS_MB,
+                        ",.1f",
+                    )
+                )
+            else:
+                rows.append(Row(f"--processes: supervisor + {p.processes - 1} children", mb, None, spec=",.1f"))
+        slots = results.pss[0].slots
+        sections.append((f"8. worker PSS, MB: the catalog's 8 queues, {slots} slots (one run each)", rows))
+
+    head = f"{'measurement':<58} {'forgejobs':>11} {'RQ':>11} {'fj/RQ':>7}  {'target':<24} {'met':<3}"
+    print(head)
+    print("=" * len(head))
+    for title, section in sections:
+        print(title)
+        for row in section:
+            fj = "-" if row.fj is None else format(row.fj, row.spec)
+            rq = "-" if row.rq is None else format(row.rq, row.spec)
+            ratio = f"{row.fj / row.rq:.2f}" if row.fj is not None and row.rq else "-"
+            met = "" if row.met is None else ("yes" if row.met else "NO")
+            print(f"  {row.label:<56} {fj:>11} {rq:>11} {ratio:>7}  {row.target:<24} {met:<3}")
+    print("-" * len(head))
+    print("fj/RQ = forgejobs / RQ. Targets are the issue's, for reference (the bench does not fail on them).")
+
+
+def print_details(results: Results, args: argparse.Namespace) -> None:
+    r = results.get
+    print("\ndetails")
+    print("  every run, jobs/s:")
+    for fj_key, rq_key in (
+        ("fj noop c1", "rq noop"),
+        ("fj noop c10", None),
+        ("fj sleep c1", "rq sleep"),
+        ("fj sleep c10", None),
+        ("fj single", "rq single"),
+        *((f"fj bulk {b}", f"rq bulk {b}") for b in args.batches),
+    ):
+        fj = ", ".join(f"{s.rate:,.0f}" for s in r(fj_key))
+        line = f"    {fj_key[3:]:<14} forgejobs [{fj}]"
+        if rq_key:
+            line += f"  RQ [{', '.join(f'{s.rate:,.0f}' for s in r(rq_key))}]"
+        print(line)
+    print("  no-op workers over the whole call (start-up and stop included), jobs/s, median:")
+    for key, label in (("fj noop c1", "forgejobs c1"), ("fj noop c10", "forgejobs c10"), ("rq noop", "RQ work(burst)")):
+        if r(key):
+            print(f"    {label:<16} {median(s.wall_rate or 0 for s in r(key)):,.0f}")
+    print("  CPU of this process per job, µs (median; worker rows: all its threads):")
+    cpu_keys = ["fj noop c1", "rq noop", "fj noop c10", "fj single", "rq single"]
+    cpu_keys += [k for b in args.batches for k in (f"fj bulk {b}", f"rq bulk {b}")]
+    print("    " + ", ".join(f"{k}: {median(s.cpu_us_per_job for s in r(k)):,.1f}" for k in cpu_keys if r(k)))
+    print("  server commands per job, each run (the table takes the lowest):")
+    spread = []
+    for key in (
+        "fj single",
+        "rq single",
+        "fj noop c1",
+        "fj noop c10",
+        "rq noop",
+        *(f"fj bulk {b}" for b in args.batches),
+    ):
+        values = [s.server_per_job for s in r(key)]
+        if values:
+            print(
+                f"    {key:<14} [{', '.join(f'{v:.2f}' for v in values)}]  sent by this process: {min(s.sent_per_job for s in r(key)):.2f}"
+            )
+            if max(values) > 1.05 * min(values) + 0.05:
+                spread.append(key)
+    if spread:
+        print(f"    WARNING: runs disagree for {', '.join(spread)}: another client was probably using the server")
+    print("  commands per job with an idle worker (pick-up run: enqueue + pick-up + idle waiting, lowest run):")
+    for key in ("fj pickup", "rq pickup", "fj delayed"):
+        if r(key):
+            low = min(r(key), key=lambda s: s.server)
+            print(f"    {key:<14} server {low.server_per_job:.2f}, round trips {low.trips_per_job:.2f}")
+    for key, label in (
+        ("fj pickup", "forgejobs pick-up"),
+        ("rq pickup", "RQ pick-up"),
+        ("fj delayed", "forgejobs lateness"),
+    ):
+        values = [v for s in r(key) for v in s.values]
+        if values:
+            print(
+                f"  {label} ms: min {min(values) * 1000:.2f}, p50 {percentile(values, 0.5) * 1000:.2f}, p90"
+                f" {percentile(values, 0.9) * 1000:.2f}, p99 {percentile(values, 0.99) * 1000:.2f},"
+                f" max {max(values) * 1000:.2f}"
+            )
+    for key, label in (("fj memory", "forgejobs"), ("rq memory", "RQ")):
+        if r(key):
+            v = [median(s.values[i] for s in r(key)) for i in range(5)]
+            extra = f" + event-stream share {v[4]:.0f}" if v[4] else ""
+            print(
+                f"  bytes per waiting job, {label}: used_memory {v[0]:.0f}, used_memory_dataset {v[1]:.0f};"
+                f" MEMORY USAGE job hash {v[2]:.0f} + wait-list share {v[3]:.1f}{extra}"
+            )
+    for p in results.pss:
+        print(
+            f"  worker PSS {p.mode}: {p.kb / 1024:.1f} MB over {p.processes} process(es), {p.slots} slots leased after {p.seconds_to_ready:.1f} s"
+        )
+
+
+def print_breakdown(results: Results) -> None:
+    print("\nRedis commands per job by name, sent by this process (client-side, summed over all runs):")
+    for key, samples in results.samples.items():
+        total: Counter[str] = Counter()
+        jobs = 0
+        for s in samples:
+            total.update(s.commands)
+            jobs += s.jobs
+        if not jobs or not total:
+            continue
+        parts = ", ".join(f"{name} {count / jobs:.2f}" for name, count in total.most_common() if count / jobs >= 0.005)
+        print(f"  {key}: {parts}")
 
 
 def describe_environment(bench: Bench) -> str:
@@ -430,85 +1185,8 @@ def describe_environment(bench: Bench) -> str:
         tree = "git: unknown"
     return (
         f"forgejobs {version('forgejobs')} ({tree}) | rq {version('rq')} | redis-py {version('redis')} | "
-        f"Redis server {server} | Python {sys.version.split()[0]}"
+        f"Redis server {server} | Python {sys.version.split()[0]} | {os.cpu_count()} CPUs"
     )
-
-
-def print_table(cases: list[Case], repeat: int) -> None:
-    rows = []
-    for case in cases:
-        fj = median(s.rate for s in case.forgejobs)
-        rq = median(s.rate for s in case.rq)
-        paired = median(f.rate / r.rate for f, r in zip(case.forgejobs, case.rq))
-        rows.append((case, fj, rq, fj / rq, paired))
-
-    head = f"{'measurement':<30} {'forgejobs/s':>12} {'RQ/s':>10} {'fj/RQ':>7}  {'target':<8} {'paired fj/RQ':>12}"
-    print(head)
-    print("-" * len(head))
-    for case, fj, rq, ratio, paired in rows:
-        verdict = "ok" if ratio >= TARGET else f"< {TARGET}"
-        print(f"{case.title:<30} {fj:>12,.0f} {rq:>10,.0f} {ratio:>7.3f}  {verdict:<8} {paired:>12.3f}")
-    print(
-        f"(rates: median of {repeat} runs; fj/RQ = ratio of the medians; paired = median of the per-run ratios,"
-        " each run's two sides measured back to back)"
-    )
-
-    print()
-    head = (
-        f"{'per job':<30} {'CPU µs fj':>10} {'CPU µs RQ':>10} {'cmds fj':>8} {'cmds RQ':>8}"
-        f" {'INFO Δ fj':>10} {'INFO Δ RQ':>10}"
-    )
-    print(head)
-    print("-" * len(head))
-    for case, *_ in rows:
-        fj_s, rq_s = case.forgejobs, case.rq
-        cells = [
-            median(s.cpu_us_per_job for s in fj_s),
-            median(s.cpu_us_per_job for s in rq_s),
-            median(s.cmds_per_job for s in fj_s),
-            median(s.cmds_per_job for s in rq_s),
-            median(s.server_per_job for s in fj_s),
-            median(s.server_per_job for s in rq_s),
-        ]
-        widths = [(10, 1), (10, 1), (8, 2), (8, 2), (10, 2), (10, 2)]
-        print(f"{case.title:<30}" + "".join(f" {v:>{w}.{p}f}" for v, (w, p) in zip(cells, widths)))
-    print(
-        "(CPU: this process, all threads; cmds: Redis commands sent, counted in the client; INFO Δ: server-wide"
-        " total_commands_processed delta, includes other clients of the server)"
-    )
-
-    print()
-    print("every run, jobs/s:")
-    for case in cases:
-        fj_runs = ", ".join(f"{s.rate:,.0f}" for s in case.forgejobs)
-        rq_runs = ", ".join(f"{s.rate:,.0f}" for s in case.rq)
-        print(f"  {case.title:<30} forgejobs [{fj_runs}]  RQ [{rq_runs}]")
-    for case in cases:
-        if case.forgejobs[0].wall is None:
-            continue
-        fj_wall = median(s.wall or 0.0 for s in case.forgejobs)
-        rq_wall = median(s.wall or 0.0 for s in case.rq)
-        print(
-            f"  {case.title}: rate = (N - 1) / (last ended_at - first started_at). Wall time of the whole"
-            f" run()/work() call (start-up and exit detection included; not used): forgejobs {fj_wall:.2f} s,"
-            f" RQ {rq_wall:.2f} s"
-        )
-
-
-def print_breakdown(cases: list[Case]) -> None:
-    print()
-    print("Redis commands per job, by command (client-side count, summed over all runs):")
-    for case in cases:
-        for side, samples in (("forgejobs", case.forgejobs), ("RQ", case.rq)):
-            total: Counter[str] = Counter()
-            jobs = 0
-            for s in samples:
-                total.update(s.commands)
-                jobs += s.jobs
-            parts = ", ".join(
-                f"{name} {count / jobs:.2f}" for name, count in total.most_common() if count / jobs >= 0.005
-            )
-            print(f"  {case.title} / {side}: {parts}")
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -516,50 +1194,30 @@ def print_breakdown(cases: list[Case]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=1000, help="jobs per measurement (default 1000: ~40 s in all)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each measurement (default 5)")
+    parser.add_argument("--jobs", type=int, default=5000, help="no-op jobs per worker/enqueue measurement (5000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
+    parser.add_argument("--sleep-jobs", type=int, default=200, help="50 ms jobs at concurrency 10 (200; c1: a fifth)")
+    parser.add_argument("--latency-samples", type=int, default=200, help="pick-up samples per run (200)")
+    parser.add_argument("--latency-spacing", type=float, default=0.005, help="seconds between pick-ups (0.005)")
+    parser.add_argument("--delayed-jobs", type=int, default=100, help="delayed jobs per run (100)")
     parser.add_argument("--batches", default="100,1000", help="enqueue_many batch sizes (default 100,1000)")
     parser.add_argument("--redis-url", default=DEFAULT_URL, help=f"an EMPTY database to use (default {DEFAULT_URL})")
+    parser.add_argument("--skip-pss", action="store_true", help="do not start worker subprocesses for PSS")
     parser.add_argument("--breakdown", action="store_true", help="also print commands per job by command name")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the worker loop on --jobs no-op jobs")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if args.jobs < 2 or args.repeat < 1 or any(b < 1 for b in args.batches):
         parser.error("--jobs must be >= 2, --repeat >= 1 and batch sizes >= 1")
+    if args.sleep_jobs < 10 or args.latency_samples < 2 or args.delayed_jobs < 2:
+        parser.error("--sleep-jobs must be >= 10, --latency-samples and --delayed-jobs >= 2")
     return args
-
-
-def run_all(bench: Bench, n: int, repeat: int, batches: list[int]) -> list[Case]:
-    plan: list[tuple[Case, Callable[[], Sample], Callable[[], Sample]]] = []
-    single = Case("enqueue, single")
-    plan.append((single, lambda: bench.fj_single(n), lambda: bench.rq_single(n)))
-    for batch in batches:
-        count = max(batch, n - n % batch)
-        case = Case(f"enqueue_many, batch {batch}")
-        plan.append((case, lambda c=count, b=batch: bench.fj_bulk(c, b), lambda c=count, b=batch: bench.rq_bulk(c, b)))
-    slot = Case("worker slot (forgejobs worker's child loop)")
-    plan.append((slot, lambda: bench.fj_slot(n), lambda: bench.rq_slot(n)))
-    worker = Case("worker --threads, 1 thread")
-    plan.append((worker, lambda: bench.fj_worker(n), lambda: bench.rq_worker(n)))
-
-    # Warm-up (not recorded): imports, pydantic and RQ first-call costs, connections.
-    warm = min(n, 200)
-    for warm_up in (bench.fj_single, bench.rq_single, bench.fj_slot, bench.rq_slot, bench.fj_worker, bench.rq_worker):
-        bench.reset()
-        warm_up(warm)
-    for rep in range(repeat):
-        for case, fj, rq in plan:
-            sides = [(case.forgejobs, fj), (case.rq, rq)]
-            for samples, measure in sides if rep % 2 == 0 else reversed(sides):
-                bench.reset()
-                samples.append(measure())
-        print(f"  run {rep + 1}/{repeat} done", file=sys.stderr, flush=True)
-    return [case for case, _, _ in plan]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # keep order with stderr progress
-    bench = Bench(args.redis_url, args.jobs)
+    bench = Bench(args.redis_url)
     size = bench.admin.dbsize()
     if size:
         print(
@@ -570,20 +1228,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(describe_environment(bench))
     print(
-        f"{args.redis_url}, {args.jobs} jobs per measurement, median of {args.repeat} runs; "
-        f"ratio = forgejobs / RQ, target >= {TARGET}"
+        f"{args.redis_url}; forgejobs Worker (threads, in this process) vs RQ {version('rq')} SimpleWorker; "
+        f"--jobs {args.jobs} --repeat {args.repeat}"
     )
     started = time.perf_counter()
+    profile = ""
     try:
-        cases = run_all(bench, args.jobs, args.repeat, args.batches)
+        results = run_all(bench, args)
+        if args.profile:
+            profile = profile_worker(bench, args.jobs)
     finally:
         # Empty at start (checked above), so everything in this database is the bench's own.
         bench.admin.flushdb()
         bench.conn.close()
     print()
-    print_table(cases, args.repeat)
+    print_table(results, args)
+    print_details(results, args)
     if args.breakdown:
-        print_breakdown(cases)
+        print_breakdown(results)
+    if profile:
+        print()
+        print(profile)
     print(f"\ntotal bench time {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -9,6 +9,7 @@ only rq-scheduler's repeat store and the benchmarks still use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 PRIORITIES = range(1, 11)
 
@@ -57,7 +58,7 @@ class QueueKeys:
         """List: ids waiting to start at one priority, oldest first."""
         return f"{self.tag}:wait:p{priority:02d}"
 
-    @property
+    @cached_property
     def waits(self) -> list[str]:
         return [self.wait(p) for p in PRIORITIES]
 
@@ -132,7 +133,7 @@ class QueueKeys:
         """`<prefix><key>:run` (set of running ids) and `<prefix><key>:wait` (list of parked ids) per key."""
         return f"{self.tag}:ck:"
 
-    @property
+    @cached_property
     def standard(self) -> list[str]:
         """The keys every runtime script takes, in this order (see runtime/scripts/common.lua)."""
         return [self.active, self.workers, self.marker, self.delayed, self.done, self.failed, *self.waits]

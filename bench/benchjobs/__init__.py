@@ -1,16 +1,25 @@
-"""Job types for `bench/throughput.py`, in an importable module so a worker can resolve them.
+"""Job types for `bench/throughput.py` and `bench/retention_memory.py`, in an importable package so a
+worker can resolve them. Bench-only: nothing outside bench/ imports them.
 
-`NoopJob` is the forgejobs side; `rqfuncs.noop` is the raw-RQ side. Both do nothing,
-so a benchmark of them measures only the framework and Redis round trips.
+The forgejobs side: `NoopJob` does nothing; `StartStamp` records when it started (pick-up latency,
+delayed-job lateness); `SleepJob` sleeps 50 ms (an I/O-bound job) and records its start and end;
+`WelcomeEmail` has the catalog's `email.welcome-email` name and payload (one `user_id` string), for
+Redis bytes per waiting job. `rqfuncs` holds the raw-RQ counterparts. Timestamps go to
+`benchjobs.timing.RECORDER` in this process.
 """
 
 from __future__ import annotations
+
+import time
 
 from forgejobs import Context, Job
 from forgejobs.registry import Registry
 from forgejobs.specs import QueueSpec, Specs
 
+from .timing import RECORDER, SLEEP_SECONDS
+
 QUEUE = "bench"
+EMAIL_QUEUE = "email"
 
 
 class NoopJob(Job, queue=QUEUE):
@@ -22,6 +31,37 @@ class NoopJob(Job, queue=QUEUE):
         return None
 
 
+class StartStamp(Job, queue=QUEUE):
+    """Records when it started, under `tag`."""
+
+    tag: str
+
+    def perform(self, ctx: Context) -> None:
+        RECORDER.start(self.tag)
+
+
+class SleepJob(Job, queue=QUEUE):
+    """An I/O-bound job: sleeps 50 ms; records its start and end under `s<n>`."""
+
+    n: int
+
+    def perform(self, ctx: Context) -> None:
+        tag = f"s{self.n}"
+        RECORDER.start(tag)
+        time.sleep(SLEEP_SECONDS)
+        RECORDER.end(tag)
+
+
+class WelcomeEmail(Job, queue=EMAIL_QUEUE):
+    """The catalog's `email.welcome-email` as stored: same name, queue, priority and payload. Never run."""
+
+    user_id: str
+
+    def perform(self, ctx: Context) -> None:
+        return None
+
+
 def registry() -> Registry:
-    """The registry the bench's client and worker share: one job on one queue."""
-    return Registry([NoopJob], Specs(queues={QUEUE: QueueSpec(concurrency=1)}))
+    """The registry the bench's client and workers share."""
+    jobs = [NoopJob, StartStamp, SleepJob, WelcomeEmail]
+    return Registry(jobs, Specs(queues={QUEUE: QueueSpec(concurrency=1), EMAIL_QUEUE: QueueSpec(concurrency=1)}))

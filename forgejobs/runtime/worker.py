@@ -139,11 +139,13 @@ class QueueState:
     def has_idle(self) -> bool:
         return bool(self.idle)
 
-    def wake_one(self) -> None:
+    def wake_one(self) -> bool:
+        """Wake one idle slot of this queue; False if none was idle."""
         with self.lock:
             slot = self.idle.popleft() if self.idle else None
         if slot is not None:
             slot.wake.set()
+        return slot is not None
 
 
 class Worker:
@@ -323,10 +325,12 @@ class Worker:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the slots to end, then stop the waiter and upkeep (writing the last events)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for slot in list(self._all_slots()):
-            if slot.thread is not None:
-                slot.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if any(s.thread is not None and s.thread.is_alive() for s in self._all_slots()):
+        me = threading.current_thread()
+        slots = [s for s in self._all_slots() if s.thread is not None and s.thread is not me]
+        for slot in slots:
+            assert slot.thread is not None
+            slot.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if any(s.thread is not None and s.thread.is_alive() for s in slots):
             return False
         self._halt.set()
         for thread in self._threads:
@@ -434,9 +438,15 @@ class Worker:
                     # The reply is lost: the call may have run and given this identity a job we never saw.
                     # Take a fresh identity; the old one's lease runs out and recovery requeues what it held.
                     slot.ident = self._new_ident(slot.queue, slot.index)
+                    woke = True  # the next fetch registers the new identity's lease
                 self._stop.wait(self.outage.failed(exc))
                 continue
             finish = None
+            if status == "lost":
+                # This identity was taken for dead (its lease ran out while it worked): go on as a new one.
+                slot.ident = self._new_ident(slot.queue, slot.index)
+                woke = True
+                continue
             if job is None:
                 if status == "limited" or take:
                     woke = True
@@ -475,6 +485,7 @@ class Worker:
         limit = state.spec.global_concurrency or 0
         args += ["1" if take else "", limit, "1" if woke else "", keys.ck_prefix]
         args.append(finish.job.concurrency_key or "" if finish else "")
+        args.append(int(time.time() * 1000))
         lost, job_id, envelope, priority, ck, status = self.scripts.fetch(keys=keys.standard, args=args)
         if lost and finish is not None:
             log.warning(
@@ -522,12 +533,11 @@ class Worker:
         return Finish("requeue", job, outcome.envelope.encode(), 0, slot.ident)
 
     def _timeout_hint(self, envelope: bytes) -> float:
-        """The job's timeout, for the stuck-slot check (execution enforces it)."""
-        try:
-            name = json.loads(envelope).get("name")
-            options = self._options(name if isinstance(name, str) else None)
-        except (ValueError, AttributeError):
-            options = None
+        """The job's timeout, for the stuck-slot check (execution enforces it). Read from the name field
+        where the client writes it, without parsing the whole envelope; 300 s if that fails."""
+        start = envelope.find(b'"name":"') + 8
+        end = envelope.find(b'"', start)
+        options = self._options(envelope[start:end].decode("utf-8", "replace")) if start >= 8 and end > 0 else None
         return options.timeout.total_seconds() if options else 300.0
 
     def _corrupt(self, state: QueueState, slot: Slot, job: Fetched, shown: str) -> Finish:

@@ -51,8 +51,11 @@ for i = 5, #KEYS do
     end
 end
 if #ready > 0 then
-    redis.call('RPUSH', KEYS[1], unpack(ready))
-    redis.call('ZADD', KEYS[3], 0, '0')
+    -- A list that already held jobs had its marker set when it stopped being empty; slots that
+    -- take jobs pass the marker on, and busy slots take the next job as they finish.
+    if redis.call('RPUSH', KEYS[1], unpack(ready)) == #ready then
+        redis.call('ZADD', KEYS[3], 0, '0')
+    end
 end
 if #delayed > 0 then
     redis.call('ZADD', KEYS[2], unpack(delayed))

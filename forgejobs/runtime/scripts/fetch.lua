@@ -19,14 +19,21 @@
 -- ARGV[8]  its priority (retry, requeue)
 -- ARGV[9]  "1": take the next job
 -- ARGV[10] the queue's global concurrency, "0" for none
--- ARGV[11] "1": put the marker back when a job was taken (the slot woke from idle: wake another)
+-- ARGV[11] "1": the slot woke from idle: renew its lease entry, and put the marker back when a job
+--          was taken so another slot or process follows (a busy slot's lease is renewed by its heartbeat)
 -- ARGV[12] concurrency-key prefix (forgejobs:{q}:ck:)
 -- ARGV[13] the finished job's concurrency key, "" for none
+-- ARGV[14] the caller's clock, ms since the epoch: used for finish and start times only. Lease expiry
+--          and retry due times come from the server's clock (TIME), read only when needed.
 -- Returns {lost, id, envelope, priority, concurrency key, state}: lost is 1 when this slot no
--- longer held the finished job (its lease was recovered) and nothing was recorded; state is
--- "ok", "empty", "limited" or "corrupt" (a record without a readable envelope: dead-letter it).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- longer held the finished job (its lease was recovered) and nothing was recorded; then nothing is
+-- taken either (state "lost"): the slot must go on under a fresh identity. Otherwise state is "ok",
+-- "empty", "limited" or "corrupt" (a record without a readable envelope: dead-letter it).
+local now = tonumber(ARGV[14])
+if ARGV[11] == '1' or (ARGV[4] == 'retry' and tonumber(ARGV[7]) > 0) then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local prefix, slot = ARGV[1], ARGV[2]
 
 -- @include common
@@ -45,8 +52,9 @@ if mode ~= '' then
     end
 end
 
+if lost == 1 then return {lost, false, false, 0, false, 'lost'} end
 if ARGV[9] ~= '1' then return {lost, false, false, 0, false, 'empty'} end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), slot)
+if ARGV[11] == '1' then redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), slot) end
 local limit = tonumber(ARGV[10])
 if limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
     return {lost, false, false, 0, false, 'limited'}
