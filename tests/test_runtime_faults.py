@@ -72,9 +72,7 @@ def test_workers_killed_at_random_points_of_their_loop_lose_no_job(
     path = tmp_path / "tally.log"
     args = ("--queues", "chaos", "--concurrency", "4")
     workers = [start_worker(*args, env=LEASE_ENV, ready=False) for _ in range(2)]
-    wait_for(
-        lambda: {w.pid for w in workers} <= lease_pids(conn, CHAOS), timeout=20, what="both workers to register"
-    )
+    wait_for(lambda: {w.pid for w in workers} <= lease_pids(conn, CHAOS), timeout=20, what="both workers to register")
     payloads = [{"path": str(path), "seconds": round(rng.uniform(0.0, 0.08), 3)} for _ in range(300)]
     handles = Tally.enqueue_many(payloads)
     ids = {h.id for h in handles}

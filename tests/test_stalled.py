@@ -39,7 +39,8 @@ def notes(path: Path) -> list[dict[str, Any]]:
 def fetch(scripts: Scripts, slot: str, lease_ms: int = 10_000, finish: tuple[str, str, str, int] | None = None) -> Any:
     """One fetch.lua call for `slot` on the slow queue: optionally finish (mode, id, payload, ms), then take."""
     mode, job_id, payload, ms = finish or ("", "", "", 0)
-    args = [SLOW.job_prefix, slot, lease_ms, mode, job_id, payload, ms, 5, "1", 0, "1", SLOW.ck_prefix, "", int(time.time() * 1000)]
+    args = [SLOW.job_prefix, slot, lease_ms, mode, job_id, payload, ms, 5, "1", 0, "1", SLOW.ck_prefix, ""]
+    args.append(int(time.time() * 1000))
     return scripts.fetch(keys=SLOW.standard, args=args)
 
 
@@ -87,7 +88,8 @@ def test_a_slot_whose_lease_was_recovered_cannot_record_an_outcome(
     recover(scripts)  # the slot looked dead; its job is on the stalled list now
     waiting = Slow.enqueue(path=str(tmp_path / "b"), seconds=0)
 
-    lost, taken, _envelope, _priority, _ck, status = fetch(scripts, "slow-slot", finish=("done", handle.id, '"late"', 1))
+    late = ("done", handle.id, '"late"', 1)
+    lost, taken, _envelope, _priority, _ck, status = fetch(scripts, "slow-slot", finish=late)
 
     assert (lost, taken, status) == (1, None, b"lost")  # and it takes nothing under the identity taken for dead
     assert conn.lrange(SLOW.wait(5), 0, -1) == [waiting.id.encode()]
