@@ -305,6 +305,12 @@ def test_a_deeply_nested_envelope_is_dead_lettered_and_does_not_kill_the_slot(
     assert "Traceback" not in worker.log()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/upkeep.py Upkeep.settle_one: HMGET on a job key that is not a hash raises WRONGTYPE, which "
+    "aborts the whole settle pass every second (logged as 'Redis is unreachable'): every stalled job behind "
+    "it on the list is never retried",
+)
 def test_a_job_key_of_the_wrong_type_on_the_stalled_list_does_not_block_recovery(
     client: Client, conn: redis.Redis, start_worker: StartWorker, tmp_path: Path
 ) -> None:
@@ -323,3 +329,4 @@ def test_a_job_key_of_the_wrong_type_on_the_stalled_list_does_not_block_recovery
     wait_for(lambda: client.backend.dead_letters.get("as-string"), timeout=5, what="the hostile record's dead letter")
     assert leftovers(conn, CHAOS) == {}
     assert "unreachable" not in worker.log()
+
