@@ -4,17 +4,25 @@
     python bench/retention_memory.py [--waves 12] [--wave-size 1000] [--redis-url redis://127.0.0.1:6379/14]
 
 Each side runs `--waves` waves of `--wave-size` no-op jobs through one worker and samples
-Redis's `used_memory` after each wave. forgejobs runs with its defaults except smaller caps so
-the steady state shows within the run: queue retention keeps the newest 1,000 completed jobs
-(the default) and the event stream keeps 5,000 events (FORGEJOBS_EVENTS_MAX; default 100,000).
-Raw RQ keeps every result for its default 500 s. Memory is measured on one database that must
-be empty (refused otherwise); each side's keys are deleted before the other runs.
+Redis's `used_memory` after each wave. forgejobs runs its own runtime (`forgejobs.runtime.Worker`,
+one slot, `run(burst=True, horizon=0)`) with its defaults except a smaller event-stream cap so the
+steady state shows within the run: queue retention keeps the newest 1,000 succeeded jobs (the
+default; their ids are in the `forgejobs:{bench}:done` sorted set) and the event stream keeps about
+5,000 events (FORGEJOBS_EVENTS_MAX; default 100,000). A live worker applies retention every 5 s
+(`trim.lua`, from its upkeep thread, at most once per queue per 5 s across workers); a wave is
+shorter than that, so after each wave the bench runs the same retention pass itself until it has
+nothing left to delete: what a worker converges to within seconds. Raw RQ keeps every result for
+its default 500 s. Memory is measured on one database that must be empty (refused otherwise); each
+side's keys are deleted (FLUSHDB of that database only) before the other runs, and at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -28,28 +36,53 @@ from benchjobs import QUEUE, NoopJob, registry  # noqa: E402
 from benchjobs.rqfuncs import noop  # noqa: E402
 
 from forgejobs import Client, Settings, use_client  # noqa: E402
-from forgejobs import worker as worker_module  # noqa: E402
-from forgejobs.backends.rq import RQBackend  # noqa: E402
-from forgejobs.worker import Worker  # noqa: E402
+from forgejobs.backends.redis import RedisBackend  # noqa: E402
+from forgejobs.runtime.upkeep import trim  # noqa: E402
+from forgejobs.runtime.worker import Worker  # noqa: E402
 
 
 def used_mb(conn: redis.Redis) -> float:
     return int(conn.info("memory")["used_memory"]) / 1e6
 
 
-def forgejobs_side(conn: redis.Redis, url: str, waves: int, size: int) -> list[float]:
-    settings = Settings(redis_url=url, events_max=5_000, scheduler_interval=0.1)
+@contextlib.contextmanager
+def restored_signals() -> Iterator[None]:
+    """Both workers install SIGINT/SIGTERM handlers in the main thread; put ours back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def forgejobs_side(conn: redis.Redis, url: str, waves: int, size: int) -> tuple[list[float], str]:
+    settings = Settings(redis_url=url, events_max=5_000, hooks=None, key_prefix="forgejobs")
     reg = registry()
-    client = Client(RQBackend.for_connection(conn, settings), reg)
-    worker_module.TRIM_SECONDS = 0.5  # trim as often as the run needs (default 5 s)
+    client = Client(RedisBackend.for_connection(conn, settings), reg)
     samples = []
+    worker: Worker | None = None
     with use_client(client):
         for _ in range(waves):
             for start in range(0, size, 500):
                 NoopJob.enqueue_many([{"n": i} for i in range(start, min(size, start + 500))])
-            Worker(settings, reg, queues=[QUEUE], concurrency=1, connection=conn).run(burst=True, horizon=0)
+            # resources: not the catalog's (load_resources would build its SQLite database).
+            worker = Worker(settings, reg, queues=[QUEUE], concurrency=1, connection=conn, resources=object())
+            with restored_signals():
+                stats = worker.run(burst=True, horizon=0)
+            if stats.counts.get("succeeded") != size:
+                raise RuntimeError(f"wave: {dict(stats.counts)}, expected {size} succeeded")
+            state = worker.states[QUEUE]
+            while trim(worker.scripts, state.keys, state.spec):
+                pass
             samples.append(used_mb(conn))
-    return samples
+    assert worker is not None
+    keys = worker.states[QUEUE].keys
+    kept = (
+        f"kept: {conn.zcard(keys.done)} succeeded jobs in {keys.done}, "
+        f"{conn.xlen(settings.key_prefix + ':events')} events"
+    )
+    return samples, kept
 
 
 def rq_side(conn: redis.Redis, waves: int, size: int) -> list[float]:
@@ -59,7 +92,8 @@ def rq_side(conn: redis.Redis, waves: int, size: int) -> list[float]:
         with conn.pipeline() as pipe:
             queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in range(size)], pipeline=pipe)
             pipe.execute()
-        SimpleWorker([queue], connection=conn).work(burst=True, logging_level="WARNING")
+        with restored_signals():
+            SimpleWorker([queue], connection=conn).work(burst=True, logging_level="WARNING")
         samples.append(used_mb(conn))
     return samples
 
@@ -76,7 +110,7 @@ def main() -> int:
         return 2
     try:
         base = used_mb(conn)
-        fj = forgejobs_side(conn, args.redis_url, args.waves, args.wave_size)
+        fj, kept = forgejobs_side(conn, args.redis_url, args.waves, args.wave_size)
         conn.flushdb()  # empty at start (checked above): everything here is the bench's
         rq = rq_side(conn, args.waves, args.wave_size)
     finally:
@@ -88,7 +122,7 @@ def main() -> int:
     half = len(fj) // 2
     print(
         f"forgejobs: last wave {fj[-1] - base:.2f} MB, mid-run {fj[half] - base:.2f} MB "
-        f"(growth over the second half {(fj[-1] - fj[half]):+.2f} MB); "
+        f"(growth over the second half {(fj[-1] - fj[half]):+.2f} MB; {kept}); "
         f"raw RQ: {rq[-1] - base:.2f} MB (second half {(rq[-1] - rq[half]):+.2f} MB)"
     )
     return 0

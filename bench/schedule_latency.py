@@ -3,20 +3,24 @@
 
     python bench/schedule_latency.py [--jobs 300] [--spread 30] [--redis-url redis://127.0.0.1:6379/14]
 
-forgejobs side: a `forgejobs worker` (4 slots) and a `forgejobs scheduler` subprocess serve
-queue "latency" (bench/latencyspecs). It measures
+forgejobs side: a `forgejobs worker` (4 slots, forgejobs' own runtime) and a `forgejobs scheduler`
+subprocess serve queue "latency" (bench/latencyspecs). The jobs record when they started in Redis
+(`benchjobs.latency`: the worker's resources are a connection to the bench's database). It measures
 - delayed jobs: `--jobs` `Stamp` jobs whose due times are spread uniformly over `--spread`
-  seconds; lateness = RQ's `started_at` - due time;
+  seconds (`with_options(at=...)`); lateness = recorded start - due time;
 - retries: `--jobs`/3 `FailOnce` jobs (backoff fixed 2 s); lateness = the second attempt's
-  `started_at` - (the first attempt's failure time, from the envelope's history, + 2 s);
+  recorded start - (the first attempt's failure time, from the history of the envelope in the job
+  hash `forgejobs:{latency}:job:<id>`, + 2 s);
 - cron ticks: the `latency-tick` schedule (every 1 s) for the length of the run; lateness =
-  `started_at` - the tick.
+  recorded start - the tick (`ctx.scheduled_for`).
 Raw RQ side, at the same time: `rq worker --with-scheduler` (SimpleWorker, RQ's own scheduler)
-on queue "rqlatency" with the same delayed due times via `Queue.enqueue_at`.
+on queue "rqlatency" with the same delayed due times via `Queue.enqueue_at`; lateness = RQ's
+`started_at` - due time.
 
 Prints p50, p99 and max lateness (and the earliest start: negative means a job ran early). The
 target from the scheduling issue: p99 at most 1 s for forgejobs. The database must be empty
-(the bench refuses otherwise); it is flushed at the end, so everything removed was the bench's.
+(the bench refuses otherwise); it is flushed at the end (FLUSHDB of that database only), so
+everything removed was the bench's. The subprocesses are stopped by their PID.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import time
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,11 +45,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from benchjobs.latency import FailOnce, Stamp  # noqa: E402
+from benchjobs.latency import STARTED, TICKS, FailOnce, Stamp  # noqa: E402
 from benchjobs.rqfuncs import noop  # noqa: E402
 
 from forgejobs import Client, Registry, Settings, use_client  # noqa: E402
-from forgejobs.backends.rq import RQBackend  # noqa: E402
+from forgejobs.backends.redis import RedisBackend  # noqa: E402
+from forgejobs.keys import Keys  # noqa: E402
+
+QUEUE_KEYS = Keys().queue("latency")
 
 
 def start(args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -55,6 +61,8 @@ def start(args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
         "FORGEJOBS_REDIS_URL": url,
         "FORGEJOBS_JOBS": "benchjobs.latency",
         "FORGEJOBS_SPECS": str(HERE / "latencyspecs"),
+        "FORGEJOBS_RESOURCES": "benchjobs.latency:build",
+        "FORGEJOBS_KEY_PREFIX": "forgejobs",
         "PYTHONPATH": f"{HERE}:{HERE.parent}",
     }
     with log.open("w") as out:
@@ -71,14 +79,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def started_at(conn: redis.Redis, job_id: str) -> float | None:
+def rq_started_at(conn: redis.Redis, job_id: str) -> float | None:
     raw = conn.hget(f"rq:job:{job_id}", "started_at")
     return str_to_date(raw).replace(tzinfo=UTC).timestamp() if raw else None
 
 
+def fj_started(conn: redis.Redis, attempt: int = 1) -> dict[str, float]:
+    """Job id -> when that attempt started, as the jobs recorded it."""
+    raw = conn.hgetall(f"{STARTED}{attempt}")
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
 def envelope(conn: redis.Redis, job_id: str) -> dict:
-    data = json.loads(zlib.decompress(conn.hget(f"rq:job:{job_id}", "data")))
-    return json.loads(data[2][0])
+    return json.loads(conn.hget(QUEUE_KEYS.job(job_id), "d"))
 
 
 def summary(label: str, lateness: list[float]) -> str:
@@ -102,6 +115,13 @@ def main() -> int:
     if conn.dbsize():
         print(f"refusing to run: {args.redis_url} is not empty; pick an empty database with --redis-url")
         return 2
+    try:
+        return run(conn, args)
+    finally:
+        conn.flushdb()  # empty at start (checked in main): everything here was the bench's
+
+
+def run(conn: redis.Redis, args: argparse.Namespace) -> int:
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "forgejobs-latency"
     logs.mkdir(exist_ok=True)
     python = sys.executable
@@ -129,7 +149,7 @@ def main() -> int:
     try:
         time.sleep(3)  # let all three register before the clock starts
         settings = Settings(redis_url=args.redis_url, jobs="benchjobs.latency", specs=HERE / "latencyspecs")
-        client = Client(RQBackend(conn), Registry.load(settings))
+        client = Client(RedisBackend(conn), Registry.load(settings))
         rq_queue = Queue("rqlatency", connection=conn)
         now = time.time()
         random.seed(7)
@@ -145,31 +165,36 @@ def main() -> int:
         run_started = time.time()
         deadline = now + args.spread + 10
         while time.time() < deadline:
-            if all(started_at(conn, j) for j, _ in fj_delayed + rq_delayed) and all(
-                conn.hget(f"rq:job:{j}", "status") == b"finished" for j in retries
+            first, second = fj_started(conn, 1), fj_started(conn, 2)
+            if (
+                all(j in first for j, _ in fj_delayed)
+                and all(rq_started_at(conn, j) for j, _ in rq_delayed)
+                and all(j in second for j in retries)
             ):
                 break
             time.sleep(0.5)
         time.sleep(1)
-        ticks = [k.decode().removeprefix("rq:job:") for k in conn.scan_iter("rq:job:latency-tick-2*")]
     finally:
         for process in processes:
             stop(process)
-    fj_late = [started_at(conn, j) - due for j, due in fj_delayed if started_at(conn, j)]
-    rq_late = [started_at(conn, j) - due for j, due in rq_delayed if started_at(conn, j)]
+    first, second = fj_started(conn, 1), fj_started(conn, 2)
+    fj_late = [first[j] - due for j, due in fj_delayed if j in first]
+    rq_late = []
+    for job_id, due in rq_delayed:
+        started = rq_started_at(conn, job_id)
+        if started:
+            rq_late.append(started - due)
     retry_late = []
     for job_id in retries:
-        history = envelope(conn, job_id)["history"]
-        start2 = started_at(conn, job_id)
-        if history and start2:
+        history = envelope(conn, job_id)["history"] if conn.exists(QUEUE_KEYS.job(job_id)) else []
+        if history and job_id in second:
             failed = datetime.fromisoformat(history[-1]["at"]).timestamp()
-            retry_late.append(start2 - (failed + history[-1]["delay"]))
+            retry_late.append(second[job_id] - (failed + history[-1]["delay"]))
     tick_late = []
-    for job_id in ticks:
-        tick = datetime.strptime(job_id.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
-        if tick >= run_started and started_at(conn, job_id):
-            tick_late.append(started_at(conn, job_id) - tick)
-    conn.flushdb()  # empty at start (checked above): everything here was the bench's
+    for job_id, raw in conn.hgetall(TICKS).items():
+        tick, job = float(raw), job_id.decode()
+        if tick >= run_started and job in first:
+            tick_late.append(first[job] - tick)
     print(
         f"{args.jobs} delayed jobs spread over {args.spread:g} s, {len(retries)} retries, cron every 1 s; "
         f"logs in {logs}"

@@ -401,7 +401,7 @@ def _set_paused(settings: Settings, name: str, paused: bool) -> None:
 @click.argument("name")
 @click.pass_obj
 def queue_pause(settings: Settings, name: str) -> None:
-    """Workers stop taking NAME's jobs (in every process, within 2 s); enqueueing goes on."""
+    """Workers stop taking NAME's jobs (in every process, within about 1 s); enqueueing goes on."""
     _set_paused(settings, name, True)
 
 

@@ -222,7 +222,7 @@ class Client:
         return queue
 
     def pause(self, queue: str) -> None:
-        """Workers of `queue`, in every process, stop taking new jobs (within 2 s); enqueueing goes on."""
+        """Workers of `queue`, in every process, stop taking new jobs (within about 1 s); enqueueing goes on."""
         self.backend.set_paused(self._declared(queue), True)
 
     def resume(self, queue: str) -> None:

@@ -133,6 +133,15 @@ class QueueKeys:
         """`<prefix><key>:run` (set of running ids) and `<prefix><key>:wait` (list of parked ids) per key."""
         return f"{self.tag}:ck:"
 
+    @property
+    def parked(self) -> str:
+        """Set: the concurrency keys that have (or had) parked jobs, so `info` and `drain` find their lists."""
+        return f"{self.ck_prefix}parked"
+
+    def parked_jobs(self, key: bytes) -> bytes:
+        """List: the jobs of one concurrency key waiting for a place (`key` as read back from `parked`)."""
+        return self.ck_prefix.encode() + key + b":wait"
+
     @cached_property
     def standard(self) -> list[str]:
         """The keys every runtime script takes, in this order (see runtime/scripts/common.lua)."""

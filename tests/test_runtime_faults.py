@@ -7,6 +7,7 @@ Real `forgejobs worker` processes on a real Redis; the handlers note what they d
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
@@ -61,35 +62,52 @@ def leftovers(conn: redis.Redis, keys: QueueKeys) -> dict[str, int]:
 # -- 1. kills at random points of the loop ---------------------------------------------------------
 
 
+def family(pid: int) -> set[int]:
+    """`pid` and its child processes (a `--processes` worker's supervisor and the slot children it forked)."""
+    found = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the parenthesised name
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_workers_killed_at_random_points_of_their_loop_lose_no_job(
-    client: Client, conn: redis.Redis, start_worker: StartWorker, tmp_path: Path
+    client: Client, conn: redis.Redis, start_worker: StartWorker, tmp_path: Path, mode: str
 ) -> None:
     """Two workers (4 slots each, lease 2 s) run 300 short jobs while one of them, chosen at random among
-    those serving, is SIGKILLed every 0.2-0.6 s, 8 times, and replaced at once. Every job ends SUCCEEDED,
-    nothing is left in flight, every job completed a run at least once (at-least-once: a run that
-    finished but whose outcome was not recorded before the kill runs again)."""
-    rng = random.Random(0xF0F6E)
+    those serving, is SIGKILLed (every process of it) every 0.2-0.6 s, 8 times, and replaced at once. Every
+    job ends SUCCEEDED, nothing is left in flight, every job completed a run at least once (at-least-once:
+    a run that finished but whose outcome was not recorded before the kill runs again)."""
+    rng = random.Random(f"kills-{mode}")
     path = tmp_path / "tally.log"
-    args = ("--queues", "chaos", "--concurrency", "4")
+    args = ("--queues", "chaos", "--concurrency", "4", *(["--processes"] if mode == "processes" else []))
     workers = [start_worker(*args, env=LEASE_ENV, ready=False) for _ in range(2)]
-    wait_for(lambda: {w.pid for w in workers} <= lease_pids(conn, CHAOS), timeout=20, what="both workers to register")
+
+    def serving() -> list[WorkerProcess]:
+        leased = lease_pids(conn, CHAOS)
+        return [w for w in workers if family(w.pid) & leased]
+
+    wait_for(lambda: len(serving()) == 2, timeout=20, what="both workers to serve")
     payloads = [{"path": str(path), "seconds": round(rng.uniform(0.0, 0.08), 3)} for _ in range(300)]
     handles = Tally.enqueue_many(payloads)
     ids = {h.id for h in handles}
 
-    kills: list[tuple[float, int, int]] = []  # (seconds since start, pid, jobs not yet finished)
+    kills: list[tuple[float, int, int]] = []  # (seconds since the enqueue, processes killed, jobs unfinished)
     started = time.monotonic()
     for _ in range(8):
         time.sleep(rng.uniform(0.2, 0.6))  # the kill's moment (random), not a synchronisation
-        serving = wait_for(
-            lambda: [w for w in workers if w.pid in lease_pids(conn, CHAOS)],
-            timeout=20,
-            what="a worker serving the queue",
-        )
-        victim = rng.choice(serving)  # type: ignore[arg-type]
-        os.kill(victim.pid, signal.SIGKILL)
+        victim = rng.choice(wait_for(serving, timeout=20, what="a worker serving the queue"))  # type: ignore[arg-type]
+        doomed = family(victim.pid)  # before the kill: orphaned children would be reparented
+        for pid in doomed:
+            os.kill(pid, signal.SIGKILL)
         victim.wait(10)
-        kills.append((time.monotonic() - started, victim.pid, 300 - int(conn.zcard(CHAOS.done))))
+        kills.append((time.monotonic() - started, len(doomed), 300 - int(conn.zcard(CHAOS.done))))
         workers.remove(victim)
         workers.append(start_worker(*args, env=LEASE_ENV, ready=False))
 
@@ -104,8 +122,9 @@ def test_workers_killed_at_random_points_of_their_loop_lose_no_job(
     ends = Counter(n[1] for n in notes if n[0] == "end")
     results = Counter(int(h.result()) for h in handles)  # the attempt that succeeded
     print(
-        f"\n{len(kills)} kills at {', '.join(f'{t:.1f}s' for t, _, _ in kills)}; jobs unfinished at each kill: "
-        f"{[n for _, _, n in kills]}; all done {recovered:.1f}s after the first enqueue"
+        f"\n{mode}: {len(kills)} kills at {', '.join(f'{t:.1f}s' for t, _, _ in kills)} "
+        f"({sum(n for _, n, _ in kills)} processes); jobs unfinished at each kill: {[n for _, _, n in kills]}; "
+        f"all done {recovered:.1f}s after the enqueue"
         f"\nstarted more than once: {sum(1 for n in starts.values() if n > 1)}; "
         f"completed more than once: {sum(1 for n in ends.values() if n > 1)}; "
         f"succeeded on attempt: {dict(sorted(results.items()))}"
@@ -236,25 +255,43 @@ def test_hostile_records_end_as_corrupt_dead_letters_and_the_loop_goes_on(
     assert "Traceback" not in worker.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/worker.py Worker._corrupt keeps only '<list>' for a job key of a non-hash, non-string "
-    "type, and fetch.lua's record() then DELetes that key: the list's bytes are lost",
+@pytest.mark.parametrize(
+    "how",
+    [
+        "list on the wait list",
+        "string via the delayed set",
+        "binary hash field",
+    ],
 )
-def test_a_job_key_holding_a_list_keeps_its_bytes_in_the_dead_letter(
-    client: Client, conn: redis.Redis, start_worker: StartWorker
+def test_a_hostile_record_keeps_its_bytes_in_the_dead_letter(
+    client: Client, conn: redis.Redis, start_worker: StartWorker, how: str
 ) -> None:
-    """(b) with a list at the job key: dead-lettered as corrupt, and its elements (the only bytes there
-    were) kept in the dead letter, as the runtime promises ("its raw bytes kept")."""
+    """More hostile records: a list at the job key; a string at the job key of an id that falls due on the
+    delayed set; a hash without an envelope whose field holds bytes that are not UTF-8 (as RQ's zlib'd
+    pickles are). Each is dead-lettered as corrupt (it is), and the dead letter holds the bytes that were
+    there, recoverably: text where they are UTF-8, `base64:` where they are not (no U+FFFD replacing any)."""
     worker = start_worker("--queues", "fast")
-    conn.rpush(raw_key("as-list"), b"first element", b"second element")
-    push(conn, "as-list")
+    if how.startswith("list"):
+        conn.rpush(raw_key("hostile"), b"first element", b"second element")
+        push(conn, "hostile")
+        kept = ["first element", "second element"]
+    elif how.startswith("string"):
+        conn.set(raw_key("hostile"), b"plain text, not a hash")
+        conn.zadd(FAST.delayed, {"hostile": int(time.time() * 1000)})
+        conn.zadd(FAST.marker, {"d": int(time.time() * 1000)})
+        kept = ["plain text, not a hash"]
+    else:
+        conn.hset(raw_key("hostile"), mapping={"data": b"x\x9c\xff\xfe\x00binary", "func": "os.system"})
+        push(conn, "hostile")
+        kept = ["os.system", "base64:" + base64.b64encode(b"x\x9c\xff\xfe\x00binary").decode()]
 
+    wait_for(lambda: client.backend.dead_letters.get("hostile"), timeout=10, what="the dead letter")
     finish_after(client, worker)
 
-    record = corrupt_letter(client, "as-list")
-    assert "list" in record.error
-    assert record.raw is not None and "first element" in record.raw and "second element" in record.raw
+    record = corrupt_letter(client, "hostile")
+    print(f"\n{how}: error {record.error!r}, raw {record.raw!r}")
+    assert record.raw is not None and all(text in record.raw for text in kept)
+    assert "\ufffd" not in record.raw, "bytes were replaced, not kept"
 
 
 def test_an_envelope_stored_under_another_id_runs_as_the_stored_id(
@@ -305,12 +342,6 @@ def test_a_deeply_nested_envelope_is_dead_lettered_and_does_not_kill_the_slot(
     assert "Traceback" not in worker.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/upkeep.py Upkeep.settle_one: HMGET on a job key that is not a hash raises WRONGTYPE, which "
-    "aborts the whole settle pass every second (logged as 'Redis is unreachable'): every stalled job behind "
-    "it on the list is never retried",
-)
 def test_a_job_key_of_the_wrong_type_on_the_stalled_list_does_not_block_recovery(
     client: Client, conn: redis.Redis, start_worker: StartWorker, tmp_path: Path
 ) -> None:
@@ -325,8 +356,7 @@ def test_a_job_key_of_the_wrong_type_on_the_stalled_list_does_not_block_recovery
 
     worker = start_worker("--queues", "chaos", env=LEASE_ENV)
 
-    assert handle.result(timeout=10) == 2  # attempt 1 stalled with the dead slot
+    assert handle.result(timeout=6) == 2  # attempt 1 stalled with the dead slot
     wait_for(lambda: client.backend.dead_letters.get("as-string"), timeout=5, what="the hostile record's dead letter")
     assert leftovers(conn, CHAOS) == {}
     assert "unreachable" not in worker.log()
-

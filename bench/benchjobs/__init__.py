@@ -14,7 +14,7 @@ import time
 
 from forgejobs import Context, Job
 from forgejobs.registry import Registry
-from forgejobs.specs import QueueSpec, Specs
+from forgejobs.specs import Keep, QueueSpec, Retention, Specs
 
 from .timing import RECORDER, SLEEP_SECONDS
 
@@ -61,7 +61,10 @@ class WelcomeEmail(Job, queue=EMAIL_QUEUE):
         return None
 
 
-def registry() -> Registry:
-    """The registry the bench's client and workers share."""
+def registry(keep_all: bool = False) -> Registry:
+    """The registry the bench's client and workers share. `keep_all`: the bench queue keeps every
+    succeeded job (no retention count) so that their finish times can be read back afterwards; by
+    default it keeps the newest 1,000, as every queue does."""
     jobs = [NoopJob, StartStamp, SleepJob, WelcomeEmail]
-    return Registry(jobs, Specs(queues={QUEUE: QueueSpec(concurrency=1), EMAIL_QUEUE: QueueSpec(concurrency=1)}))
+    bench = QueueSpec(concurrency=1, retention=Retention(completed=Keep(count=None)) if keep_all else Retention())
+    return Registry(jobs, Specs(queues={QUEUE: bench, EMAIL_QUEUE: QueueSpec(concurrency=1)}))

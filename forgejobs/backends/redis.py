@@ -139,20 +139,34 @@ class RedisBackend(Backend):
 
     # -- enqueue ------------------------------------------------------------------
 
+    RETRIES = 2
+    """A dropped connection or a timeout is retried this many times (50 ms, then 100 ms later)."""
+
     def enqueue(self, jobs: Sequence[Prepared]) -> set[str]:
         """Store the jobs: one script call per (queue, priority, due time) group of up to BATCH jobs, all
-        sent in one round trip. Each call is atomic; a call that fails stores none of its jobs."""
-        try:
-            groups = self._groups(jobs)
-            if len(groups) == 1:
-                return set(self._enqueue_call(groups[0], self.connection))  # the common case: no pipeline
-            with self.connection.pipeline(transaction=False) as pipe:
-                for group in groups:
-                    self._enqueue_call(group, pipe)
-                replies = pipe.execute()
-            return {i.decode() for reply in replies for i in reply}
-        except redis.RedisError as exc:
-            raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+        sent in one round trip. Each call is atomic; a call that fails stores none of its jobs. After a
+        dropped connection or a timeout the call is sent again, skipping the jobs the first try may have
+        stored (the ids are fixed), so a retry never queues a job twice."""
+        groups = self._groups(jobs)
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return self._enqueue_groups(groups, retry=attempt > 0)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt == self.RETRIES:
+                    raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+                time.sleep(0.05 * 2**attempt)
+            except redis.RedisError as exc:
+                raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _enqueue_groups(self, groups: list[list[Prepared]], *, retry: bool) -> set[str]:
+        if len(groups) == 1:
+            return set(self._enqueue_call(groups[0], self.connection, retry=retry))  # the common case: no pipeline
+        with self.connection.pipeline(transaction=False) as pipe:
+            for group in groups:
+                self._enqueue_call(group, pipe, retry=retry)
+            replies = pipe.execute()
+        return {i.decode() for reply in replies for i in reply}
 
     @staticmethod
     def _groups(jobs: Sequence[Prepared]) -> list[list[Prepared]]:
@@ -166,13 +180,13 @@ class RedisBackend(Backend):
             groups.extend(batch[i : i + BATCH] for i in range(0, len(batch), BATCH))
         return groups
 
-    def _enqueue_call(self, group: list[Prepared], client: Any) -> Any:
+    def _enqueue_call(self, group: list[Prepared], client: Any, *, retry: bool = False) -> Any:
         first = group[0]
         qk = self.keys.queue(first.queue)
         args: list[Any] = [
             first.priority,
             epoch_ms(first.due_at) if first.due_at is not None else "",
-            "1" if first.unique else "",
+            "1" if first.unique else ("2" if retry else ""),
             first.concurrency_limit or "",
             first.name,
             first.queue,
@@ -231,23 +245,31 @@ class RedisBackend(Backend):
             return JobState(kind, error=text, progress=progress_value)
         return JobState(kind, progress=progress_value, extra={"queue": queue})
 
+    def _parked(self, queue: str) -> list[bytes]:
+        """The parked-job lists of the queue's concurrency keys."""
+        qk = self.keys.queue(queue)
+        return [qk.parked_jobs(k) for k in sorted(cast(set[bytes], self.connection.smembers(qk.parked)))]
+
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
+        """Per queue: waiting (including jobs parked behind a full concurrency key, and stalled jobs awaiting
+        their retry), scheduled, running, succeeded and kept, dead-lettered."""
         dead_by_queue: dict[str, int] = {}
         for record in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
             dead_by_queue[record.queue or "?"] = dead_by_queue.get(record.queue or "?", 0) + 1
+        parked = {queue: self._parked(queue) for queue in queues}
         with self.connection.pipeline(transaction=False) as pipe:
             for queue in queues:
                 qk = self.keys.queue(queue)
-                for key in qk.waits:
+                lists: list[Any] = [*qk.waits, qk.stalled, *parked[queue]]
+                for key in lists:
                     pipe.llen(key)
-                pipe.llen(qk.stalled)
                 pipe.zcard(qk.delayed)
                 pipe.hlen(qk.active)
                 pipe.zcard(qk.done)
             replies = iter(int(n) for n in pipe.execute())
         rows = []
         for queue in queues:
-            waiting = sum(next(replies) for _ in range(len(PRIORITIES) + 1))
+            waiting = sum(next(replies) for _ in range(len(PRIORITIES) + 1 + len(parked[queue])))
             scheduled, running, finished = next(replies), next(replies), next(replies)
             rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
         return rows
@@ -382,12 +404,13 @@ return false
 
     def drain(self, queue: str) -> int:
         qk = self.keys.queue(queue)
+        lists: list[Any] = [*qk.waits, *self._parked(queue)]
         with self.connection.pipeline() as pipe:
-            for key in qk.waits:
+            for key in lists:
                 pipe.lrange(key, 0, -1)
                 pipe.delete(key)
             pipe.zrange(qk.delayed, 0, -1)
-            pipe.delete(qk.delayed)
+            pipe.delete(qk.delayed, qk.parked)
             replies = pipe.execute()
         ids = {i for reply in replies[0::2] for i in reply}
         for chunk in _chunks(sorted(ids), 500):

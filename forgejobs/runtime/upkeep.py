@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from ..deadletter import DeadLetter, Reason
 from ..events import Event, EventStream
 from ..execution import Retry, decide_stalled, record_stalled
+from .corrupt import read_record
 
 if TYPE_CHECKING:
     from ..keys import QueueKeys
@@ -58,6 +60,10 @@ class EventBuffer:
             with self._lock:
                 self._buffer[:0] = events  # written with the next flush
             raise
+
+
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+"""The errors that mean Redis cannot be reached (anything else is an answer, e.g. WRONGTYPE)."""
 
 
 class Outage:
@@ -115,16 +121,24 @@ class Upkeep:
                 worker.supervise()
                 self.refresh()
                 for state in worker.states.values():
-                    self.recover(state)
+                    self.per_queue(self.recover, state)
             if now - self._last_trim >= 5.0:
                 self._last_trim = now
                 for state in worker.states.values():
-                    self.trim(state)
+                    self.per_queue(self.trim, state)
             worker.outage.recovered()
-        except redis.RedisError as exc:
+        except UNREACHABLE as exc:
             worker.outage.failed(exc)
         except Exception:  # noqa: BLE001 - upkeep must go on: leases, recovery and promotion depend on it
             log.exception("worker upkeep failed; trying again")
+
+    @staticmethod
+    def per_queue(step: Callable[[QueueState], None], state: QueueState) -> None:
+        """One queue's step; an error Redis answers with (not an outage) does not hold up the other queues."""
+        try:
+            step(state)
+        except redis.ResponseError:
+            log.exception("%s: %s failed; trying again", state.name, step.__name__)
 
     def final(self) -> None:
         """A clean stop: write the last events and give up the slots' leases (they hold no jobs now)."""
@@ -189,7 +203,10 @@ class Upkeep:
     def settle(self, state: QueueState) -> None:
         ids = cast(list[bytes], self.connection.lrange(state.keys.stalled, 0, SETTLE_BATCH - 1))
         for job_id in ids:
-            self.settle_one(state, job_id)
+            try:
+                self.settle_one(state, job_id)
+            except redis.ResponseError:  # one bad entry must not hold up the jobs behind it
+                log.exception("%s: could not settle stalled job %r; going on", state.name, job_id)
 
     def settle_one(self, state: QueueState, job_id: bytes) -> None:
         """Retry or dead-letter one stalled job. The decision is applied by `settle.lua` only if the job is
@@ -197,14 +214,30 @@ class Upkeep:
         events) follow only then, so two workers settling at once act once."""
         keys = state.keys
         raw_key: Any = keys.job_bytes(job_id)  # bytes: the id may not be UTF-8
-        envelope, priority = cast(list[bytes | None], self.connection.hmget(raw_key, ["d", "p"]))
         shown = job_id.decode("utf-8", "backslashreplace")
-        rank = int(priority) if priority and priority.isdigit() and 1 <= int(priority) <= 10 else 5
         runtime = self.worker.runtime_for(state)
         base = [*keys.standard, keys.stalled]
-        if envelope is None:  # nothing to run: the record was deleted meanwhile (or never was one of ours)
+        kind = cast(bytes, self.connection.type(raw_key))
+        if kind not in (b"hash", b"none"):  # not a job record: keep its bytes as a dead letter, never run it
+            kind_text, raw = read_record(self.connection, raw_key)
+            error = f"corrupt record: a {kind_text}, not a hash"
+            if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, 5, ""]):
+                runtime.dead_letters.add(
+                    DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error=error, raw=raw)
+                )
+                log.error("dead-lettered %s from %s: %s", shown, state.name, error)
+            return
+        envelope, priority = cast(list[bytes | None], self.connection.hmget(raw_key, ["d", "p"]))
+        rank = int(priority) if priority and priority.isdigit() and 1 <= int(priority) <= 10 else 5
+        if envelope is None:  # nothing to run: deleted meanwhile, or a hash that never was a job
+            kind_text, raw = read_record(self.connection, raw_key)
             if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, rank, ""]):
-                log.warning("%s: stalled job %s has no record left; dropped", state.name, shown)
+                if kind_text == "none":
+                    log.warning("%s: stalled job %s has no record left; dropped", state.name, shown)
+                else:
+                    error = "corrupt record: no envelope"
+                    record = DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error=error, raw=raw)
+                    runtime.dead_letters.add(record)
             return
         outcome = decide_stalled(envelope, runtime, job_id=shown, queue=state.name)
         if outcome is None:  # not an envelope of a known job: run it through execution, which dead-letters it

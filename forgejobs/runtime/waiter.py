@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .upkeep import UNREACHABLE
+
 if TYPE_CHECKING:
     from .worker import QueueState, Worker
 
@@ -72,7 +74,7 @@ class Waiter:
             try:
                 self.step(stop)
                 outage.recovered()
-            except redis.RedisError as exc:
+            except UNREACHABLE as exc:
                 stop.wait(outage.failed(exc))
             except Exception:  # noqa: BLE001 - the waiter must go on, or idle slots never wake
                 log.exception("worker waiter failed; trying again")

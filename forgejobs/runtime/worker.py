@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 import redis
 
@@ -43,8 +43,9 @@ from ..registry import Registry
 from ..settings import Settings, load_hooks, load_resources
 from ..specs import QueueSpec
 from ..timeouts import watchdog_guard
+from .corrupt import read_record
 from .scripts import Scripts
-from .upkeep import EventBuffer, Outage, Upkeep
+from .upkeep import UNREACHABLE, EventBuffer, Outage, Upkeep
 from .waiter import ServerClock, Waiter
 
 log = logging.getLogger("forgejobs.worker")
@@ -439,7 +440,11 @@ class Worker:
                     # Take a fresh identity; the old one's lease runs out and recovery requeues what it held.
                     slot.ident = self._new_ident(slot.queue, slot.index)
                     woke = True  # the next fetch registers the new identity's lease
-                self._stop.wait(self.outage.failed(exc))
+                if isinstance(exc, UNREACHABLE):
+                    self._stop.wait(self.outage.failed(exc))
+                else:  # Redis answered with an error: say so, and try again shortly
+                    log.error("%s: fetch failed: %s", slot.ident, exc)
+                    self._stop.wait(1.0)
                 continue
             finish = None
             if status == "lost":
@@ -542,20 +547,13 @@ class Worker:
 
     def _corrupt(self, state: QueueState, slot: Slot, job: Fetched, shown: str) -> Finish:
         """A record without a readable envelope: keep what is there as a dead letter, never run it."""
-        key: Any = state.keys.job_bytes(job.id)  # bytes: the id may not be UTF-8
         try:
-            kind = self.connection.type(key)
-            kind_text = kind.decode() if isinstance(kind, bytes) else str(kind)
-            if kind_text == "hash":
-                fields = cast(dict[bytes, bytes], self.connection.hgetall(key))
-                raw = repr({k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()})
-            elif kind_text == "string":
-                raw = cast(bytes, self.connection.get(key)).decode("utf-8", "replace")
-            else:
-                raw = f"<{kind_text}>"
+            kind, raw = read_record(self.connection, state.keys.job_bytes(job.id))
         except redis.RedisError as exc:
-            kind_text, raw = "?", f"<unreadable: {exc}>"
-        error = "corrupt record: no envelope" if kind_text in ("hash", "none") else f"corrupt record: a {kind_text}"
+            kind, raw = "?", f"<unreadable: {exc}>"
+        error = "corrupt record: no envelope" if kind in ("hash", "none") else f"corrupt record: a {kind}, not a hash"
+        if kind == "none":
+            error = "corrupt record: no envelope (an id on a wait list with no record)"
         record = DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error=error, raw=raw)
         self._runtimes[state.name].dead_letters.add(record)
         log.error("dead-lettered %s from %s: %s", shown, state.name, error)

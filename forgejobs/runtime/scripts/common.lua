@@ -43,6 +43,7 @@ local function release_key(ck_prefix, ck, id)
     if parked then
         redis.call('LPUSH', KEYS[6 + priority_of(parked)], parked)
         redis.call('ZADD', KEYS[3], 0, '0')
+        if redis.call('LLEN', ck_prefix .. ck .. ':wait') == 0 then redis.call('SREM', ck_prefix .. 'parked', ck) end
     end
 end
 

@@ -8,7 +8,8 @@
 -- KEYS[5..] one job hash per job            (forgejobs:{q}:job:<id>)
 -- ARGV[1]  priority (1..10)
 -- ARGV[2]  due time in ms since the epoch, "" to start now
--- ARGV[3]  "1": the caller chose the ids; an id whose hash exists is not stored again
+-- ARGV[3]  "1": the caller chose the ids; an id whose hash exists is not stored again (and is returned);
+--          "2": a retry after a lost reply; an id whose hash exists was stored by the first try: skip it
 -- ARGV[4]  per-key concurrency limit, "" for none
 -- ARGV[5]  job name (for the events)
 -- ARGV[6]  queue name (for the events)
@@ -32,9 +33,11 @@ end
 for i = 5, #KEYS do
     local base = 10 + (i - 5) * 3
     local id, envelope, ck = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-    if ARGV[3] == '1' and redis.call('EXISTS', KEYS[i]) == 1 then
-        existing[#existing + 1] = id
-        event('deduplicated', id, ARGV[8])
+    if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[i]) == 1 then
+        if ARGV[3] == '1' then
+            existing[#existing + 1] = id
+            event('deduplicated', id, ARGV[8])
+        end
     else
         if ck ~= '' then
             redis.call('HSET', KEYS[i], 'd', envelope, 'p', ARGV[1], 's', status, 'ck', ck, 'cl', ARGV[4])

@@ -21,7 +21,7 @@
 -- ARGV[10] the queue's global concurrency, "0" for none
 -- ARGV[11] "1": the slot woke from idle: renew its lease entry, and put the marker back when a job
 --          was taken so another slot or process follows (a busy slot's lease is renewed by its heartbeat)
--- ARGV[12] concurrency-key prefix (forgejobs:{q}:ck:)
+-- ARGV[12] concurrency-key prefix (forgejobs:{q}:ck:); `<prefix>parked` is the set of keys with parked jobs
 -- ARGV[13] the finished job's concurrency key, "" for none
 -- ARGV[14] the caller's clock, ms since the epoch: used for finish and start times only. Lease expiry
 --          and retry due times come from the server's clock (TIME), read only when needed.
@@ -71,6 +71,7 @@ for _ = 1, 50 do
     local ck = fields[2]
     if ck and redis.call('SCARD', ARGV[12] .. ck .. ':run') >= (tonumber(fields[3]) or 1) then
         redis.call('RPUSH', ARGV[12] .. ck .. ':wait', id)  -- parked until a job of its key finishes
+        redis.call('SADD', ARGV[12] .. 'parked', ck)  -- which keys have parked jobs (info, drain)
     else
         if ck then redis.call('SADD', ARGV[12] .. ck .. ':run', id) end
         redis.call('HSET', KEYS[1], id, slot .. '|' .. now)

@@ -12,10 +12,13 @@ local prefix = ARGV[1]
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(due) do
-    if redis.call('EXISTS', prefix .. id) == 1 then  -- a job deleted meanwhile has nothing to run
-        hset(prefix .. id, 's', 'queued')
+    local kind = redis.call('TYPE', prefix .. id)['ok']
+    if kind == 'hash' then
+        redis.call('HSET', prefix .. id, 's', 'queued')
         redis.call('RPUSH', KEYS[6 + priority_of(id)], id)
-    end
+    elseif kind ~= 'none' then  -- not a job record: left as it is, for fetch to dead-letter with its bytes
+        redis.call('RPUSH', KEYS[11], id)
+    end  -- none: deleted meanwhile, nothing to run
 end
 if #due > 0 then
     redis.call('ZREM', KEYS[4], unpack(due))
