@@ -40,8 +40,8 @@ def fetch(scripts: Scripts, slot: str, lease_ms: int = 10_000, finish: tuple[str
     """One fetch.lua call for `slot` on the slow queue: optionally finish (mode, id, payload, ms), then take."""
     mode, job_id, payload, ms = finish or ("", "", "", 0)
     args = [SLOW.job_prefix, slot, lease_ms, mode, job_id, payload, ms, 5, "1", 0, "1", SLOW.ck_prefix, ""]
-    args.append(int(time.time() * 1000))
-    return scripts.fetch(keys=SLOW.standard, args=args)
+    args += [int(time.time() * 1000), 0, "slow", 0]  # no events
+    return scripts.fetch(keys=[*SLOW.standard, "forgejobs:events"], args=args)
 
 
 def recover(scripts: Scripts) -> list[int]:

@@ -117,10 +117,11 @@ class Waiter:
         key = key.decode() if isinstance(key, bytes) else key
         for state in watching:
             if key == state.keys.marker:
-                if member in (b"0", "0") and not state.wake_one():
-                    # Its idle slot found work by itself meanwhile: leave the marker for another process.
-                    self.connection.zadd(state.keys.marker, {"0": 0})
-                elif float(score) < state.next_due:
+                if member in (b"0", "0"):
+                    if not state.wake_one():
+                        # Its idle slot found work by itself meanwhile: leave the marker for another process.
+                        self.connection.zadd(state.keys.marker, {"0": 0})
+                elif float(score) < state.next_due:  # "d": a delayed job falls due then
                     state.next_due = float(score)
                 break
 

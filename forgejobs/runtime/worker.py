@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -35,7 +35,7 @@ from ..backends.redis import RedisBackend
 from ..client import Client, set_client
 from ..deadletter import DeadLetter, Reason
 from ..errors import ForgeJobsError, UnknownJob
-from ..events import Hooks
+from ..events import Event, EventKind, Hooks
 from ..execution import Aborted, DeadLettered, Outcome, Retry, Runtime, Succeeded, WorkerShutdown, execute
 from ..keys import Keys, QueueKeys
 from ..ratelimit import RedisRateLimiter
@@ -57,6 +57,12 @@ killed process cannot strand jobs for longer)."""
 STUCK_GRACE = 30.0
 """A slot still inside a job this long after its timeout has stopped being a live slot: its lease is
 no longer renewed, so its job is recovered and run elsewhere."""
+
+
+def _event_values(event: Event) -> list[str]:
+    """An event's fields in the order fetch.lua reads them."""
+    fields = event.to_fields()
+    return [fields[name] for name in ("kind", "job_id", "name", "queue", "attempt", "at", "data")]
 
 
 def connect(url: str) -> redis.Redis:
@@ -99,6 +105,7 @@ class Finish:
     payload: str | bytes
     ms: int
     owner: str  # the slot identity that took it
+    events: list[str] = field(default_factory=list)  # outcome events, 7 fields each, written with the outcome
 
 
 @dataclass
@@ -203,6 +210,7 @@ class Worker:
         self._max_jobs: int | None = None
         self._generation = 0
         self._inline = False
+        self._slot_local = threading.local()
 
     # -- the pieces execution needs -------------------------------------------------------
 
@@ -224,9 +232,25 @@ class Worker:
             hooks=self._hooks,
             limiter=self._limiter,
             report_log=log_line,
-            events=self.events.emit,
+            events=self._route_events,
             guard=self._guard,
         )
+
+    def _route_events(self, events: Sequence[Event]) -> None:
+        """Where execution's events go. In a slot thread: `started` is written by fetch.lua with the take, and
+        the outcome events with the outcome (atomically, in the slot's next fetch); progress is written at
+        once. Elsewhere (recovery in the upkeep thread): the batched writer."""
+        outbox: list[Event] | None = getattr(self._slot_local, "outbox", None)
+        if outbox is None:
+            self.events.emit(events)
+            return
+        for event in events:
+            if event.kind is EventKind.STARTED:
+                continue
+            if event.kind is EventKind.PROGRESS:
+                self.backend.events.append(event)
+            else:
+                outbox.append(event)
 
     def runtime_for(self, state: QueueState) -> Runtime:
         return self._runtimes[state.name]
@@ -490,8 +514,15 @@ class Worker:
         limit = state.spec.global_concurrency or 0
         args += ["1" if take else "", limit, "1" if woke else "", keys.ck_prefix]
         args.append(finish.job.concurrency_key or "" if finish else "")
-        args.append(int(time.time() * 1000))
-        lost, job_id, envelope, priority, ck, status = self.scripts.fetch(keys=keys.standard, args=args)
+        args += [int(time.time() * 1000), self.backend.events.maxlen, state.name]
+        if finish is None or not finish.events:
+            args.append(0)
+        else:
+            args.append(len(finish.events) // 7)
+            args += finish.events
+        lost, job_id, envelope, priority, ck, status = self.scripts.fetch(
+            keys=[*keys.standard, self.keys.events], args=args
+        )
         if lost and finish is not None:
             log.warning(
                 "%s %s: its lease had been recovered (the worker was too slow or cut off); this run's outcome "
@@ -513,17 +544,22 @@ class Worker:
         slot.job_timeout = self._timeout_hint(job.envelope)
         slot.job_started = time.monotonic()
         slot.in_handler = True
+        outbox: list[Event] = []
+        self._slot_local.outbox = outbox
         try:
             outcome = execute(job.envelope, runtime, job_id=shown, queue=state.name)
+            finish = self._finish_for(outcome, job, slot)
         except WorkerShutdown:
-            return Finish("requeue", job, job.envelope, 0, slot.ident)
+            finish = Finish("requeue", job, job.envelope, 0, slot.ident)
         except BaseException:  # noqa: BLE001 - e.g. a timeout that fired after perform returned
             log.exception("%s %s: failed outside its handler; running it again in 1 s", state.name, shown)
-            return Finish("retry", job, job.envelope, 1000, slot.ident)
+            finish = Finish("retry", job, job.envelope, 1000, slot.ident)
         finally:
+            self._slot_local.outbox = None
             slot.in_handler = False
             slot.job_started = None
-        return self._finish_for(outcome, job, slot)
+        finish.events = [value for event in outbox for value in _event_values(event)]
+        return finish
 
     def _finish_for(self, outcome: Outcome, job: Fetched, slot: Slot) -> Finish:
         if isinstance(outcome, Succeeded):

@@ -9,6 +9,7 @@
 -- KEYS[5]  done zset, id -> expiry ms                (forgejobs:{q}:done)
 -- KEYS[6]  failed zset, id -> expiry ms              (forgejobs:{q}:failed)
 -- KEYS[7..16] wait lists, priority 1 first           (forgejobs:{q}:wait:p01 .. p10)
+-- KEYS[17] event stream                              (forgejobs:events)
 -- ARGV[1]  job key prefix (forgejobs:{q}:job:); job hashes are built from it and share the tag
 -- ARGV[2]  this slot's id
 -- ARGV[3]  lease in ms
@@ -25,6 +26,11 @@
 -- ARGV[13] the finished job's concurrency key, "" for none
 -- ARGV[14] the caller's clock, ms since the epoch: used for finish and start times only. Lease expiry
 --          and retry due times come from the server's clock (TIME), read only when needed.
+-- ARGV[15] the event stream's approximate cap (XADD MAXLEN ~), "0" to write no events
+-- ARGV[16] the queue's name (for the events)
+-- ARGV[17] how many events report the finished job's outcome; then 7 values each: kind, job_id, name,
+--          queue, attempt, at, data. They are written with the outcome (not when the lease was lost), and a
+--          "started" event with each job taken: a killed worker loses no event of a recorded step.
 -- Returns {lost, id, envelope, priority, concurrency key, state}: lost is 1 when this slot no
 -- longer held the finished job (its lease was recovered) and nothing was recorded; then nothing is
 -- taken either (state "lost"): the slot must go on under a fresh identity. Otherwise state is "ok",
@@ -38,6 +44,13 @@ local prefix, slot = ARGV[1], ARGV[2]
 
 -- @include common
 
+local function event(kind, id, name, queue, attempt, at, data)
+    if ARGV[15] ~= '0' then
+        redis.call('XADD', KEYS[17], 'MAXLEN', '~', ARGV[15], '*', 'kind', kind, 'job_id', id, 'name', name,
+            'queue', queue, 'attempt', attempt, 'at', at, 'data', data)
+    end
+end
+
 local lost = 0
 local mode, fid = ARGV[4], ARGV[5]
 if mode ~= '' then
@@ -48,6 +61,10 @@ if mode ~= '' then
         redis.call('HDEL', KEYS[1], fid)
         record(mode, fid, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]))
         if ARGV[13] ~= '' then release_key(ARGV[12], ARGV[13], fid) end
+        for i = 0, tonumber(ARGV[17]) - 1 do
+            local b = 18 + i * 7
+            event(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
+        end
         if ARGV[10] ~= '0' and ARGV[9] ~= '1' then redis.call('ZADD', KEYS[3], 0, '0') end
     end
 end
@@ -75,7 +92,15 @@ for _ = 1, 50 do
     else
         if ck then redis.call('SADD', ARGV[12] .. ck .. ':run', id) end
         redis.call('HSET', KEYS[1], id, slot .. '|' .. now)
-        if ARGV[11] == '1' then redis.call('ZADD', KEYS[3], 0, '0') end
+        local ok, envelope = pcall(cjson.decode, fields[1])
+        if ok and type(envelope) == 'table' then  -- an unreadable one is dead-lettered by the worker instead
+            event('started', id, tostring(envelope['name']), ARGV[16],
+                tostring(envelope['attempt']), tostring(now), '{}')
+        end
+        -- woken from idle: pass the marker on while jobs remain (EXISTS counts the non-empty lists)
+        if ARGV[11] == '1' and redis.call('EXISTS', unpack(KEYS, 7, 16)) > 0 then
+            redis.call('ZADD', KEYS[3], 0, '0')
+        end
         return {lost, id, fields[1], priority, ck, 'ok'}
     end
 end
