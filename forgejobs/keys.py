@@ -9,7 +9,7 @@ only rq-scheduler's repeat store and the benchmarks still use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 PRIORITIES = range(1, 11)
 
@@ -158,7 +158,7 @@ class Keys:
     prefix: str = "forgejobs"
 
     def queue(self, queue: str) -> QueueKeys:
-        return QueueKeys(self.prefix, queue)
+        return _queue_keys(self.prefix, queue)
 
     def wake(self, worker: str) -> str:
         """Sorted set a worker process's waiter also blocks on, so its own slots can wake it."""
@@ -195,3 +195,9 @@ class Keys:
     def schedule_last_runs(self) -> str:
         """Hash: schedule name -> its last run (tick, job id, note) as JSON."""
         return f"{self.prefix}:schedules:last"
+
+
+@cache
+def _queue_keys(prefix: str, queue: str) -> QueueKeys:
+    """One `QueueKeys` per queue, so the key names it caches are built once per process."""
+    return QueueKeys(prefix, queue)

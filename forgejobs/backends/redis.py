@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import groupby
 from typing import Any, cast
 
@@ -100,10 +100,9 @@ class RedisDeadLetters(DeadLetterStore):
 
 
 def _event_data(job: Prepared) -> str:
-    data: dict[str, Any] = {"priority": job.priority}
-    if job.due_at is not None:
-        data["due_at"] = job.due_at.isoformat()
-    return json.dumps(data, separators=(",", ":"))
+    if job.due_at is None:
+        return f'{{"priority":{job.priority}}}'
+    return f'{{"priority":{job.priority},"due_at":"{job.due_at.isoformat()}"}}'
 
 
 class RedisBackend(Backend):
@@ -170,6 +169,9 @@ class RedisBackend(Backend):
 
     @staticmethod
     def _groups(jobs: Sequence[Prepared]) -> list[list[Prepared]]:
+        if len(jobs) == 1:
+            return [list(jobs)]
+
         def shape(job: Prepared) -> tuple[Any, ...]:
             due = epoch_ms(job.due_at) if job.due_at is not None else -1
             return (job.queue, job.name, job.priority, due, job.unique, job.concurrency_limit)
@@ -182,7 +184,7 @@ class RedisBackend(Backend):
 
     def _enqueue_call(self, group: list[Prepared], client: Any, *, retry: bool = False) -> Any:
         first = group[0]
-        qk = self.keys.queue(first.queue)
+        qk = self.keys.queue(first.queue)  # cached: its key names are built once
         args: list[Any] = [
             first.priority,
             epoch_ms(first.due_at) if first.due_at is not None else "",
@@ -190,7 +192,7 @@ class RedisBackend(Backend):
             first.concurrency_limit or "",
             first.name,
             first.queue,
-            datetime.now(UTC).isoformat(),
+            str(time.time_ns() // 1_000_000),  # the event's time, ms since the epoch
             _event_data(first),
             self.events.maxlen,
         ]
