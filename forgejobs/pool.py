@@ -23,9 +23,8 @@ from types import FrameType
 from typing import NoReturn
 
 from .backends.redis import RedisBackend
-from .errors import ForgeJobsError
 from .registry import Registry
-from .runtime.worker import Worker, WorkerStats, connect
+from .runtime.worker import Worker, WorkerStats, connect, slots_per_queue
 from .settings import Settings
 from .timeouts import alarm_guard
 
@@ -54,17 +53,11 @@ class ProcessWorker:
         concurrency: int | None = None,
         processes: bool = False,
     ) -> None:
-        names = queues or sorted(registry.queues)
-        unknown = [q for q in names if q not in registry.queues]
-        if unknown:
-            declared = ", ".join(sorted(registry.queues))
-            raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {declared}")
-        if concurrency is not None and concurrency < 1:
-            raise ForgeJobsError("concurrency must be at least 1")
         self.settings = settings
         self.registry = registry
-        self.queues = names
-        self.concurrency = {q: concurrency or registry.queues[q].concurrency for q in names}
+        self.concurrency = slots_per_queue(registry, queues, concurrency)
+        self._concurrency = concurrency
+        self.queues = names = list(self.concurrency)
         self.process_queues = [q for q in names if processes or registry.queues[q].mode == "processes"]
         self.thread_queues = [q for q in names if q not in self.process_queues]
         self.stats = WorkerStats()
@@ -177,8 +170,7 @@ class ProcessWorker:
             signal.signal(signal.SIGTERM, lambda signum, frame: stopped.__setitem__(0, True))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             if queue == THREADS:
-                worker = Worker(self.settings, self.registry, queues=self.thread_queues)
-                worker.concurrency = {q: self.concurrency[q] for q in self.thread_queues}
+                worker = Worker(self.settings, self.registry, queues=self.thread_queues, concurrency=self._concurrency)
                 if stopped[0]:
                     worker.stop()
                 stats = worker.run()

@@ -162,15 +162,16 @@ def start_cli(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerPr
 def start_worker(start_cli: Callable[..., WorkerProcess], conn: redis.Redis) -> Callable[..., WorkerProcess]:
     """Start `forgejobs worker` subprocesses on the test database and wait until they listen."""
 
-    def slots() -> int:
-        return sum(int(conn.zcard(key)) for key in conn.scan_iter(match="forgejobs:{*}:workers"))
+    def slots() -> set[bytes]:
+        """Every slot holding a lease on any queue (a dead worker's leave when another worker recovers them)."""
+        return {m for key in conn.scan_iter(match="forgejobs:{*}:workers") for m in conn.zrange(key, 0, -1)}
 
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
         before = slots()
         worker = start_cli("worker", *args, env=env)
         if ready:
             wait_for(
-                lambda: slots() > before or worker.process.poll() is not None,
+                lambda: slots() - before or worker.process.poll() is not None,
                 timeout=20,
                 what="the worker to register",
             )

@@ -160,9 +160,14 @@ def test_a_job_on_its_last_attempt_whose_worker_was_killed_is_dead_lettered_as_s
     handle = Slow.with_options(job_id="stalls-once").enqueue(path=str(path), seconds=30)
     rewrite_envelope(conn, "stalls-once", attempt=2)  # pretend attempt 1 already failed: this is 2 of 2
     kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
-    start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+    replacement = start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
 
-    wait_for(lambda: handle.status() is Status.FAILED, timeout=15, what="the job to be dead-lettered")
+    what = "the job to be dead-lettered"
+    try:
+        wait_for(lambda: handle.status() is Status.FAILED, timeout=20, what=what)
+    except AssertionError as exc:
+        state = {k.decode(): conn.type(k).decode() for k in conn.scan_iter(match="forgejobs:{slow}:*")}
+        raise AssertionError(f"{exc}; keys {state}; replacement's log:\n{replacement.log()}") from None
     record = client.dead_letter("stalls-once")
     assert record.reason is Reason.STALLED
     assert record.payload == {"path": str(path), "seconds": 30.0}
@@ -176,9 +181,14 @@ def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
     history = [{"attempt": 1, "at": "2026-01-01T00:00:00Z", "error": STALL_ERROR, "delay": 0}]
     rewrite_envelope(conn, "stalls-twice", history=history)  # attempt 1 already stalled once (max_stalled=1)
     kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
-    start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+    replacement = start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
 
-    wait_for(lambda: handle.status() is Status.FAILED, timeout=15, what="the job to be dead-lettered")
+    what = "the job to be dead-lettered"
+    try:
+        wait_for(lambda: handle.status() is Status.FAILED, timeout=20, what=what)
+    except AssertionError as exc:
+        state = {k.decode(): conn.type(k).decode() for k in conn.scan_iter(match="forgejobs:{slow}:*")}
+        raise AssertionError(f"{exc}; keys {state}; replacement's log:\n{replacement.log()}") from None
     assert client.dead_letter("stalls-twice").reason is Reason.STALLED
 
 

@@ -59,6 +59,19 @@ STUCK_GRACE = 30.0
 no longer renewed, so its job is recovered and run elsewhere."""
 
 
+def slots_per_queue(registry: Registry, queues: list[str] | None, concurrency: int | None) -> dict[str, int]:
+    """Queue -> slots to run: `queues` (default every declared queue) at `concurrency` (default each spec's).
+    Refuses an undeclared queue or a concurrency below 1, naming them."""
+    names = queues or sorted(registry.queues)
+    unknown = [q for q in names if q not in registry.queues]
+    if unknown:
+        declared = ", ".join(sorted(registry.queues))
+        raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {declared}")
+    if concurrency is not None and concurrency < 1:
+        raise ForgeJobsError("concurrency must be at least 1")
+    return {q: concurrency or registry.queues[q].concurrency for q in names}
+
+
 def _event_values(event: Event) -> list[str]:
     """An event's fields in the order fetch.lua reads them."""
     fields = event.to_fields()
@@ -172,17 +185,10 @@ class Worker:
         hooks: Hooks | None = None,  # None: load_hooks(settings)
         guard: Callable[[float], AbstractContextManager[object]] = watchdog_guard,
     ) -> None:
-        names = queues or sorted(registry.queues)
-        unknown = [q for q in names if q not in registry.queues]
-        if unknown:
-            declared = ", ".join(sorted(registry.queues))
-            raise ForgeJobsError(f"unknown queue(s): {', '.join(unknown)}; declared: {declared}")
-        if concurrency is not None and concurrency < 1:
-            raise ForgeJobsError("concurrency must be at least 1")
         self.settings = settings
         self.registry = registry
-        self.queues = names
-        self.concurrency = {q: concurrency or registry.queues[q].concurrency for q in names}
+        self.concurrency = slots_per_queue(registry, queues, concurrency)
+        self.queues = names = list(self.concurrency)
         self.stats = WorkerStats()
         self.name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.connection = connection or connect(settings.redis_url_or_default())
