@@ -23,6 +23,7 @@ from .context import Context
 from .deadletter import DeadLetter, Reason
 from .errors import (
     BackendError,
+    BackendUnavailable,
     ForgeJobsError,
     JobFailed,
     NoSuchJob,
@@ -45,6 +46,7 @@ from .status import Status
 
 __all__ = [
     "BackendError",
+    "BackendUnavailable",
     "Client",
     "Context",
     "DeadLetter",

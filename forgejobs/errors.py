@@ -55,6 +55,11 @@ class BackendError(ForgeJobsError):
     """The queue backend (Redis) failed or holds something unexpected."""
 
 
+class BackendUnavailable(BackendError):
+    """Redis could not be reached within the time allowed (`FORGEJOBS_ENQUEUE_TIMEOUT` for an enqueue).
+    The message names the server, never its password."""
+
+
 class JobFailed(ForgeJobsError):
     """`handle.result()` was asked for the result of a job that failed for good."""
 

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         description="A slot's lease: seconds without a renewal after which its running job counts as stalled "
         "(its worker died or hangs) and is taken back. Renewed every fifth of it.",
     )
+    enqueue_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds an enqueue keeps trying while Redis cannot be reached (dropped connections, "
+        "timeouts; retried with backoff and jitter) before it raises BackendUnavailable. Also the socket "
+        "timeout of producers' connections, so a frozen Redis cannot block a caller longer.",
+    )
     events_max: int = Field(default=100_000, ge=100, description="Job events the stream keeps (oldest go first).")
     dead_letter_limit: int = Field(default=10_000, ge=1, description="Dead letters kept; the oldest go first.")
 

@@ -2,25 +2,108 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from forgejobs import BackendError, Client, Registry
+from forgejobs import BackendError, BackendUnavailable, Client, Registry, Settings
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.options import EnqueueOptions
 from forgejobs.specs import QueueSpec, Specs
+from tests.conftest import wait_for
 from tests.samplejobs.basic import Echo
 
 
-def test_enqueue_without_redis_raises_a_backend_error_naming_the_cause() -> None:
-    client = Client(
-        RedisBackend(redis.Redis.from_url("redis://127.0.0.1:1/0")),  # nothing listens on port 1
-        Registry([Echo], Specs(queues={"fast": QueueSpec()})),
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def private_redis(tmp_path: Path, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of the test's own on a free port (never the shared one), stopped by PID at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
     )
-    with pytest.raises(BackendError, match=r"could not enqueue 1 job\(s\).*Connection refused"):
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for(lambda: _pings(url), timeout=10, what="the private redis-server")
+        yield process, url
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_enqueue_without_redis_keeps_trying_for_the_enqueue_timeout_then_names_the_server() -> None:
+    settings = Settings(redis_url="redis://:s3cret@127.0.0.1:1/0", enqueue_timeout=0.5)  # nothing listens on port 1
+    client = Client(RedisBackend.from_settings(settings), Registry([Echo], Specs(queues={"fast": QueueSpec()})))
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as caught:
         client.enqueue_raw("fast.echo", {"text": "x"})
+    waited = time.monotonic() - started
+    message = str(caught.value)
+    assert "could not enqueue 1 job(s): Redis at redis://127.0.0.1:1/0 did not answer within 0.5s" in message
+    assert "Connection refused" in message and "s3cret" not in message
+    assert 0.3 <= waited < 3, waited  # retried for about the timeout, not once and not forever
+    assert isinstance(caught.value, BackendError)
+
+
+def test_a_frozen_redis_blocks_an_enqueue_no_longer_than_the_enqueue_timeout(tmp_path: Path) -> None:
+    """SIGSTOP, as a network partition looks to a client: the socket timeout ends each try."""
+    with private_redis(tmp_path) as (process, url):
+        client = Client(
+            RedisBackend.from_settings(Settings(redis_url=url, enqueue_timeout=1)),
+            Registry([Echo], Specs(queues={"fast": QueueSpec()})),
+        )
+        client.enqueue_raw("fast.echo", {"text": "before"})  # connected and the script loaded
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="did not answer within 1s"):
+                client.enqueue_raw("fast.echo", {"text": "frozen"})
+            assert time.monotonic() - started < 6
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        # After the thaw the tries sent into the frozen server may run: never more than one job each.
+        conn = redis.Redis.from_url(url)
+        wait_for(lambda: conn.ping(), timeout=5, what="the thawed server")
+        ids = conn.lrange("forgejobs:{fast}:wait:p05", 0, -1)
+        assert len(ids) == len(set(ids)) and 1 <= len(ids) <= 2
 
 
 def test_resources_convention_tolerates_a_job_module_that_is_not_a_package() -> None:

@@ -21,10 +21,11 @@ from itertools import groupby
 from typing import Any, cast
 
 import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 from ..context import ProgressValue
 from ..deadletter import DeadLetter, DeadLetterStore
-from ..errors import BackendError
+from ..errors import BackendError, BackendUnavailable
 from ..events import Event, EventKind, EventStream
 from ..keys import PRIORITIES, Keys
 from ..runtime.scripts import Scripts
@@ -44,8 +45,19 @@ _STATUS = {
 }
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, health_check_interval=30)
+def connect(url: str, timeout: float = 5.0) -> redis.Redis:
+    """A producer's connection: no call waits on a silent (frozen, partitioned) Redis longer than `timeout`."""
+    return redis.Redis.from_url(
+        url, health_check_interval=30, socket_timeout=max(timeout, 2.0), socket_connect_timeout=min(timeout, 2.0)
+    )
+
+
+def describe(connection: redis.Redis) -> str:
+    """Where a connection points, for messages: `redis://host:port/db` or the socket path; never a password."""
+    kwargs = connection.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -116,8 +128,10 @@ class RedisBackend(Backend):
         dead_letter_limit: int = 10_000,
         events_max: int = 100_000,
         queues: Iterable[str] = (),
+        enqueue_timeout: float = 5.0,
     ) -> None:
         self.connection = connection
+        self.enqueue_timeout = enqueue_timeout
         self.keys = keys or Keys()
         self.dead_letters = RedisDeadLetters(connection, self.keys, dead_letter_limit)
         self.events = EventStream(connection, self.keys.events, maxlen=events_max)
@@ -126,11 +140,17 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisBackend:
-        return cls.for_connection(connect(settings.redis_url_or_default()), settings)
+        return cls.for_connection(connect(settings.redis_url_or_default(), settings.enqueue_timeout), settings)
 
     @classmethod
     def for_connection(cls, connection: redis.Redis, settings: Settings) -> RedisBackend:
-        return cls(connection, Keys(settings.key_prefix), settings.dead_letter_limit, settings.events_max)
+        return cls(
+            connection,
+            Keys(settings.key_prefix),
+            settings.dead_letter_limit,
+            settings.events_max,
+            enqueue_timeout=settings.enqueue_timeout,
+        )
 
     def use_queues(self, queues: Iterable[str]) -> None:
         """The queues to look in when a job is asked for by id alone."""
@@ -138,25 +158,36 @@ class RedisBackend(Backend):
 
     # -- enqueue ------------------------------------------------------------------
 
-    RETRIES = 2
-    """A dropped connection or a timeout is retried this many times (50 ms, then 100 ms later)."""
-
     def enqueue(self, jobs: Sequence[Prepared]) -> set[str]:
         """Store the jobs: one script call per (queue, priority, due time) group of up to BATCH jobs, all
-        sent in one round trip. Each call is atomic; a call that fails stores none of its jobs. After a
-        dropped connection or a timeout the call is sent again, skipping the jobs the first try may have
-        stored (the ids are fixed), so a retry never queues a job twice."""
+        sent in one round trip. Each call is atomic; a call that fails stores none of its jobs.
+
+        While Redis cannot be reached (refused or dropped connections, timeouts) the call is sent again with
+        exponential backoff and jitter for up to `enqueue_timeout` seconds, then `BackendUnavailable` is
+        raised. A retry skips the jobs an earlier try may have stored (the ids are fixed before the first),
+        so it never queues a job twice; but a call whose reply was lost may have stored its jobs although
+        the enqueue raised."""
         groups = self._groups(jobs)
-        for attempt in range(self.RETRIES + 1):
-            try:
-                return self._enqueue_groups(groups, retry=attempt > 0)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if attempt == self.RETRIES:
-                    raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
-                time.sleep(0.05 * 2**attempt)
-            except redis.RedisError as exc:
-                raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        retrying = Retrying(
+            retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+            stop=stop_after_delay(self.enqueue_timeout),
+            wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
+            reraise=True,
+        )
+        tries = 0
+        try:
+            for attempt in retrying:
+                with attempt:
+                    tries += 1
+                    return self._enqueue_groups(groups, retry=tries > 1)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(
+                f"could not enqueue {len(jobs)} job(s): Redis at {describe(self.connection)} did not answer within "
+                f"{self.enqueue_timeout:g}s ({tries} tries): {exc}"
+            ) from exc
+        except redis.RedisError as exc:
+            raise BackendError(f"could not enqueue {len(jobs)} job(s): {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover - Retrying re-raises
 
     def _enqueue_groups(self, groups: list[list[Prepared]], *, retry: bool) -> set[str]:
         if len(groups) == 1:
