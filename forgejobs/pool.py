@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from .backends.redis import RedisBackend
 from .registry import Registry
+from .runtime.upkeep import UNREACHABLE
 from .runtime.worker import Worker, WorkerStats, connect, slots_per_queue
 from .settings import Settings
 from .timeouts import alarm_guard
@@ -88,7 +89,11 @@ class ProcessWorker:
         while self._children:
             self._reap()
             if backend is not None and not self._stopping:
-                idle_checks = idle_checks + 1 if backend.pending(self.queues, horizon * 1000) == 0 else 0
+                try:
+                    idle = backend.pending(self.queues, horizon * 1000) == 0
+                except UNREACHABLE:
+                    idle = False  # the children say so, once; they go on when Redis is back
+                idle_checks = idle_checks + 1 if idle else 0
                 if idle_checks >= 3:
                     self.stop()
             time.sleep(0.1)

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,53 +15,8 @@ from forgejobs import BackendError, BackendUnavailable, Client, Registry, Settin
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.options import EnqueueOptions
 from forgejobs.specs import QueueSpec, Specs
-from tests.conftest import wait_for
+from tests.conftest import private_redis, wait_for
 from tests.samplejobs.basic import Echo
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def private_redis(tmp_path: Path, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A redis-server of the test's own on a free port (never the shared one), stopped by PID at the end."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server binary")
-    port = port or free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        wait_for(lambda: _pings(url), timeout=10, what="the private redis-server")
-        yield process, url
-    finally:
-        process.kill()
-        process.wait(10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
 
 
 def test_enqueue_without_redis_keeps_trying_for_the_enqueue_timeout_then_names_the_server() -> None:

@@ -69,8 +69,9 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 class Outage:
     """One log line when Redis stops answering, one when it answers again; backoff in between."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, where: str = "") -> None:
         self.what = what
+        self.where = f" at {where}" if where else ""
         self.since: float | None = None
         self.pause = 0.0
         self._lock = threading.Lock()
@@ -79,7 +80,7 @@ class Outage:
         with self._lock:
             if self.since is None:
                 self.since = time.monotonic()
-                log.warning("%s: Redis is unreachable (%s); retrying", self.what, exc)
+                log.warning("%s: Redis%s cannot be reached (%s); retrying", self.what, self.where, exc)
             self.pause = min(self.pause * 2, 2.0) if self.pause else 0.05
             return self.pause
 
@@ -88,7 +89,9 @@ class Outage:
             return
         with self._lock:
             if self.since is not None:
-                log.warning("%s: Redis answers again after %.1f s", self.what, time.monotonic() - self.since)
+                log.warning(
+                    "%s: Redis%s answers again after %.1f s", self.what, self.where, time.monotonic() - self.since
+                )
                 self.since = None
                 self.pause = 0.0
 

@@ -12,11 +12,13 @@ its queue to run the same attempt again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import threading
@@ -31,10 +33,10 @@ from typing import Any
 
 import redis
 
-from ..backends.redis import RedisBackend
+from ..backends.redis import RedisBackend, describe
 from ..client import Client, set_client
 from ..deadletter import DeadLetter, Reason
-from ..errors import ForgeJobsError, UnknownJob
+from ..errors import BackendUnavailable, ForgeJobsError, UnknownJob
 from ..events import Event, EventKind, Hooks
 from ..execution import Aborted, DeadLettered, Outcome, Retry, Runtime, Succeeded, WorkerShutdown, execute
 from ..keys import Keys, QueueKeys
@@ -198,7 +200,7 @@ class Worker:
         self.scripts = Scripts(self.connection)
         self.lease_ms = round(settings.stall_timeout * 1000)
         self.events = EventBuffer(self.backend.events)
-        self.outage = Outage(f"worker {self.name}")
+        self.outage = Outage(f"worker {self.name}", describe(self.connection))
         self.clock = ServerClock()
         self.states = {q: QueueState(q, self.keys.queue(q), registry.queues[q]) for q in names}
         self._user_on_outcome = on_outcome
@@ -289,17 +291,38 @@ class Worker:
         self._generation += 1
         return f"{self.name}/{queue}/{index}/{self._generation}"
 
-    def start(self, max_jobs: int | None = None) -> None:
-        """Start the slot, waiter and upkeep threads and return."""
+    def reach_redis(self, give_up_after: float | None = None) -> bool:
+        """Wait until Redis answers (one log line when it does not, one when it does again), with backoff and
+        jitter. Raises BackendUnavailable after `give_up_after` seconds (None: wait on); False if stopped."""
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.upkeep.refresh()
+                self.outage.recovered()
+                return True
+            except UNREACHABLE as exc:
+                pause = self.outage.failed(exc) * random.uniform(0.5, 1.5)
+                if give_up_after is not None and time.monotonic() - started + pause > give_up_after:
+                    raise BackendUnavailable(
+                        f"Redis at {describe(self.connection)} cannot be reached ({exc}); gave up after "
+                        f"{give_up_after:g}s"
+                    ) from None
+                self._stop.wait(pause)
+        return False
+
+    def start(self, max_jobs: int | None = None, give_up_after: float | None = None) -> None:
+        """Start the slot, waiter and upkeep threads and return, once Redis answers (see `reach_redis`)."""
         self._max_jobs = max_jobs
         set_client(Client(self.backend, self.registry))
-        self.upkeep.refresh()
+        if not self.reach_redis(give_up_after):
+            return
         if not self._inline:
             for queue in self.queues:
                 state = self.states[queue]
                 for index in range(self.concurrency[queue]):
                     state.slots.append(Slot(queue, index, self._new_ident(queue, index)))
-        self.upkeep.beat()
+        with contextlib.suppress(*UNREACHABLE):  # the slots register their leases with their first fetch
+            self.upkeep.beat()
         if not self._inline:
             for state in self.states.values():
                 for slot in state.slots:
@@ -373,9 +396,18 @@ class Worker:
         return self.backend.pending(self.queues, horizon * 1000)
 
     def drained(self, horizon: float = 0.0) -> bool:
-        """Nothing waiting, running, or due within `horizon` seconds."""
+        """Nothing waiting, running, or due within `horizon` seconds, on the queues that are not paused."""
         busy = any(slot.job_started is not None for slot in self._all_slots())
-        return not busy and self.pending(horizon=horizon) == 0
+        serving = [q for q in self.queues if not self.states[q].paused]
+        return not busy and self.backend.pending(serving, horizon * 1000) == 0
+
+    def _say_paused(self, horizon: float) -> None:
+        """At the end of a burst: name the paused queues that still hold jobs (a burst does not wait for them)."""
+        for queue in self.queues:
+            if self.states[queue].paused:
+                left = self.backend.pending([queue], horizon * 1000)
+                if left:
+                    log.warning("%s is paused: %d job(s) left for when it is resumed", queue, left)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
@@ -418,7 +450,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self.start(max_jobs=max_jobs)
+        self.start(max_jobs=max_jobs, give_up_after=self.settings.enqueue_timeout if burst else None)
         try:
             idle_checks = 0
             while not self._stop.is_set():
@@ -431,6 +463,8 @@ class Worker:
                         self.outage.failed(exc)
                         idle_checks = 0
                     if idle_checks >= 3:
+                        with contextlib.suppress(redis.RedisError):
+                            self._say_paused(horizon)
                         break
                 self._stop.wait(0.05 if burst else 0.2)
         finally:
