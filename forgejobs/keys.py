@@ -192,6 +192,11 @@ class Keys:
         return f"{self.prefix}:debounce:{key}"
 
     @property
+    def scheduler_lease(self) -> str:
+        """String with a short TTL: the scheduler process making a pass right now (a throttle, not an owner)."""
+        return f"{self.prefix}:scheduler:lease"
+
+    @property
     def schedule_last_runs(self) -> str:
         """Hash: schedule name -> its last run (tick, job id, note) as JSON."""
         return f"{self.prefix}:schedules:last"

@@ -23,8 +23,8 @@ from types import FrameType
 from typing import NoReturn
 
 from .backends.redis import RedisBackend
+from .outage import UNREACHABLE
 from .registry import Registry
-from .runtime.upkeep import UNREACHABLE
 from .runtime.worker import Worker, WorkerStats, connect, slots_per_queue
 from .settings import Settings
 from .timeouts import alarm_guard

@@ -86,3 +86,27 @@ def test_a_burst_worker_on_a_paused_queue_says_so_and_exits(
     assert worker.wait(timeout=20) == 0
     assert "fast is paused: 1 job(s) left for when it is resumed" in worker.log()
     assert handle.status() is Status.QUEUED
+
+
+def test_a_scheduler_rides_a_redis_restart_and_syncs_repeats_that_were_lost(
+    start_cli: StartCli, tmp_path: Path
+) -> None:
+    """The sample specs repeat `fast.echo` every second. The scheduler's Redis is killed (no persistence: its
+    repeats are gone) and started again: the scheduler says so once each way, stays up, notices the repeats
+    are missing, stores them again, and ticks go on."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_list = "forgejobs:{fast}:wait:p05"
+    with private_redis(tmp_path, port):
+        scheduler = start_cli("scheduler", "--interval", "0.1", env={"FORGEJOBS_REDIS_URL": url})
+        conn = redis.Redis.from_url(url)
+        wait_for(lambda: conn.llen(wait_list) >= 1, timeout=15, what="a first tick")
+    wait_for(lambda: UNREACHABLE in scheduler.log(), timeout=15, what="the scheduler to notice")
+    time.sleep(1.0)
+    with private_redis(tmp_path, port):
+        conn = redis.Redis.from_url(url)
+        wait_for(lambda: conn.llen(wait_list) >= 1, timeout=15, what="ticks after the restart")
+        log = scheduler.log()
+        assert scheduler.process.poll() is None, log
+        assert log.count(UNREACHABLE) == 1 and log.count("answers again") == 1, log
+        assert "the repeats were gone from Redis" in log and "Traceback" not in log

@@ -9,6 +9,9 @@ schedulers from scanning at once. Its known defects are kept out:
   tick is enqueued by forgejobs' client as a normal JSON envelope;
 - two schedulers can enqueue one tick twice (its lock is a plain expiring SET):
   each tick is enqueued under the id `<schedule>-<tick>`, stored at most once;
+- its lock lives `interval + 10` s, so a scheduler killed during a pass
+  stopped all the others that long: passes take a lease of their own
+  (`forgejobs:scheduler:lease`, LEASE_MS, released by its token);
 - it ignores `use_local_timezone` and reads cron in the process's zone: tick
   times come from `forgejobs.schedule` (each schedule's own `tz`), never from
   rq-scheduler's `get_next_scheduled_time`;
@@ -22,8 +25,11 @@ Swapping rq-scheduler for RQ's own cron means writing another `RepeatStore`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -34,9 +40,11 @@ from rq.serializers import JSONSerializer
 from rq_scheduler import Scheduler
 
 from ..keys import Keys, rq_job_key
+from ..outage import UNREACHABLE, Outage
 from ..registry import ScheduledJob
 from ..schedule import id_part
 from ..scheduling import LastRun, Repeater, RepeatStore, StoredRepeat
+from .redis import describe
 
 log = logging.getLogger("forgejobs.scheduler")
 
@@ -133,28 +141,66 @@ class RQSchedulerStore(RepeatStore):
 
     # -- the loop ----------------------------------------------------------------------------
 
+    LEASE_MS = 2000
+    """How long one pass holds the scheduler lease: a scheduler killed mid-pass holds up the others this long
+    at most. A pass that runs longer may overlap another's; the tick ids keep each tick to one job."""
+
+    _RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
     def run(self, repeater: Repeater, stop: threading.Event, interval: float = 0.2) -> None:
         """Sync, then fire due ticks every `interval` seconds until `stop` is set.
 
-        rq-scheduler's lock makes concurrent schedulers take turns; the tick ids
-        make a tick fire once even if two passes overlap.
+        Any number of schedulers may run: a short lease makes their passes take turns, and the tick ids
+        make a tick fire once even if two passes overlap. While Redis cannot be reached it says so once,
+        retries with backoff and jitter, and says so again when Redis is back; if the repeats have vanished
+        from Redis meanwhile (its data was lost), it syncs them again.
         """
-        self.scheduler.register_birth()
+        outage = Outage("scheduler", describe(self.connection), log)
+        release = self.connection.register_script(self._RELEASE)
+        token = uuid.uuid4().hex
+        born = synced = False
         try:
-            repeater.sync()
             while not stop.is_set():
-                self.scheduler.heartbeat()
-                if self.scheduler.acquire_lock():
-                    try:
-                        repeater.run_once()
-                    except redis.RedisError as exc:
-                        log.warning("scheduler pass failed: %s", exc)
-                    finally:
-                        self.scheduler.remove_lock()
+                try:
+                    if not born:
+                        self.scheduler.register_birth()
+                        born = True
+                    self.scheduler.heartbeat()
+                    if not synced or self._repeats_lost(repeater):
+                        report = repeater.sync()
+                        if synced:
+                            log.warning(
+                                "scheduler: the repeats were gone from Redis (its data was lost?); synced again: "
+                                "%d added",
+                                len(report.added),
+                            )
+                        synced = True
+                    if self.connection.set(self.keys.scheduler_lease, token, nx=True, px=self.LEASE_MS):
+                        try:
+                            repeater.run_once()
+                        finally:
+                            release(keys=[self.keys.scheduler_lease], args=[token])
+                    outage.recovered()
+                except UNREACHABLE as exc:
+                    stop.wait(outage.failed(exc) * random.uniform(0.5, 1.5))
+                    continue
+                except redis.RedisError as exc:
+                    log.warning("scheduler pass failed: %s", exc)
                 stop.wait(interval)
         finally:
-            self.scheduler.remove_lock()
-            self.scheduler.register_death()
+            with contextlib.suppress(redis.RedisError):
+                release(keys=[self.keys.scheduler_lease], args=[token])
+                if born:
+                    self.scheduler.register_death()
+
+    def _repeats_lost(self, repeater: Repeater) -> bool:
+        """Fewer repeats stored than enabled schedules declared: something deleted them (FLUSHALL, a restart
+        without persistence). One ZCARD a pass."""
+        wanted = sum(1 for s in repeater.schedules.values() if s.schedule.enabled)
+        return int(cast(int, self.connection.zcard(self._zset))) < wanted
 
 
 def _from_ts(score: float) -> datetime:

@@ -21,6 +21,7 @@ import redis
 from ..deadletter import DeadLetter, Reason
 from ..events import Event, EventStream
 from ..execution import Retry, decide_stalled, record_stalled
+from ..outage import UNREACHABLE
 from .corrupt import read_record
 
 if TYPE_CHECKING:
@@ -60,40 +61,6 @@ class EventBuffer:
             with self._lock:
                 self._buffer[:0] = events  # written with the next flush
             raise
-
-
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
-"""The errors that mean Redis cannot be reached (anything else is an answer, e.g. WRONGTYPE)."""
-
-
-class Outage:
-    """One log line when Redis stops answering, one when it answers again; backoff in between."""
-
-    def __init__(self, what: str, where: str = "") -> None:
-        self.what = what
-        self.where = f" at {where}" if where else ""
-        self.since: float | None = None
-        self.pause = 0.0
-        self._lock = threading.Lock()
-
-    def failed(self, exc: BaseException) -> float:
-        with self._lock:
-            if self.since is None:
-                self.since = time.monotonic()
-                log.warning("%s: Redis%s cannot be reached (%s); retrying", self.what, self.where, exc)
-            self.pause = min(self.pause * 2, 2.0) if self.pause else 0.05
-            return self.pause
-
-    def recovered(self) -> None:
-        if self.since is None:
-            return
-        with self._lock:
-            if self.since is not None:
-                log.warning(
-                    "%s: Redis%s answers again after %.1f s", self.what, self.where, time.monotonic() - self.since
-                )
-                self.since = None
-                self.pause = 0.0
 
 
 class Upkeep:

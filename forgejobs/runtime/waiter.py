@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .upkeep import UNREACHABLE
+from ..outage import UNREACHABLE
 
 if TYPE_CHECKING:
     from .worker import QueueState, Worker

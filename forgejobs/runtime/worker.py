@@ -40,6 +40,7 @@ from ..errors import BackendUnavailable, ForgeJobsError, UnknownJob
 from ..events import Event, EventKind, Hooks
 from ..execution import Aborted, DeadLettered, Outcome, Retry, Runtime, Succeeded, WorkerShutdown, execute
 from ..keys import Keys, QueueKeys
+from ..outage import UNREACHABLE, Outage
 from ..ratelimit import RedisRateLimiter
 from ..registry import Registry
 from ..settings import Settings, load_hooks, load_resources
@@ -47,7 +48,7 @@ from ..specs import QueueSpec
 from ..timeouts import watchdog_guard
 from .corrupt import read_record
 from .scripts import Scripts
-from .upkeep import UNREACHABLE, EventBuffer, Outage, Upkeep
+from .upkeep import EventBuffer, Upkeep
 from .waiter import ServerClock, Waiter
 
 log = logging.getLogger("forgejobs.worker")
