@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from itertools import groupby
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
+from redis.sentinel import Sentinel, SentinelConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 from ..context import ProgressValue
@@ -45,16 +47,51 @@ _STATUS = {
 }
 
 
-def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    """A producer's connection: no call waits on a silent (frozen, partitioned) Redis longer than `timeout`."""
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def connect(url: str, timeout: float = 5.0, connect_timeout: float | None = None) -> redis.Redis:
+    """A connection to `url` on which no call waits on a silent (frozen, partitioned) Redis longer than
+    `timeout` (a producer's: FORGEJOBS_ENQUEUE_TIMEOUT, at least 2 s; a worker's: longer than its blocking
+    waits). `redis+sentinel://[:password@]host:port[,host:port...]/service/db` asks those Sentinels for
+    the current primary of `service` and asks again after a failover."""
+    socket_timeout = max(timeout, 2.0)
+    connect_timeout = connect_timeout if connect_timeout is not None else min(timeout, 2.0)
+    if urlsplit(url).scheme == SENTINEL_SCHEME:
+        return _sentinel_primary(url, socket_timeout, connect_timeout)
     return redis.Redis.from_url(
-        url, health_check_interval=30, socket_timeout=max(timeout, 2.0), socket_connect_timeout=min(timeout, 2.0)
+        url, health_check_interval=30, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
     )
+
+
+def _sentinel_primary(url: str, socket_timeout: float, connect_timeout: float) -> redis.Redis:
+    parts = urlsplit(url)
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise BackendError(
+                f"{SENTINEL_SCHEME} URL: {item!r} is not host:port (expected {SENTINEL_SCHEME}://host:port[,host:port]/service/db)"
+            )
+        hosts.append((host, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise BackendError(f"{SENTINEL_SCHEME} URL: the path must be /service_name[/db], not {parts.path!r}")
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    sentinel = Sentinel(hosts, sentinel_kwargs=options, **options)  # type: ignore[no-untyped-call]
+    db = int(path[1]) if len(path) == 2 else 0
+    primary = sentinel.master_for(  # type: ignore[no-untyped-call]
+        path[0], db=db, password=parts.password, health_check_interval=30
+    )
+    return cast(redis.Redis, primary)
 
 
 def describe(connection: redis.Redis) -> str:
     """Where a connection points, for messages: `redis://host:port/db` or the socket path; never a password."""
-    kwargs = connection.connection_pool.connection_kwargs
+    pool = connection.connection_pool
+    kwargs = pool.connection_kwargs
+    if isinstance(pool, SentinelConnectionPool):
+        return f"{SENTINEL_SCHEME}://{pool.service_name}/{kwargs.get('db', 0)} (primary from Sentinel)"
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
     return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from ..backends.redis import RedisBackend, describe
+from ..backends.redis import connect as redis_connect
 from ..client import Client, set_client
 from ..deadletter import DeadLetter, Reason
 from ..errors import BackendUnavailable, ForgeJobsError, UnknownJob
@@ -83,7 +84,7 @@ def _event_values(event: Event) -> list[str]:
 
 def connect(url: str) -> redis.Redis:
     """A connection for a worker: socket timeouts above the waiter's longest block (1 s)."""
-    return redis.Redis.from_url(url, health_check_interval=30, socket_timeout=15, socket_connect_timeout=5)
+    return redis_connect(url, timeout=15, connect_timeout=5)
 
 
 @dataclass
