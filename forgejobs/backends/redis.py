@@ -205,18 +205,23 @@ class RedisBackend(Backend):
         so it never queues a job twice; but a call whose reply was lost may have stored its jobs although
         the enqueue raised."""
         groups = self._groups(jobs)
-        retrying = Retrying(
-            retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
-            stop=stop_after_delay(self.enqueue_timeout),
-            wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
-            reraise=True,
-        )
-        tries = 0
+        tries = 1
+        started = time.monotonic()
         try:
+            try:
+                return self._enqueue_groups(groups, retry=False)  # the common case, without the retry machinery
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            retrying = Retrying(
+                retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+                stop=stop_after_delay(max(0.0, self.enqueue_timeout - (time.monotonic() - started))),
+                wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
+                reraise=True,
+            )
             for attempt in retrying:
                 with attempt:
                     tries += 1
-                    return self._enqueue_groups(groups, retry=tries > 1)
+                    return self._enqueue_groups(groups, retry=True)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BackendUnavailable(
                 f"could not enqueue {len(jobs)} job(s): Redis at {describe(self.connection)} did not answer within "
