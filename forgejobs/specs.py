@@ -88,6 +88,10 @@ def load_file(path: Path) -> SpecFile:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}): save the spec as UTF-8") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to read") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -16,13 +16,16 @@ def parse_duration(value: Any) -> Any:
     """Accept `timedelta`, seconds as a number, or text like `500ms`, `30s`, `5m`, `2h`, `1d`."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or text like '30s', not a boolean")
-    if isinstance(value, (int, float)):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-        raise ValueError(f"cannot read {value!r} as a duration; write e.g. '30s', '5m', '2h' or '1d'")
+    try:
+        if isinstance(value, (int, float)):
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if match:
+                return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+            raise ValueError(f"cannot read {value!r} as a duration; write e.g. '30s', '5m', '2h' or '1d'")
+    except OverflowError:  # inf, 1e20 seconds, '1000000000d': beyond what a timedelta holds
+        raise ValueError(f"{value!r} is too long a duration (at most about 2.7 million years)") from None
     return value
 
 

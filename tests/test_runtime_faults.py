@@ -236,7 +236,7 @@ def test_hostile_records_end_as_corrupt_dead_letters_and_the_loop_goes_on(
 
     finish_after(client, worker)
 
-    record = corrupt_letter(client, "\\xff\\xfe-bad")  # the id as shown (backslash-escaped bytes)
+    record = corrupt_letter(client, "bytes:" + b"\xff\xfe-bad".hex())  # an id that is not UTF-8, as shown
     assert "no envelope" in record.error
     record = corrupt_letter(client, "as-string")
     assert "string" in record.error and record.raw is not None and "plain text, not a hash" in record.raw

@@ -18,6 +18,15 @@ SAMPLE = 1000
 """Elements kept from a list, set, sorted set or stream at a job's key."""
 
 
+def shown_id(job_id: bytes) -> str:
+    """A stored id as text: itself when it is UTF-8, else `bytes:<hex>` (no id forgejobs makes has a colon,
+    so this never names another job)."""
+    try:
+        return job_id.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + job_id.hex()
+
+
 def raw_text(value: bytes | str) -> str:
     """Bytes as text when they are UTF-8, else `base64:` and their base64."""
     if isinstance(value, str):

@@ -22,7 +22,7 @@ from ..deadletter import DeadLetter, Reason
 from ..events import Event, EventStream
 from ..execution import Retry, decide_stalled, record_stalled
 from ..outage import UNREACHABLE
-from .corrupt import read_record
+from .corrupt import read_record, shown_id
 
 if TYPE_CHECKING:
     from ..keys import QueueKeys
@@ -184,7 +184,7 @@ class Upkeep:
         events) follow only then, so two workers settling at once act once."""
         keys = state.keys
         raw_key: Any = keys.job_bytes(job_id)  # bytes: the id may not be UTF-8
-        shown = job_id.decode("utf-8", "backslashreplace")
+        shown = shown_id(job_id)
         runtime = self.worker.runtime_for(state)
         base = [*keys.standard, keys.stalled]
         kind = cast(bytes, self.connection.type(raw_key))

@@ -47,7 +47,7 @@ from ..registry import Registry
 from ..settings import Settings, load_hooks, load_resources
 from ..specs import QueueSpec
 from ..timeouts import watchdog_guard
-from .corrupt import read_record
+from .corrupt import read_record, shown_id
 from .scripts import Scripts
 from .upkeep import EventBuffer, Upkeep
 from .waiter import ServerClock, Waiter
@@ -570,7 +570,7 @@ class Worker:
                 "%s %s: its lease had been recovered (the worker was too slow or cut off); this run's outcome "
                 "(%s) is not recorded, the job runs again",
                 state.name,
-                finish.job.id.decode("utf-8", "backslashreplace"),
+                shown_id(finish.job.id),
                 finish.mode,
             )
         text = status.decode() if isinstance(status, bytes) else str(status)
@@ -579,7 +579,7 @@ class Worker:
         return Fetched(job_id, envelope, int(priority), ck), text
 
     def _run(self, state: QueueState, slot: Slot, job: Fetched) -> Finish:
-        shown = job.id.decode("utf-8", "backslashreplace")
+        shown = shown_id(job.id)
         if job.envelope is None:
             return self._corrupt(state, slot, job, shown)
         runtime = self._runtimes[state.name]

@@ -86,7 +86,8 @@ for _ = 1, 50 do
         return {lost, id, false, priority, false, 'corrupt'}
     end
     local ck = fields[2]
-    if ck and redis.call('SCARD', ARGV[12] .. ck .. ':run') >= (tonumber(fields[3]) or 1) then
+    if ck == '' then ck = false end  -- no key
+    if ck and redis.call('SCARD', ARGV[12] .. ck .. ':run') >= math.max(1, tonumber(fields[3]) or 1) then
         redis.call('RPUSH', ARGV[12] .. ck .. ':wait', id)  -- parked until a job of its key finishes
         redis.call('SADD', ARGV[12] .. 'parked', ck)  -- which keys have parked jobs (info, drain)
     else

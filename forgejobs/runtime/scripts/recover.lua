@@ -28,7 +28,7 @@ for i = 1, #entries, 2 do
         redis.call('HDEL', KEYS[1], id)
         redis.call('RPUSH', KEYS[17], id)
         local ck = redis.pcall('HGET', prefix .. id, 'ck')
-        if type(ck) == 'string' then release_key(ARGV[2], ck, id) end
+        if type(ck) == 'string' and ck ~= '' then release_key(ARGV[2], ck, id) end
         moved = moved + 1
     end
 end
