@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Row
 
 from forgejobs import Context, Job, JobHandle, RetryLater, Unrecoverable, backoff
 
-from .mail import RecipientRefused, build_message, format_money, message_id_for, render
+from .mail import RecipientRefused, build_message, clean_display_name, format_money, message_id_for, render
 from .resources import Resources
 from .store import (
     Store,
@@ -378,8 +378,9 @@ def checked_email(email: str) -> str:
 
 
 def _address(email: str, name: str | None = None) -> Address:
+    """The recipient; a stored name's control characters (refused by `sign_up` now) become spaces."""
     try:
-        return Address(display_name=name or "", addr_spec=email)
+        return Address(display_name=clean_display_name(name or ""), addr_spec=email)
     except (ValueError, HeaderParseError) as exc:
         raise Unrecoverable(f"cannot address an email to {email!r}: {exc}") from exc
 

@@ -14,6 +14,7 @@ from forgejobs import Job
 from .activity import CreateActivity
 from .audit import RecordAuditEvent
 from .email import WelcomeEmail, checked_email
+from .mail import has_control_characters
 from .store import Store, max_length, memberships, new_id, users
 
 
@@ -21,12 +22,15 @@ def sign_up(store: Store, *, email: str, name: str, org_id: str | None = None, r
     """Create a user (a member of `org_id` if given) and enqueue the welcome email, the audit event and,
     for a member, the organisation's activity entry. Returns the user id.
 
-    Everything is validated before the transaction: a bad address or name raises `ValueError` (a job
-    payload that would not validate raises pydantic's `ValidationError`) with nothing written."""
+    Everything is validated before the transaction: a bad address or name (empty, too long, or with a
+    control character or line separator such as U+000B or U+2028) raises `ValueError` (a job payload that
+    would not validate raises pydantic's `ValidationError`) with nothing written."""
     address = checked_email(email)
     name = name.strip()
-    if not name or len(name) > NAME_LIMIT or any(c in name for c in "\r\n"):
-        raise ValueError(f"name must be 1 to {NAME_LIMIT} characters on one line, got {name[:80]!r}")
+    if not name or len(name) > NAME_LIMIT or has_control_characters(name):
+        raise ValueError(
+            f"name must be 1 to {NAME_LIMIT} characters on one line, without control characters, got {name[:80]!r}"
+        )
     user_id = new_id("usr")
     jobs: list[Job] = [
         WelcomeEmail(user_id=user_id),

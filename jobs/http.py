@@ -23,11 +23,22 @@ catalog setting `FORGEJOBS_CATALOG_WEBHOOK_ALLOW`.
 A refusal raises `BlockedDestination`, a subclass of `httpx.TransportError`: code that handles network
 failures in general still catches it, and code that cares (the webhook handler) catches it first and
 treats it as permanent, since asking again gives the same answer.
+
+`unsendable(url)` says why httpx could not send to a URL at all (say `http://0177.0.0.1/`, whose octal
+looking address httpx refuses with `httpx.InvalidURL`, not an `httpx.HTTPError`), so such a URL is refused
+when an endpoint is created and fails a delivery at once instead of being retried.
+
+Logs: hook URLs often carry a secret in their path or query, and httpx logs every request line
+(`HTTP Request: POST https://host/path?query ...`) at INFO. `guarded_client()` installs `OriginOnly` on
+the `httpx` logger, which cuts every URL in its records down to `scheme://host[:port]`, and keeps
+`httpcore` (connection-level DEBUG traces) at WARNING unless it was given a level of its own.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -254,13 +265,62 @@ class GuardedTransport(httpx.HTTPTransport):
         )
 
 
+def unsendable(url: str) -> str | None:
+    """Why httpx cannot send a request to `url` (e.g. `Invalid IPv4 address: '0177.0.0.1'`), or None if it can.
+
+    Only the URL's form is checked here, not its destination (that is the guard's job, when connecting)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return str(exc) or "invalid URL"
+    if parsed.scheme not in ("http", "https"):
+        return f"unsupported scheme {parsed.scheme!r}"
+    if not parsed.host:
+        return "no host"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return f"Invalid port: {parsed.port} is not between 1 and 65535"
+    return None
+
+
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?#\s\"'<>@]*@)?(?P<host>[^/?#\s\"'<>]*)[^\s\"'<>]*")
+
+
+def origin_only(text: str) -> str:
+    """`text` with every URL in it cut down to its origin: `POST https://h/p?q=1 ok` -> `POST https://h ok`."""
+    return _URL.sub(lambda m: m["scheme"] + m["host"], text)
+
+
+class OriginOnly(logging.Filter):
+    """A logging filter that keeps every record but cuts the URLs in its message down to their origin."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        shown = origin_only(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        return True
+
+
+def quiet_url_logs() -> None:
+    """Keep webhook URLs' paths and queries out of third-party logs: `OriginOnly` on the `httpx` logger, and
+    `httpcore` at WARNING unless configured. Idempotent; `guarded_client()` calls it."""
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, OriginOnly) for f in httpx_logger.filters):
+        httpx_logger.addFilter(OriginOnly())
+    httpcore_logger = logging.getLogger("httpcore")
+    if httpcore_logger.level == logging.NOTSET:
+        httpcore_logger.setLevel(logging.WARNING)
+
+
 def guarded_client(*, allow: Sequence[str] = (), timeout: float = 10.0) -> httpx.Client:
     """An httpx client that refuses loopback, private, link-local and metadata destinations unless allowed.
 
     `allow` holds IP addresses, networks (CIDR) or exact host names let through anyway; `timeout` applies
     to connecting, each read and each write. Redirects are not followed (a 3xx is returned as is), and
-    proxy environment variables are ignored. A refused destination raises `BlockedDestination`.
+    proxy environment variables are ignored. A refused destination raises `BlockedDestination`. Also calls
+    `quiet_url_logs()`, so httpx's request log lines name the origin only.
     """
+    quiet_url_logs()
     return httpx.Client(
         transport=GuardedTransport(AllowList.parse(allow)),
         timeout=timeout,

@@ -8,7 +8,11 @@ Three layers, each usable on its own:
 - `build_message(rendered, ...)` makes the `EmailMessage`: a text part with an
   HTML alternative, `From`, `To`, `Date` and a `Message-ID` chosen by the caller
   (the email jobs use `message_id_for(job_id, mail_from)`, so a re-run of one job
-  produces the same id).
+  produces the same id). A recipient's display name goes out as it is when it is
+  plain words (letters, digits, `'`, `-`, ...), otherwise RFC 2047-encoded
+  (`recipient_header`): the email package's header folding can drop the quotes
+  of a long quoted name, which would turn `"Alice, eve@evil.test" <a@x>` into
+  two recipients. Control characters in names become spaces.
 - A transport delivers it: `OutboxMailer` (an .eml file per message, the
   default) or `SmtpMailer`. `build_mailer(settings)` picks one from
   `CatalogSettings.mail_transport`.
@@ -22,12 +26,16 @@ settings; retrying after the fix works).
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
 import tempfile
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from email import policy
+from email.charset import Charset
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -49,9 +57,12 @@ __all__ = [
     "TransientMailError",
     "build_mailer",
     "build_message",
+    "clean_display_name",
     "format_date",
     "format_money",
+    "has_control_characters",
     "message_id_for",
+    "recipient_header",
     "render",
 ]
 
@@ -166,6 +177,78 @@ def message_id_for(job_id: str, mail_from: str) -> str:
     return f"<{job_id}@{domain}>"
 
 
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})  # C0/C1 controls (tab, \x0b, \x1c, \x85, ...), U+2028/9
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+"""RFC 5322 atoms separated by single spaces: a display name that needs neither quoting nor encoding."""
+_MAX_LINE = 78
+_ENCODED_WORD_MAX = 75
+_UTF8 = Charset("utf-8")
+_POLICY = policy.default.clone(refold_source="none")
+"""The messages' policy: a header set with `set_raw` (the `To` that `recipient_header` folded) is written as
+it is, never refolded by the email package."""
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a control character or line separator (tab, U+000B, U+001C, U+0085, U+2028 ...):
+    Python's own `str.splitlines` breaks lines at several of them."""
+    return any(unicodedata.category(c) in _CONTROL_CATEGORIES for c in text)
+
+
+def clean_display_name(name: str) -> str:
+    """`name` with control characters and line separators turned into spaces and runs of spaces collapsed."""
+    return " ".join("".join(" " if unicodedata.category(c) in _CONTROL_CATEGORIES else c for c in name).split())
+
+
+def recipient_header(to: Address, header: str = "To") -> str:
+    """The value of a one-address header, folded to lines of at most 78 characters where the address allows.
+
+    A display name of plain words goes out as it is (`Ada Lovelace <ada@example.com>`); any other (commas,
+    quotes, dots, non-ASCII) as RFC 2047 encoded words, which folding cannot split into more addresses.
+    Control characters in the name become spaces (`clean_display_name`)."""
+    name = clean_display_name(to.display_name)
+    addr = to.addr_spec
+    if not name:
+        return addr
+    if _PLAIN_WORDS.fullmatch(name) and len(f"{header}: {name} <{addr}>") <= _MAX_LINE:
+        return f"{name} <{addr}>"
+    lines = [f"{header}:"]
+    for word in [*_encoded_words(name), f"<{addr}>"]:
+        if len(lines[-1]) + 1 + len(word) <= _MAX_LINE or lines[-1] == f"{header}:":
+            lines[-1] += f" {word}"
+        else:
+            lines.append(f" {word}")
+    return "\n".join(lines)[len(header) + 2 :]
+
+
+def _encoded_words(name: str) -> list[str]:
+    """`name` as RFC 2047 encoded words of at most 75 characters each, split after the spaces of the name
+    where it can be (the space stays inside the earlier word: readers drop the whitespace between encoded
+    words) and inside a word only when one word alone is too long."""
+
+    def fits(text: str) -> bool:
+        return len(_UTF8.header_encode(text)) <= _ENCODED_WORD_MAX
+
+    chunks: list[str] = []
+    chunk = ""
+    pieces = name.split(" ")
+    for index, piece in enumerate(pieces):
+        piece = piece if index == len(pieces) - 1 else piece + " "
+        if fits(chunk + piece):
+            chunk += piece
+            continue
+        if chunk:
+            chunks.append(chunk)
+            chunk = ""
+        for char in piece:
+            if chunk and not fits(chunk + char):
+                chunks.append(chunk)
+                chunk = ""
+            chunk += char
+    if chunk:
+        chunks.append(chunk)
+    return [_UTF8.header_encode(c) for c in chunks]
+
+
 def build_message(
     rendered: RenderedEmail,
     *,
@@ -175,10 +258,13 @@ def build_message(
     headers: Mapping[str, str] | None = None,
 ) -> EmailMessage:
     """A `multipart/alternative` message (plain text first, then HTML) with From, To, Subject, Date and
-    Message-ID set. `to` is an `Address` (with display name) or a bare address."""
-    message = EmailMessage()
+    Message-ID set. `to` is an `Address` (with display name; written by `recipient_header`) or a bare address."""
+    message = EmailMessage(policy=_POLICY)
     message["From"] = mail_from
-    message["To"] = to
+    if isinstance(to, Address):
+        message.set_raw("To", recipient_header(to))
+    else:
+        message["To"] = to
     message["Subject"] = rendered.subject
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id

@@ -12,6 +12,7 @@ event, records every attempt in `webhook_attempts`, and moves the delivery to `d
 | 429 / 503 with `Retry-After`             | run again after it (at most 1 h), without using an attempt       |
 | other (3xx, 4xx, 5xx), timeout, refused  | retried on the backoff schedule; `failed` after the last attempt |
 | internal address (SSRF guard)            | failed at once; dead letter                                      |
+| stored URL httpx cannot send             | failed at once; dead letter                                      |
 
 App-side helpers manage endpoints and their secrets: `create_endpoint`, `rotate_secret`,
 `drop_previous_secrets`. See docs/catalog.md.
@@ -37,7 +38,7 @@ from forgejobs import Context, Job, Unrecoverable, backoff
 from forgejobs.ratelimit import RateLimit
 
 from .email import notify
-from .http import BlockedDestination
+from .http import BlockedDestination, unsendable
 from .resources import Resources
 from .signing import generate_secret, signature_headers
 from .store import Store, new_id, owner_ids, utcnow, webhook_attempts, webhook_deliveries, webhook_endpoints
@@ -129,12 +130,16 @@ class DeliverWebhook(
         # Errors, logs and dead letters name the origin only: hook URLs often carry a secret in the path or query.
         shown = f"{origin(url)} (endpoint {self.endpoint_id})"
         started = time.monotonic()
+        problem = unsendable(url)
+        if problem is not None:  # stored before create_endpoint checked this: no retry can send it
+            _record(store, self.delivery_id, started, error=f"bad endpoint URL: {problem}", status="failed")
+            raise Unrecoverable(f"delivery {self.delivery_id} not sent: bad endpoint URL for {shown}: {problem}")
         try:
             status_code, response_headers, excerpt = _post(ctx.resources.http, url, body, headers)
         except BlockedDestination as exc:
             _record(store, self.delivery_id, started, error=str(exc), status="failed")
             raise Unrecoverable(f"delivery {self.delivery_id} not sent: {exc}") from exc
-        except httpx.UnsupportedProtocol as exc:
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:  # InvalidURL is no httpx.HTTPError
             _record(store, self.delivery_id, started, error=str(exc), status="failed")
             raise Unrecoverable(f"delivery {self.delivery_id} not sent: bad endpoint URL for {shown}: {exc}") from exc
         except httpx.HTTPError as exc:  # timeouts, refused or reset connections, protocol errors
@@ -357,6 +362,9 @@ def _check_url(url: str) -> str:
         raise ValueError(f"webhook URL {url!r} must not carry credentials")
     if len(url) > 2000:
         raise ValueError(f"webhook URL is {len(url)} characters, more than 2000")
+    problem = unsendable(url.strip())
+    if problem is not None:
+        raise ValueError(f"webhook URL {url!r} cannot be sent: {problem}")
     return url.strip()
 
 
@@ -364,8 +372,10 @@ def create_endpoint(store: Store, *, org_id: str, url: str, event_types: Iterabl
     """Register a webhook endpoint for an organisation; returns `(endpoint_id, secret)`.
 
     `event_types` lists the event types it receives; empty means every type. Show the secret to the
-    customer: their receiver needs it to verify signatures (`jobs.signing.verify`). The URL must be
-    http(s); whether its address is allowed is checked when delivering (it may resolve differently later).
+    customer: their receiver needs it to verify signatures (`jobs.signing.verify`). The URL must be an
+    http(s) URL httpx can send (`ValueError` naming what is wrong otherwise: a port beyond 65535, an address
+    with leading zeros such as `0177.0.0.1`, a control character); whether its address is allowed is
+    checked when delivering (it may resolve differently later).
     """
     checked = _check_url(url)
     endpoint_id = new_id("whe")

@@ -12,8 +12,10 @@ import ssl
 import threading
 from datetime import timedelta
 from email import policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from jobs.email import (
     invite,
     notify,
 )
+from jobs.flows import sign_up
 from jobs.mail import (
     MailSetupError,
     OutboxMailer,
@@ -445,6 +448,54 @@ def test_a_missing_user_is_unrecoverable(resources: Resources) -> None:
     with pytest.raises(Unrecoverable, match="no user usr_gone"):
         job.perform(make_context(job, resources=resources))
     assert outbox(resources.settings) == []
+
+
+SMUGGLING_NAME = "Alice " + "A" * 58 + ', attacker@evil.test, "Bob" x'
+
+
+def welcome_bytes(resources: Resources, user_id: str) -> bytes:
+    job = WelcomeEmail(user_id=user_id)
+    job.perform(make_context(job, resources=resources, job_id=f"welcome-{user_id}"))
+    (path,) = resources.settings.outbox_dir.glob("*.eml")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("name", [SMUGGLING_NAME, 'Dr. "Bo" Smith, Jr.', "Zoë Ångström " * 8 + "(ünïcode), x@y.test"])
+def test_a_display_name_cannot_be_folded_into_more_recipients(
+    resources: Resources, fake_queue: FakeQueue, name: str
+) -> None:
+    user_id = sign_up(resources.db, email="victim@example.com", name=name)
+
+    raw = welcome_bytes(resources, user_id)
+
+    (address,) = parse(raw)["To"].addresses
+    # CPython's own parser keeps the folding space between two encoded words (RFC 2047 says to drop it),
+    # so its display name may have a doubled space where the name was split; the words are all there.
+    assert (" ".join(address.display_name.split()), address.addr_spec) == (name.strip(), "victim@example.com")
+    # An RFC 2047 reader (the email package's decode_header) gets the name exactly, and one address.
+    (raw_to,) = BytesParser(policy=policy.compat32).parsebytes(raw).get_all("To")
+    ((display, addr),) = getaddresses([raw_to])
+    assert (str(make_header(decode_header(display))), addr) == (name.strip(), "victim@example.com")
+    head = raw.split(b"\n\n", 1)[0]
+    assert b"attacker@evil.test" not in head and all(len(line) <= 78 for line in head.splitlines())
+
+
+def test_a_plain_name_stays_readable(resources: Resources, fake_queue: FakeQueue) -> None:
+    user_id = sign_up(resources.db, email="ada@example.com", name="Ada O'Hara-Lovelace")
+    assert b"\nTo: Ada O'Hara-Lovelace <ada@example.com>\n" in welcome_bytes(resources, user_id)
+
+
+@pytest.mark.parametrize("control", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\t"])
+def test_control_characters_in_a_stored_name_never_reach_the_header(resources: Resources, control: str) -> None:
+    with resources.db.begin() as conn:  # stored before sign_up refused them
+        conn.execute(users.insert().values(id="usr_ctl", email="eve@example.com", name=f"Eve{control}Bcc: x@evil.test"))
+
+    raw = welcome_bytes(resources, "usr_ctl")
+
+    (address,) = parse(raw)["To"].addresses
+    assert (address.display_name, address.addr_spec) == ("Eve Bcc: x@evil.test", "eve@example.com")
+    assert control.encode() not in raw.split(b"\n\n", 1)[0]
+    assert b"x@evil.test" not in raw.split(b"\n\n", 1)[0]
 
 
 def invitation_row(store: Store, org: dict[str, str], inv_id: str) -> Any:

@@ -40,6 +40,10 @@ def test_sign_up_writes_the_user_and_enqueues_its_three_jobs(
         ("cy@example.com", "Cy\r\nBcc: all@example.com", "on one line"),
         ("cy@example.com", "", "1 to 200 characters"),
         ("cy@example.com", "C" * 201, "1 to 200 characters"),
+        *[
+            ("cy@example.com", f"Cy{c}Bcc: all@example.com", "without control characters")
+            for c in ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\x00", "\t", "\x7f")
+        ],
     ],
 )
 def test_sign_up_refuses_bad_input_before_writing_anything(

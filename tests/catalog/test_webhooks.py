@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import socket
 import threading
 import time
@@ -523,6 +524,62 @@ def test_a_blocked_destination_fails_the_delivery_at_once(
     assert attempt.status_code is None and "refusing to connect" in attempt.error
 
 
+def test_no_log_record_carries_the_path_or_query_of_a_hook_url(
+    store: Store,
+    org: dict[str, str],
+    resources: Resources,
+    receiver: Receiver,
+    fake_queue: FakeQueue,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint_id = endpoint(store, org, receiver, "/ok?token=s3cr3tpath", Reply(200, "thanks"))
+    delivery_id = publish_one(store, org)
+
+    with caplog.at_level(logging.DEBUG):  # `forgejobs -vv worker`: the root logger at DEBUG
+        assert run(resources, delivery_id, endpoint_id).outcome == "delivered"
+
+    assert [r.path for r in receiver.requests] == ["/ok?token=s3cr3tpath"]  # the secret did travel
+    leaked = [
+        f"{r.name}: {r.getMessage()}" for r in caplog.records if "/ok" in r.getMessage() or "s3cr3t" in r.getMessage()
+    ]
+    assert leaked == []
+
+
+def stored_endpoint(store: Store, org: dict[str, str], url: str) -> str:
+    """An endpoint row written directly, as one stored before `create_endpoint` checked what it checks now."""
+    endpoint_id = new_id("whe")
+    with store.begin() as conn:
+        conn.execute(
+            webhook_endpoints.insert().values(
+                id=endpoint_id, org_id=org["org_id"], url=url, secrets="whsec_" + "A" * 32, event_types=[]
+            )
+        )
+    return endpoint_id
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://0177.0.0.1:18091/a?token=s3cr3t", "Invalid IPv4 address"),
+        ("http://hooks.example.com:99999/a", "port"),
+        ("http://hooks.example.com/a\x7fb", "non-printable"),
+    ],
+)
+def test_a_stored_url_httpx_cannot_send_fails_the_delivery_at_once(
+    store: Store, org: dict[str, str], resources: Resources, fake_queue: FakeQueue, url: str, reason: str
+) -> None:
+    endpoint_id = stored_endpoint(store, org, url)
+    delivery_id = publish_one(store, org)
+
+    with pytest.raises(Unrecoverable, match=reason) as caught:
+        run(resources, delivery_id, endpoint_id)
+
+    assert "s3cr3t" not in str(caught.value) and "/a" not in str(caught.value)
+    assert delivery(store, delivery_id).status == "failed"
+    (attempt,) = attempts(store, delivery_id)
+    assert attempt.status_code is None and reason in attempt.error
+
+
 def test_a_job_for_a_missing_or_mismatched_delivery_is_unrecoverable(
     store: Store, org: dict[str, str], resources: Resources, receiver: Receiver, fake_queue: FakeQueue
 ) -> None:
@@ -687,6 +744,10 @@ def test_rotation_keeps_at_most_three_secrets_and_unknown_endpoints_are_named(
         ("ftp://hooks.example.com/in", "must be an absolute http:// or https:// URL"),
         ("/relative/path", "must be an absolute http:// or https:// URL"),
         ("https://user:pw@hooks.example.com/", "must not carry credentials"),
+        ("http://0177.0.0.1:18091/a", "cannot be sent: Invalid IPv4 address: '0177.0.0.1'"),
+        ("http://01.2.3.4/a", "cannot be sent: Invalid IPv4 address"),
+        ("http://hooks.example.com:99999/a", "port"),
+        ("http://hooks.example.com/a\x7fb", "cannot be sent: Invalid non-printable ASCII character"),
     ],
 )
 def test_create_endpoint_refuses_unusable_urls(store: Store, org: dict[str, str], url: str, message: str) -> None:
