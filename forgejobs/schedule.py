@@ -7,8 +7,9 @@ written: a bad pattern, an unknown zone or a payload the job refuses fails at
 import or at `forgejobs check`, not at midnight.
 
 Tick times are pure functions of the declaration, never of the process's
-clock zone or start time: a cron pattern is read in its own `tz` (DST
-included), and an interval is aligned to the Unix epoch. Two scheduler
+clock zone or start time: a cron pattern is read in its own `tz`, with
+cron's rules on daylight-saving changes (see `Schedule.fixed_time`), and an
+interval is aligned to the Unix epoch. Two scheduler
 processes therefore compute the same ticks, which is what makes each tick's
 job id (`<schedule>-<tick>`) a reliable key for "fire once".
 """
@@ -60,7 +61,7 @@ class Schedule(BaseModel):
     def _valid_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: 'America' names a folder of the database
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Berlin')") from None
         return value
 
@@ -89,11 +90,49 @@ class Schedule(BaseModel):
         """The first tick strictly after `moment`, in UTC."""
         moment = moment.astimezone(UTC)
         if self.cron is not None:
-            tick: datetime = croniter(self.cron, moment.astimezone(self.zone)).get_next(datetime)
-            return tick.astimezone(UTC)
+            return self._next_cron_tick(moment)
         period = self.every_seconds
         count = int(moment.timestamp() // period) + 1
         return datetime.fromtimestamp(count * period, UTC)
+
+    @property
+    def fixed_time(self) -> bool:
+        """True when neither the minute nor the hour field starts with `*` (cron's "fixed-time" jobs).
+
+        Across a daylight-saving change, cron runs a fixed-time job once: on
+        the first occurrence of a repeated wall-clock time, and at the end of
+        the gap for a skipped one. A wildcard job (`*/15 * * * *`, `0 * * * *`)
+        goes by the clock instead: it fires in both passes of a repeated hour
+        and not at all for times that do not exist.
+        """
+        assert self.cron is not None
+        minute, hour = self.cron.split()[:2]
+        return not (minute.startswith("*") or hour.startswith("*"))
+
+    def _next_cron_tick(self, moment: datetime) -> datetime:
+        # The pattern is matched on naive wall-clock times of `tz`; each match is
+        # then placed in time by `_instants` (DST rules above). Instants grow with
+        # wall-clock times except inside a repeated hour, whose second pass comes
+        # after every first-pass time: a search there starts that much earlier and
+        # ends once it has left the repeated hour.
+        assert self.cron is not None
+        zone, fixed = self.zone, self.fixed_time
+        local = moment.astimezone(zone)
+        start = local.replace(tzinfo=None)
+        if local.fold == 0 and _is_repeated(start, zone):  # in a repeated hour's first pass
+            start -= (local.utcoffset() or timedelta(0)) - (local.replace(fold=1).utcoffset() or timedelta(0))
+        matches = croniter(self.cron, start)
+        best: datetime | None = None
+        while True:
+            wall: datetime = matches.get_next(datetime)
+            repeated = _is_repeated(wall, zone)
+            if best is not None and not repeated:
+                return best
+            for instant in _instants(wall, zone, fixed):
+                if instant > moment and (best is None or instant < best):
+                    best = instant
+            if best is not None and not repeated:
+                return best
 
     def ticks(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """Ticks in (after, until], oldest first."""
@@ -108,6 +147,32 @@ class Schedule(BaseModel):
             moment = self.next_after(moment)
             out.append(moment)
         return out
+
+
+def _is_repeated(wall: datetime, zone: ZoneInfo) -> bool:
+    """True when the naive wall-clock time `wall` happens twice in `zone` (a fall-back hour)."""
+    return wall.replace(tzinfo=zone, fold=0).utcoffset() != wall.replace(tzinfo=zone, fold=1).utcoffset()
+
+
+def _instants(wall: datetime, zone: ZoneInfo, fixed: bool) -> list[datetime]:
+    """The UTC instants a pattern matching the naive wall-clock time `wall` fires at."""
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) != wall:  # in a spring-forward gap: it does not exist
+        if not fixed:
+            return []
+        # the first valid time after the gap: the change itself, somewhere between the two readings
+        low, high = min(first, second), max(first, second)
+        while high - low > timedelta(seconds=1):
+            middle = low + (high - low) / 2
+            if middle.astimezone(zone).utcoffset() == high.astimezone(zone).utcoffset():
+                high = middle
+            else:
+                low = middle
+        return [high.replace(microsecond=0)]
+    if first != second and not fixed:  # a repeated time, for a wildcard pattern: both passes
+        return [first, second]
+    return [first]  # the only, or a fixed-time pattern's first, occurrence
 
 
 def cron(

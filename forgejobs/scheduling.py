@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
@@ -105,23 +106,58 @@ def sync(store: RepeatStore, schedules: Iterable[ScheduledJob], now: datetime) -
 def ticks_to_fire(schedule: Schedule, due: datetime, now: datetime) -> tuple[list[datetime], int]:
     """The ticks to enqueue for a schedule whose next tick was `due`, and how many were dropped.
 
-    Every tick in [due, now] is due. One within `misfire_grace` of now is on
-    time; older ones were missed (the scheduler was down). `catch_up`
-    decides: "latest" fires the most recent tick only, "none" fires only
-    on-time ticks, "all" fires each, oldest first, at most `max_catch_up`.
+    Every tick in [due, now] is due. One late by no more than `misfire_grace`
+    is on time; older ones were missed (the scheduler was down or stuck).
+    `catch_up` decides, oldest first:
+
+    - "none": the latest on-time tick, if there is one; nothing that was missed;
+    - "latest": one run, for the most recent due tick (on time or missed);
+    - "all": every due tick, missed or on time, at most the newest `max_catch_up`.
+
+    So several ticks within the grace (a short stop of a frequent repeat) fire
+    once under "none" and "latest", like one missed stretch does under "latest".
+    """
+    keep = schedule.max_catch_up if schedule.catch_up == "all" else 1
+    ticks, unlisted = _due_ticks(schedule, due, now, keep)
+    if schedule.catch_up == "latest":
+        chosen = ticks[-1:]
+    elif schedule.catch_up == "none":
+        chosen = [t for t in ticks if now - t <= schedule.misfire_grace][-1:]
+    else:
+        chosen = ticks[-schedule.max_catch_up :]
+    return chosen, unlisted + len(ticks) - len(chosen)
+
+
+def _due_ticks(schedule: Schedule, due: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
+    """The ticks in [due, now], oldest first, and how many older ones were left out.
+
+    At most MAX_TICK_SCAN are walked from `due`. Past that (a long downtime of
+    a frequent repeat), the newest `keep` or more are listed instead, found in
+    a window ending at `now` that doubles until it holds enough; the count of
+    the ones left out is then a lower bound.
     """
     ticks = [due]
     for tick in schedule.ticks(due, now):
         ticks.append(tick)
         if len(ticks) >= MAX_TICK_SCAN:
             break
-    if schedule.catch_up == "latest":
-        chosen = ticks[-1:]
-    elif schedule.catch_up == "none":
-        chosen = [t for t in ticks if now - t <= schedule.misfire_grace]
     else:
-        chosen = ticks[-schedule.max_catch_up :]
-    return chosen, len(ticks) - len(chosen)
+        return ticks, 0
+    window = max(schedule.misfire_grace, timedelta(seconds=1))
+    while True:
+        start = max(now - window, ticks[-1])
+        recent: deque[datetime] = deque(maxlen=MAX_TICK_SCAN)
+        seen = 0
+        for tick in schedule.ticks(start, now):
+            recent.append(tick)
+            seen += 1
+        if len(recent) >= keep or start == ticks[-1]:
+            break
+        window *= 2
+    if start == ticks[-1]:  # the window reached the walked ticks: the list is complete
+        merged = ticks + list(recent)
+        return merged[-MAX_TICK_SCAN:], max(len(merged) - MAX_TICK_SCAN, 0)
+    return list(recent), len(ticks) + seen - len(recent)
 
 
 class Repeater:
@@ -146,28 +182,43 @@ class Repeater:
             if scheduled is None or not scheduled.schedule.enabled:
                 self.store.remove(entry.name)
                 continue
-            ticks, dropped = ticks_to_fire(scheduled.schedule, entry.next_at, now)
+            schedule = scheduled.schedule
+            ticks, dropped = ticks_to_fire(schedule, entry.next_at, now)
             if dropped:
-                policy = scheduled.schedule.catch_up
-                log.warning("%s: %d missed tick(s) not run (catch_up=%s)", entry.name, dropped, policy)
+                log.warning("%s: %d due tick(s) not run (catch_up=%s)", entry.name, dropped, schedule.catch_up)
+            # The ticks of one pass are separate runs, never overlaps of each other:
+            # overlap is judged against the run of an earlier pass only (a run for
+            # a tick before this pass's first one; a later one was recorded by a
+            # scheduler doing this same pass). Missed ticks under catch_up "all"
+            # are separate periods and are never skipped.
+            earlier = self.store.last_run(entry.name)
+            if earlier is not None and earlier.tick >= entry.next_at:
+                earlier = None
             for tick in ticks:
-                handle = self.fire(scheduled, tick, now)
+                missed_period = schedule.catch_up == "all" and now - tick > schedule.misfire_grace
+                handle = self._fire(scheduled, tick, now, None if missed_period else earlier)
                 if handle is not None:
                     fired.append(handle)
-            self.store.set_next(entry.name, scheduled.schedule.next_after(now))
+            self.store.set_next(entry.name, schedule.next_after(now))
         return fired
 
     def fire(self, scheduled: ScheduledJob, tick: datetime, now: datetime) -> JobHandle | None:
         """Enqueue one tick, unless its previous run is still pending and overlap is "skip"."""
+        return self._fire(scheduled, tick, now, self.store.last_run(scheduled.name))
+
+    def _fire(
+        self, scheduled: ScheduledJob, tick: datetime, now: datetime, earlier: LastRun | None
+    ) -> JobHandle | None:
+        """Enqueue one tick, unless `earlier` (a run it may overlap) is still pending and overlap is "skip"."""
         last = self.store.last_run(scheduled.name)
         if last is not None and last.tick >= tick:
             return None  # another scheduler got here first
-        if scheduled.schedule.overlap == "skip" and last is not None and last.job_id is not None:
-            status = self.client.backend.state(last.job_id).status
+        if scheduled.schedule.overlap == "skip" and earlier is not None and earlier.job_id is not None:
+            status = self.client.backend.state(earlier.job_id).status
             if status in PENDING:
-                note = f"skipped: previous run {last.job_id} is still {status.value}"
+                note = f"skipped: previous run {earlier.job_id} is still {status.value}"
                 log.warning("%s tick %s %s", scheduled.name, tick.isoformat(), note)
-                self.store.record(scheduled.name, LastRun(tick=tick, job_id=last.job_id, fired_at=now, note=note))
+                self.store.record(scheduled.name, LastRun(tick=tick, job_id=earlier.job_id, fired_at=now, note=note))
                 return None
         handle = self._enqueue(scheduled, tick_id(scheduled.name, tick), tick)
         self.store.record(scheduled.name, LastRun(tick=tick, job_id=handle.id, fired_at=now))
