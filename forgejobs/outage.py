@@ -19,20 +19,31 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Outage:
-    """One log line when Redis stops answering, one when it answers again; backoff in between."""
+    """One log line when Redis stops answering, one when it answers again; backoff in between.
+
+    A failure is reported once it has lasted QUIET seconds (a server shutting down answers some calls and
+    refuses others for a moment; that flapping is not worth a line); the recovery is reported only after a
+    reported failure."""
+
+    QUIET = 0.5
 
     def __init__(self, what: str, where: str = "", logger: logging.Logger = log) -> None:
         self.log = logger
         self.what = what
         self.where = f" at {where}" if where else ""
         self.since: float | None = None
+        self.said = False
         self.pause = 0.0
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException) -> float:
+        """Note a failure; returns how long to wait before the next try."""
         with self._lock:
+            now = time.monotonic()
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = now
+            if not self.said and now - self.since >= self.QUIET:
+                self.said = True
                 self.log.warning("%s: Redis%s cannot be reached (%s); retrying", self.what, self.where, exc)
             self.pause = min(self.pause * 2, 2.0) if self.pause else 0.05
             return self.pause
@@ -42,8 +53,9 @@ class Outage:
             return
         with self._lock:
             if self.since is not None:
-                self.log.warning(
-                    "%s: Redis%s answers again after %.1f s", self.what, self.where, time.monotonic() - self.since
-                )
+                if self.said:
+                    down = time.monotonic() - self.since
+                    self.log.warning("%s: Redis%s answers again after %.1f s", self.what, self.where, down)
                 self.since = None
+                self.said = False
                 self.pause = 0.0
