@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from forgejobs import Client, Reason, Registry, Status
+from forgejobs import Client, JobHandle, Reason, Registry, Status
 from forgejobs.execution import STALL_ERROR
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.scripts import Scripts
@@ -153,21 +153,27 @@ def kill_worker_mid_job(
     worker.wait(10)
 
 
+def kill_and_replace_until_failed(
+    conn: redis.Redis, start_worker: Callable[..., WorkerProcess], path: Path, handle: JobHandle
+) -> None:
+    """Kill the worker running the job, start another, and wait for the job to end FAILED (saying what Redis
+    holds and what the replacement logged if it does not)."""
+    kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+    replacement = start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
+    try:
+        wait_for(lambda: handle.status() is Status.FAILED, timeout=20, what="the job to be dead-lettered")
+    except AssertionError as exc:
+        state = {k.decode(): conn.type(k).decode() for k in conn.scan_iter(match="forgejobs:{slow}:*")}
+        raise AssertionError(f"{exc}; keys {state}; replacement's log:\n{replacement.log()}") from None
+
+
 def test_a_job_on_its_last_attempt_whose_worker_was_killed_is_dead_lettered_as_stalled(
     client: Client, conn: redis.Redis, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     path = tmp_path / "slow.jsonl"
     handle = Slow.with_options(job_id="stalls-once").enqueue(path=str(path), seconds=30)
     rewrite_envelope(conn, "stalls-once", attempt=2)  # pretend attempt 1 already failed: this is 2 of 2
-    kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
-    replacement = start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
-
-    what = "the job to be dead-lettered"
-    try:
-        wait_for(lambda: handle.status() is Status.FAILED, timeout=20, what=what)
-    except AssertionError as exc:
-        state = {k.decode(): conn.type(k).decode() for k in conn.scan_iter(match="forgejobs:{slow}:*")}
-        raise AssertionError(f"{exc}; keys {state}; replacement's log:\n{replacement.log()}") from None
+    kill_and_replace_until_failed(conn, start_worker, path, handle)
     record = client.dead_letter("stalls-once")
     assert record.reason is Reason.STALLED
     assert record.payload == {"path": str(path), "seconds": 30.0}
@@ -180,15 +186,7 @@ def test_a_job_that_stalls_more_than_max_stalled_times_is_dead_lettered(
     handle = SlowFirstAttempt.with_options(job_id="stalls-twice").enqueue(path=str(path))
     history = [{"attempt": 1, "at": "2026-01-01T00:00:00Z", "error": STALL_ERROR, "delay": 0}]
     rewrite_envelope(conn, "stalls-twice", history=history)  # attempt 1 already stalled once (max_stalled=1)
-    kill_worker_mid_job(conn, start_worker, path, env={"FORGEJOBS_STALL_TIMEOUT": "2"})
-    replacement = start_worker("--queues", "slow", env={"FORGEJOBS_STALL_TIMEOUT": "2"})
-
-    what = "the job to be dead-lettered"
-    try:
-        wait_for(lambda: handle.status() is Status.FAILED, timeout=20, what=what)
-    except AssertionError as exc:
-        state = {k.decode(): conn.type(k).decode() for k in conn.scan_iter(match="forgejobs:{slow}:*")}
-        raise AssertionError(f"{exc}; keys {state}; replacement's log:\n{replacement.log()}") from None
+    kill_and_replace_until_failed(conn, start_worker, path, handle)
     assert client.dead_letter("stalls-twice").reason is Reason.STALLED
 
 
