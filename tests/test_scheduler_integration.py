@@ -88,3 +88,18 @@ def test_schedules_command_lists_and_runs(client: Client, conn: redis.Redis, red
     assert len(tick_ids(conn)) == 1
     missing = CliRunner().invoke(cli, ["schedules", "run", "nope"], env=env)
     assert missing.exit_code == 1 and "no schedule named 'nope'" in missing.output
+
+
+def test_a_scheduler_killed_mid_pass_holds_the_others_up_for_its_short_lease_only(
+    conn: redis.Redis, start_cli: Callable[..., WorkerProcess]
+) -> None:
+    """A scheduler SIGKILLed during a pass leaves its lease behind (set with LEASE_MS to live): another
+    scheduler fires the next due tick once it has lapsed, not after rq-scheduler's 11 s lock."""
+    assert RQSchedulerStore.LEASE_MS <= 2000
+    conn.set("forgejobs:scheduler:lease", "a-scheduler-killed-mid-pass", px=RQSchedulerStore.LEASE_MS)
+    started = time.monotonic()
+    start_cli("scheduler", "--interval", "0.1")
+    wait_for(lambda: tick_ids(conn), timeout=15, what="a tick from the other scheduler")
+    waited = time.monotonic() - started
+    assert waited >= 1.9  # it did wait for the lease
+    assert waited < 2.0 + 3.0  # and no longer: the lease, then start-up and one pass
