@@ -69,7 +69,8 @@ class QueueKeys:
 
     @property
     def workers(self) -> str:
-        """Sorted set: slot id -> lease expiry (server ms); renewed by each process's heartbeat and each fetch."""
+        """Sorted set: slot id -> lease expiry (server ms); renewed by each process's heartbeat and by a fetch
+        after idle."""
         return f"{self.tag}:workers"
 
     @property

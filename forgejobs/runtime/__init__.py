@@ -7,7 +7,7 @@ What it guarantees:
   atomic step; finishing it records the outcome and releases it in one step, which also takes the
   next job ("finish and fetch next": one round trip per job).
 - **Leases, not locks.** Each slot's lease is an entry in its queue's `workers` set, renewed by
-  its process's heartbeat (every `stall_timeout / 5`) and by every fetch. Any live worker, once a
+  its process's heartbeat (every `stall_timeout / 5`) and by a fetch after idle. Any live worker, once a
   second per queue, moves the jobs of slots whose lease ran out to the stalled list and decides
   their fate (`forgejobs.execution.stalled`: retry, or dead-letter after `max_stalled`). A job of
   a killed worker runs again within `stall_timeout` (10 s by default) plus about a second.
