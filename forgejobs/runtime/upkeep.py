@@ -1,8 +1,9 @@
 """One upkeep thread per worker process: what keeps the slots' leases and the queues healthy.
 
 Every tick (0.1 s) it writes the events buffered outside the slots (those of recovered jobs); every
-`stall_timeout / 5` it renews the leases of the process's live slots (one `beat.lua` call per queue, in one round trip); every
-second it reads which queues are paused and when each queue's next delayed job is due, recovers
+`stall_timeout / 5` it renews the leases of the process's live slots (one `beat.lua` call per queue,
+in one round trip); every second it reads which queues are paused and when each queue's next
+delayed job is due, recovers
 the jobs of dead slots (`recover.lua`, then `settle.lua` for each stalled job) on the queues no
 other worker has checked within the second, and replaces slot threads that died; every five
 seconds it applies retention (`trim.lua`). None of this is on a job's round trip.
