@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:  # `python bench/chaos.py` from anywhere: the job 
 from forgejobs import Client, Registry, Settings, use_client  # noqa: E402
 from forgejobs.backends.redis import RedisBackend  # noqa: E402
 from forgejobs.keys import QueueKeys  # noqa: E402
+from forgejobs.runtime.worker import slot_pid  # noqa: E402
 from tests.samplejobs.ledger import LOG, RUNS, LedgerRun  # noqa: E402
 
 JOBS_MODULE = "tests.samplejobs.ledger"
@@ -331,7 +332,7 @@ class Report:
 
 def lease_pids(conn: redis.Redis) -> set[int]:
     """Processes holding leases on the queue (slot id `<host>.<pid>.<hex6>/<queue>/<index>/<gen>`)."""
-    return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in conn.zrange(KEYS.workers, 0, -1)}
+    return {slot_pid(m) for m in conn.zrange(KEYS.workers, 0, -1)}
 
 
 def active_by_pid(conn: redis.Redis) -> dict[int, list[str]]:
@@ -340,7 +341,7 @@ def active_by_pid(conn: redis.Redis) -> dict[int, list[str]]:
     for job_id, owner in conn.hgetall(KEYS.active).items():
         slot = owner.decode().split("|", 1)[0]
         try:
-            pid = int(slot.split("/")[0].rsplit(".", 2)[1])
+            pid = slot_pid(slot)
         except (IndexError, ValueError):
             pid = -1
         out.setdefault(pid, []).append(job_id.decode())

@@ -18,6 +18,7 @@ import redis
 
 from forgejobs import Client, Registry, Settings, set_client
 from forgejobs.backends.redis import RedisBackend
+from forgejobs.keys import QueueKeys
 from forgejobs.specs import load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,3 +237,27 @@ def _pings(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_timeout=0.5).ping())
     except redis.RedisError:
         return False
+
+
+def family(pid: int) -> set[int]:
+    """`pid` and its child processes (a `--processes` worker's supervisor and the slot children it forked)."""
+    found = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the parenthesised name
+                found.add(int(entry.name))
+    return found
+
+
+def leftovers(conn: redis.Redis, keys: QueueKeys) -> dict[str, int]:
+    """How many ids each of the queue's in-flight structures still holds."""
+    counts = {key.rsplit(":", 1)[1]: int(conn.llen(key)) for key in keys.waits}
+    counts["stalled"] = int(conn.llen(keys.stalled))
+    counts["active"] = int(conn.hlen(keys.active))
+    counts["delayed"] = int(conn.zcard(keys.delayed))
+    counts["parked"] = sum(int(conn.llen(k)) for k in conn.scan_iter(match=f"{keys.ck_prefix}*:wait"))
+    return {name: n for name, n in counts.items() if n}

@@ -16,6 +16,7 @@ import redis
 
 from forgejobs import Client, Context, Job, OptionsError, Reason, Status
 from forgejobs.keys import QueueKeys
+from forgejobs.runtime.worker import slot_pid
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.limits import Gated, OrgTask
 
@@ -42,7 +43,7 @@ def peak(rows: Iterable[list[str]]) -> int:
 
 
 def lease_pids(conn: redis.Redis, keys: QueueKeys) -> set[int]:
-    return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in conn.zrange(keys.workers, 0, -1)}
+    return {slot_pid(m) for m in conn.zrange(keys.workers, 0, -1)}
 
 
 def ck_keys(conn: redis.Redis, keys: QueueKeys) -> list[bytes]:

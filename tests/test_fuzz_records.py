@@ -30,7 +30,7 @@ from forgejobs.execution import DeadLettered, Runtime, execute
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.corrupt import shown_id
 from forgejobs.worker import Worker
-from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS
+from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, leftovers
 from tests.samplejobs.basic import Echo
 
 FAST = QueueKeys("forgejobs", "fast")
@@ -197,17 +197,6 @@ def write(connection: redis.Redis, key: bytes, record: Hostile) -> None:
     elif record.kind == "stream":
         for entry in record.content:
             conn.xadd(key, entry)
-
-
-def leftovers(connection: redis.Redis, keys: QueueKeys) -> dict[str, int]:
-    """How many ids each of the queue's in-flight structures still holds."""
-    conn: Any = connection
-    counts = {key.rsplit(":", 1)[1]: int(conn.llen(key)) for key in keys.waits}
-    counts["stalled"] = int(conn.llen(keys.stalled))
-    counts["active"] = int(conn.hlen(keys.active))
-    counts["delayed"] = int(conn.zcard(keys.delayed))
-    counts["parked"] = sum(int(conn.llen(k)) for k in conn.scan_iter(match=f"{keys.ck_prefix}*:wait"))
-    return {name: n for name, n in counts.items() if n}
 
 
 # -- 1. through a real worker ----------------------------------------------------------------------------

@@ -26,7 +26,8 @@ import redis
 from forgejobs import Client, Reason, Status
 from forgejobs.deadletter import DeadLetter
 from forgejobs.keys import QueueKeys
-from tests.conftest import WorkerProcess, wait_for
+from forgejobs.runtime.worker import slot_pid
+from tests.conftest import WorkerProcess, family, leftovers, wait_for
 from tests.samplejobs.basic import Doomed, Echo
 from tests.samplejobs.limits import Tally
 
@@ -46,34 +47,10 @@ def lines(path: Path) -> list[list[str]]:
 
 def lease_pids(conn: redis.Redis, keys: QueueKeys) -> set[int]:
     """The processes holding leases on a queue (a slot's id is `<host>.<pid>.<hex6>/<queue>/<index>/<gen>`)."""
-    return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in conn.zrange(keys.workers, 0, -1)}
-
-
-def leftovers(conn: redis.Redis, keys: QueueKeys) -> dict[str, int]:
-    """How many ids each of the queue's in-flight structures still holds."""
-    counts = {key.rsplit(":", 1)[1]: int(conn.llen(key)) for key in keys.waits}
-    counts["stalled"] = int(conn.llen(keys.stalled))
-    counts["active"] = int(conn.hlen(keys.active))
-    counts["delayed"] = int(conn.zcard(keys.delayed))
-    counts["parked"] = sum(int(conn.llen(k)) for k in conn.scan_iter(match=f"{keys.ck_prefix}*:wait"))
-    return {name: n for name, n in counts.items() if n}
+    return {slot_pid(m) for m in conn.zrange(keys.workers, 0, -1)}
 
 
 # -- 1. kills at random points of the loop ---------------------------------------------------------
-
-
-def family(pid: int) -> set[int]:
-    """`pid` and its child processes (a `--processes` worker's supervisor and the slot children it forked)."""
-    found = {pid}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the parenthesised name
-                found.add(int(entry.name))
-    return found
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])

@@ -22,7 +22,7 @@ from forgejobs.execution import STALL_ERROR
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.scripts import Scripts
 from forgejobs.runtime.upkeep import Upkeep
-from forgejobs.runtime.worker import Worker
+from forgejobs.runtime.worker import Worker, slot_pid
 from forgejobs.settings import Settings
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.basic import Slow, SlowFirstAttempt
@@ -139,7 +139,7 @@ def rewrite_envelope(conn: redis.Redis, job_id: str, **changes: Any) -> None:
 
 def slot_pids(conn: redis.Redis) -> set[int]:
     """The processes holding leases on the slow queue (a slot's id starts with host.pid.suffix/)."""
-    return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in conn.zrange(SLOW.workers, 0, -1)}
+    return {slot_pid(m) for m in conn.zrange(SLOW.workers, 0, -1)}
 
 
 def kill_worker_mid_job(

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from forgejobs import Client, PayloadTooLarge, Reason, Status
 from forgejobs.cli import cli
 from forgejobs.keys import QueueKeys
+from forgejobs.runtime.worker import slot_pid
 from tests.conftest import WorkerProcess, wait_for
 from tests.samplejobs.basic import Doomed, Echo, EchoResult, Flaky, Mark, Progressing, Slow, Snooze, TimesOut
 
@@ -252,7 +253,7 @@ def test_a_killed_child_process_is_replaced(client: Client, start_worker: StartW
 
     def child_pids() -> set[int]:
         members = conn.zrange(QueueKeys("forgejobs", "fast").workers, 0, -1)
-        return {int(m.decode().split("/")[0].rsplit(".", 2)[1]) for m in members}
+        return {slot_pid(m) for m in members}
 
     start_worker("--queues", "fast", "--processes")
     (old_pid,) = child_pids()

@@ -1,12 +1,14 @@
 """One upkeep thread per worker process: what keeps the slots' leases and the queues healthy.
 
-Every tick (0.1 s) it writes the events buffered outside the slots (those of recovered jobs); every
-`stall_timeout / 5` it renews the leases of the process's live slots (one `beat.lua` call per queue,
-in one round trip); every second it reads which queues are paused and when each queue's next
-delayed job is due, recovers
-the jobs of dead slots (`recover.lua`, then `settle.lua` for each stalled job) on the queues no
-other worker has checked within the second, and replaces slot threads that died; every five
-seconds it applies retention (`trim.lua`). None of this is on a job's round trip.
+- every tick (0.1 s): write the events buffered outside the slots (those of recovered jobs);
+- every `stall_timeout / 5`: renew the leases of the process's live slots (one `beat.lua` call per
+  queue, in one round trip);
+- every second: read which queues are paused and when each queue's next delayed job is due, recover
+  the jobs of dead slots (`recover.lua`, then `settle.lua` for each stalled job) on the queues no
+  other worker has checked within the second, and replace slot threads that died;
+- every five seconds: apply retention (`trim.lua`).
+
+None of this is on a job's round trip.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from ..deadletter import DeadLetter, Reason
-from ..events import Event, EventStream
 from ..execution import Retry, decide_stalled, record_stalled
 from ..outage import UNREACHABLE
 from .corrupt import read_record, shown_id
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ..keys import QueueKeys
     from ..specs import QueueSpec
     from .scripts import Scripts
-    from .worker import QueueState, Worker
+    from .state import Process, QueueState
 
 log = logging.getLogger("forgejobs.worker")
 
@@ -38,34 +39,8 @@ SETTLE_BATCH = 50
 TRIM_BATCH = 500
 
 
-class EventBuffer:
-    """Job events of this process's slots, written to the stream in batches (within TICK seconds)."""
-
-    def __init__(self, stream: EventStream) -> None:
-        self.stream = stream
-        self._buffer: list[Event] = []
-        self._lock = threading.Lock()
-
-    def emit(self, events: Sequence[Event]) -> None:
-        if events:
-            with self._lock:
-                self._buffer.extend(events)
-
-    def flush(self) -> None:
-        with self._lock:
-            events, self._buffer = self._buffer, []
-        if not events:
-            return
-        try:
-            self.stream.append_many(events)
-        except redis.RedisError:
-            with self._lock:
-                self._buffer[:0] = events  # written with the next flush
-            raise
-
-
 class Upkeep:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Process) -> None:
         self.worker = worker
         self.connection = worker.connection
         self.scripts = worker.scripts

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import math
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -23,7 +22,7 @@ import redis
 from ..outage import UNREACHABLE
 
 if TYPE_CHECKING:
-    from .worker import QueueState, Worker
+    from .state import Process, QueueState
 
 log = logging.getLogger("forgejobs.worker")
 
@@ -32,21 +31,8 @@ LOCAL_WAIT = 0.15
 """Due within this many seconds: wait locally instead of in Redis (whose block timeouts step by 100 ms)."""
 
 
-class ServerClock:
-    """The Redis server's clock, read as this host's clock plus an offset measured once a second."""
-
-    def __init__(self) -> None:
-        self.offset_ms = 0.0
-
-    def set_server_ms(self, server_ms: float) -> None:
-        self.offset_ms = server_ms - time.time() * 1000
-
-    def now_ms(self) -> float:
-        return time.time() * 1000 + self.offset_ms
-
-
 class Waiter:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Process) -> None:
         self.worker = worker
         self.connection = worker.connection
         self.wake_key = worker.keys.wake(worker.name)

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -24,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -40,17 +39,17 @@ from ..deadletter import DeadLetter, Reason
 from ..errors import BackendUnavailable, ForgeJobsError, UnknownJob
 from ..events import Event, EventKind, Hooks
 from ..execution import Aborted, DeadLettered, Outcome, Retry, Runtime, Succeeded, WorkerShutdown, execute
-from ..keys import Keys, QueueKeys
+from ..keys import Keys
 from ..outage import UNREACHABLE, Outage
 from ..ratelimit import RedisRateLimiter
 from ..registry import Registry
 from ..settings import Settings, load_hooks, load_resources
-from ..specs import QueueSpec
 from ..timeouts import watchdog_guard
 from .corrupt import read_record, shown_id
 from .scripts import Scripts
-from .upkeep import EventBuffer, Upkeep
-from .waiter import ServerClock, Waiter
+from .state import EventBuffer, QueueState, ServerClock, Slot
+from .upkeep import Upkeep
+from .waiter import Waiter
 
 log = logging.getLogger("forgejobs.worker")
 
@@ -58,9 +57,12 @@ IDLE_POLL = 2.0
 """An idle slot looks for work by itself this often, whatever the waiter does (a marker lost with a
 killed process cannot strand jobs for longer)."""
 
-STUCK_GRACE = 30.0
-"""A slot still inside a job this long after its timeout has stopped being a live slot: its lease is
-no longer renewed, so its job is recovered and run elsewhere."""
+
+def slot_pid(ident: str | bytes) -> int:
+    """The process id in a slot's identity (`<host>.<pid>.<hex6>/<queue>/<index>/<generation>`, made by
+    `Worker._new_ident`): which process holds a lease, for operators and fault tests."""
+    text = ident.decode() if isinstance(ident, bytes) else ident
+    return int(text.split("/", 1)[0].rsplit(".", 2)[1])
 
 
 def slots_per_queue(registry: Registry, queues: list[str] | None, concurrency: int | None) -> dict[str, int]:
@@ -123,54 +125,6 @@ class Finish:
     ms: int
     owner: str  # the slot identity that took it
     events: list[str] = field(default_factory=list)  # outcome events, 7 fields each, written with the outcome
-
-
-@dataclass
-class Slot:
-    queue: str
-    index: int
-    ident: str
-    wake: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    job_started: float | None = None  # monotonic, while inside a job
-    job_timeout: float = 0.0
-    in_handler: bool = False
-    retired: bool = False
-    jobs: int = 0
-
-    def alive(self) -> bool:
-        """Whether this slot's lease should be renewed: its loop runs and is not stuck in a job."""
-        if self.retired or self.thread is None or not self.thread.is_alive():
-            return False
-        started = self.job_started
-        return started is None or time.monotonic() - started < self.job_timeout + STUCK_GRACE
-
-
-@dataclass
-class QueueState:
-    """One queue as this process serves it."""
-
-    name: str
-    keys: QueueKeys
-    spec: QueueSpec
-    slots: list[Slot] = field(default_factory=list)
-    idle: deque[Slot] = field(default_factory=deque)
-    paused: bool = False
-    next_due: float = math.inf  # server ms of the next delayed job, as far as this process knows
-    promoted: bool = False
-    retired_idents: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def has_idle(self) -> bool:
-        return bool(self.idle)
-
-    def wake_one(self) -> bool:
-        """Wake one idle slot of this queue; False if none was idle."""
-        with self.lock:
-            slot = self.idle.popleft() if self.idle else None
-        if slot is not None:
-            slot.wake.set()
-        return slot is not None
 
 
 class Worker:
