@@ -399,14 +399,14 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
                 try:
                     with Live(console=console, refresh_per_second=8) as live:
                         while thread.is_alive():
-                            live.update(display.render(worker.pending(choice.connection, horizon=10.0)))
+                            live.update(display.render(worker.pending(horizon=10.0)))
                             thread.join(0.15)
                         live.update(display.render(0))
                 finally:
                     quiet.setLevel(previous_level)
                 elapsed = time.monotonic() - started
                 _cron_phase(console, settings, client, choice.connection, resources)
-                pending = worker.pending(choice.connection, horizon=3600)
+                pending = worker.pending(horizon=3600)
                 return _summary(
                     console, display, elapsed, resources, client, pending, choice.url if not choice.embedded else None
                 )

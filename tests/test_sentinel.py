@@ -108,13 +108,13 @@ def test_producers_and_workers_carry_on_through_a_sentinel_failover(
     worker = start_cli("worker", "--queues", "fast", env={"FORGEJOBS_REDIS_URL": url})
     assert client.enqueue_raw("fast.echo", {"text": "before"}).result(timeout=20).text == "before"
 
-    waiting = client.enqueue_raw("fast.echo", {"text": "queued across the failover"})
+    before_failover = client.enqueue_raw("fast.echo", {"text": "enqueued before the failover"})
     redis.Redis(port=primary).wait(1, 2000)  # replicated (asynchronous replication can lose the last writes)
     redis.Redis(port=sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", SERVICE)
     wait_for(lambda: _role(replica) == "master", timeout=30, what="the replica to be promoted")
 
     after = client.enqueue_raw("fast.echo", {"text": "after"})  # the producer finds the new primary
     assert after.result(timeout=40).text == "after"
-    assert waiting.result(timeout=20).text == "queued across the failover"
+    assert before_failover.result(timeout=20).text == "enqueued before the failover"
     print(worker.log()[-2000:])
     assert worker.process.poll() is None and "Traceback" not in worker.log()

@@ -347,7 +347,7 @@ class Worker:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
-    def pending(self, connection: redis.Redis | None = None, horizon: float = 0.0) -> int:
+    def pending(self, horizon: float = 0.0) -> int:
         """Jobs of these queues waiting, running, or delayed and due within `horizon` seconds."""
         return self.backend.pending(self.queues, horizon * 1000)
 
