@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import pkgutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import RegistryError, UnknownJob
+from .errors import RegistryError, SpecError, UnknownJob
 from .job import Job
 from .options import JobOptions
 from .schedule import Schedule, id_part
@@ -35,16 +37,64 @@ def _payload_problem(job_type: type[Job], payload: dict[str, Any], where: str) -
     return None
 
 
+_FRAMEWORK = str(Path(__file__).resolve().parent)
+
+
+def _where(exc: BaseException) -> str | None:
+    """`file:line` of the innermost frame of `exc`'s traceback outside forgejobs and importlib: the user's line."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(("<", _FRAMEWORK)) and "importlib" not in filename:
+            found = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _import(name: str) -> ModuleType:
+    """Import one module of the job package; a class declaration that fails names its file and line."""
+    try:
+        return importlib.import_module(name)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        where = _where(exc) or name
+        raise RegistryError(f"{where}: {type(exc).__name__}: {exc} (while importing {name})") from exc
+
+
+def source_of(job_type: type[Job]) -> str:
+    """`file:line` of a job class's declaration (the class's module name when the source cannot be found)."""
+    try:
+        filename = inspect.getsourcefile(job_type)
+        line = inspect.getsourcelines(job_type)[1]
+    except (OSError, TypeError):
+        return f"{job_type.__module__}.{job_type.__qualname__}"
+    return f"{filename}:{line}"
+
+
 def discover(package: str) -> list[type[Job]]:
     """Import `package` and its submodules; return the concrete job classes they define."""
     try:
         root = importlib.import_module(package)
-    except ImportError as exc:
-        raise RegistryError(f"cannot import job package {package!r}: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and package.split(".")[0] == exc.name.split(".")[0] and package.startswith(exc.name):
+            raise RegistryError(
+                f"cannot import job package {package!r}: no module named {exc.name!r} on the path. "
+                "FORGEJOBS_JOBS names the package that holds your job classes, importable from the "
+                "current directory (for example FORGEJOBS_JOBS=myapp.jobs)"
+            ) from exc
+        where = _where(exc)
+        raise RegistryError(f"{where + ': ' if where else ''}cannot import job package {package!r}: {exc}") from exc
+    except RegistryError:
+        raise
+    except Exception as exc:
+        where = _where(exc) or package
+        raise RegistryError(f"{where}: {type(exc).__name__}: {exc} (while importing {package})") from exc
     modules: list[ModuleType] = [root]
     if hasattr(root, "__path__"):
         for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
-            modules.append(importlib.import_module(info.name))
+            modules.append(_import(info.name))
     found: list[type[Job]] = []
     for module in modules:
         for value in vars(module).values():
@@ -140,7 +190,18 @@ class Registry:
 
     @classmethod
     def load(cls, settings: Settings) -> Registry:
-        return cls(discover(settings.jobs), load_specs(settings.specs))
+        """The registry of `settings.jobs` and `settings.specs`; a `RegistryError` says what to fix where.
+
+        Every client and worker of the process is built from this registry, so its error is the
+        error of every enqueue until it is fixed: the message says so, and names the files.
+        """
+        try:
+            return cls(discover(settings.jobs), load_specs(settings.specs))
+        except (RegistryError, SpecError) as exc:
+            raise type(exc)(
+                f"the job registry did not load (job package {settings.jobs!r}, specs {settings.specs}); "
+                f"nothing can be enqueued or worked until this is fixed:\n{exc}"
+            ) from exc
 
     def _add(self, job_type: type[Job]) -> str | None:
         name = job_type.job_name()
@@ -149,7 +210,8 @@ class Registry:
             if existing.job_type is job_type:
                 return None
             return (
-                f"job name {name!r} is used by both {existing.job_type.__module__}.{existing.job_type.__qualname__}"
+                f"{source_of(job_type)}: job name {name!r} is used by both "
+                f"{existing.job_type.__module__}.{existing.job_type.__qualname__} ({source_of(existing.job_type)})"
                 f" and {job_type.__module__}.{job_type.__qualname__}"
             )
         options = job_type.job_options()
@@ -159,7 +221,10 @@ class Registry:
         assert options.queue is not None
         if options.queue not in self.queues:
             if self.strict:
-                return f"{job_type.__qualname__} ({name}) is on queue {options.queue!r}, which no spec declares"
+                return (
+                    f"{source_of(job_type)}: {job_type.__qualname__} ({name}) is on queue {options.queue!r}, "
+                    f"which no spec declares (declared: {', '.join(sorted(self.queues)) or 'none'})"
+                )
             self.queues[options.queue] = QueueSpec()
         self._entries[name] = Entry(job_type, options)
         return None

@@ -2,11 +2,12 @@
 
 Every `*.yaml` file in the specs directory is one `SpecFile`; together they
 make a `Specs`. Unknown keys are errors, reported with the file and the key
-path (`specs/queues.yaml: queues.email.concurency: unknown key`).
+path and line (`specs/queues.yaml:3: queues.email.concurency: unknown key (did you mean 'concurrency'?)`).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -74,18 +75,72 @@ class Specs(BaseModel):
     sources: dict[str, str] = Field(default_factory=dict)
 
 
-def _message(path: Path, exc: ValidationError) -> str:
+_SECTIONS = {"queues": "queue", "jobs": "job", "schedules": "schedule"}
+
+
+def _known_keys() -> set[str]:
+    """Every key a spec may use anywhere, for "did you mean" on an unknown one."""
+    models: list[type[BaseModel]] = [SpecFile, QueueSpec, JobOverride, ScheduleSpec, Retention, Keep, RateLimit]
+    return {name for model in models for name in model.model_fields}
+
+
+def _lines(text: str) -> dict[tuple[str, ...], int]:
+    """The 1-based line of every mapping key path in a YAML document (best effort: {} if it cannot tell)."""
+    found: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    here = (*path, str(key.value))
+                    found.setdefault(here, key.start_mark.line + 1)
+                    walk(value, here)
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if root is not None:
+        walk(root, ())
+    return found
+
+
+def _explain(err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc[-1], sorted(_known_keys()), n=1)
+        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if len(loc) == 2 and loc[0] in _SECTIONS and err["type"] in {"model_type", "dict_type"}:
+        kind = _SECTIONS[loc[0]]
+        if value is None:
+            return f"the {kind} {loc[1]!r} has nothing under it (indent its settings below its name)"
+        return (
+            f"a {kind}'s settings must be a mapping, got {value!r}; if {loc[1]!r} is a setting of the "
+            f"{kind} above it, indent it under that {kind}'s name"
+        )
+    if len(loc) == 1 and err["type"] in {"model_type", "dict_type"}:
+        return f"must be a mapping of {_SECTIONS.get(loc[0], 'entry')} names to their settings, got {value!r}"
+    return str(err["msg"])
+
+
+def _message(path: Path, exc: ValidationError, text: str = "") -> str:
+    lines_of = _lines(text) if text else {}
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{path}: {key}: {msg}")
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc)
+        # The line of the deepest key the document has (a missing key is reported on its parent).
+        line = next((lines_of[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines_of), None)
+        where = f"{path}:{line}" if line else f"{path}"
+        lines.append(f"{where}: {key}: {_explain(err)}")
     return "\n".join(lines)
 
 
 def load_file(path: Path) -> SpecFile:
     try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -99,7 +154,7 @@ def load_file(path: Path) -> SpecFile:
     try:
         spec = SpecFile.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_message(path, exc)) from None
+        raise SpecError(_message(path, exc, text)) from None
     for queue in spec.queues:
         if not re.match(NAME_PATTERN, queue):
             raise SpecError(f"{path}: queues.{queue}: queue names are lower-case letters, digits, '.', '_', '-'")

@@ -12,6 +12,7 @@ guarding everything else.
 from __future__ import annotations
 
 import copy
+import re
 import string
 import tempfile
 from pathlib import Path
@@ -55,14 +56,20 @@ def load(files: dict[str, str | bytes]) -> tuple[Specs | None, SpecError | None,
         if "not valid YAML" in lines[0]:
             lines = lines[:1]  # then the parser's own report follows, over several lines
         for line in lines:
-            assert any(line.startswith(f"{p}: ") for p in paths.values()), f"a line that names no file: {line!r}"
+            assert any(names_file(line, p) for p in paths.values()), f"a line that names no file: {line!r}"
         return None, exc, paths
 
 
+def names_file(line: str, path: Path) -> bool:
+    """The line starts `<file>: ` or `<file>:<line>: `."""
+    return re.match(rf"{re.escape(str(path))}(:\d+)?: ", line) is not None
+
+
 def reported(exc: SpecError, path: Path) -> list[str]:
-    """The key paths a SpecError reports for one file (`<file>: <key path>: <message>` per line)."""
-    prefix = f"{path}: "
-    return [line[len(prefix) :].split(": ", 1)[0] for line in str(exc).splitlines() if line.startswith(prefix)]
+    """The key paths a SpecError reports for one file (`<file>[:<line>]: <key path>: <message>` per line)."""
+    prefix = re.compile(rf"{re.escape(str(path))}(:\d+)?: ")
+    found = [prefix.match(line) for line in str(exc).splitlines()]
+    return [m.string[m.end() :].split(": ", 1)[0] for m in found if m is not None]
 
 
 # -- values ------------------------------------------------------------------------------------------------
@@ -300,7 +307,7 @@ def test_mutated_real_specs_load_or_name_the_file_and_key(
     for key in reported(error, paths[name]):
         related = [m for m in mutated if key == m or key.startswith(m + ".") or m.startswith(key + ".")]
         assert related, (key, done, str(error))
-    assert all(line.startswith(f"{paths[name]}: ") for line in lines), (done, str(error))
+    assert all(names_file(line, paths[name]) for line in lines), (done, str(error))
 
 
 # -- 3. known crashes: each is a bug, kept as an explicit example -------------------------------------------

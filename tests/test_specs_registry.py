@@ -42,7 +42,7 @@ def test_an_unknown_key_names_the_file_and_the_key_path(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_specs(tmp_path)
 
-    assert str(info.value) == f"{path}: queues.email.concurency: unknown key"
+    assert str(info.value) == f"{path}:3: queues.email.concurency: unknown key (did you mean 'concurrency'?)"
 
 
 def test_an_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_an_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="unknown key") as info:
         load_specs(tmp_path)
 
-    assert str(info.value).startswith(f"{path}: queue:")
+    assert str(info.value).startswith(f"{path}:1: queue: unknown key (did you mean 'queues'?)")
 
 
 def test_a_bad_value_names_the_file_and_the_key_path(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_a_bad_value_names_the_file_and_the_key_path(tmp_path: Path) -> None:
         load_specs(tmp_path)
 
     message = str(info.value)
-    assert message.startswith(f"{path}: queues.email.concurrency: ")
+    assert message.startswith(f"{path}:2: queues.email.concurrency: ")
     assert "greater than or equal to 1" in message
 
 
@@ -150,7 +150,30 @@ def test_a_spec_backoff_of_an_unknown_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_specs(tmp_path)
 
-    assert str(info.value).startswith(f"{path}: jobs.email.digest.backoff:")
+    assert str(info.value).startswith(f"{path}:3: jobs.email.digest.backoff:")
+
+
+def test_an_indentation_slip_says_to_indent_the_setting_under_its_job(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "jobs:\n  email.welcome-email:\n  attempts: 4\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value).splitlines() == [
+        f"{path}:2: jobs.email.welcome-email: the job 'email.welcome-email' has nothing under it "
+        "(indent its settings below its name)",
+        f"{path}:3: jobs.attempts: a job's settings must be a mapping, got 4; if 'attempts' is a setting of "
+        "the job above it, indent it under that job's name",
+    ]
+
+
+def test_a_section_that_is_not_a_mapping_says_what_it_holds(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "queues:\n  - email\n")
+
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+
+    assert str(info.value) == f"{path}:1: queues: must be a mapping of queue names to their settings, got ['email']"
 
 
 # -- the registry ----------------------------------------------------------------------
@@ -291,3 +314,62 @@ def test_an_override_is_validated_like_a_class_option(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_specs(tmp_path)
     assert "jobs.fast.echo.timeout" in str(info.value) and "jobs.fast.echo.result_ttl" in str(info.value)
+
+
+# -- where a broken project is told what to fix ------------------------------------------------------
+
+
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str, source: str) -> Settings:
+    """A job package `package` (one module, `mod.py`) and a specs directory declaring queue 'mail'."""
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "mod.py").write_text(source)
+    (tmp_path / "specs").mkdir()
+    write_spec(tmp_path / "specs", "queues:\n  mail: {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return Settings(jobs=package, specs=tmp_path / "specs")
+
+
+def test_a_job_on_an_undeclared_queue_is_named_by_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = "from forgejobs import Job\n\n\nclass Stray(Job, queue='nowhere'):\n    def perform(self, ctx): ...\n"
+    settings = project(tmp_path, monkeypatch, "undeclared_queue_jobs", source)
+
+    with pytest.raises(RegistryError) as info:
+        Registry.load(settings)
+
+    first, second = str(info.value).splitlines()
+    assert first.startswith("the job registry did not load (job package 'undeclared_queue_jobs'")
+    assert "nothing can be enqueued or worked until this is fixed" in first
+    assert second == (
+        f"{tmp_path / 'undeclared_queue_jobs' / 'mod.py'}:4: Stray (nowhere.stray) is on queue 'nowhere', "
+        "which no spec declares (declared: mail)"
+    )
+
+
+def test_a_class_declaration_that_fails_is_named_by_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = (
+        "from forgejobs import Job\n\n\nclass Typo(Job, queue='mail', atempts=3):\n    def perform(self, ctx): ...\n"
+    )
+    settings = project(tmp_path, monkeypatch, "failing_declaration_jobs", source)
+
+    with pytest.raises(RegistryError) as info:
+        Registry.load(settings)
+
+    problem = str(info.value).splitlines()[1]
+    assert problem.startswith(f"{tmp_path / 'failing_declaration_jobs' / 'mod.py'}:4: OptionsError: Typo: ")
+    assert "atempts" in problem and problem.endswith("(while importing failing_declaration_jobs.mod)")
+
+
+def test_a_job_package_that_is_not_there_says_what_forgejobs_jobs_is(tmp_path: Path) -> None:
+    write_spec(tmp_path, "queues:\n  mail: {}\n")
+
+    with pytest.raises(RegistryError) as info:
+        Registry.load(Settings(jobs="no_such_job_package_here", specs=tmp_path))
+
+    message = str(info.value)
+    assert "cannot import job package 'no_such_job_package_here': no module named 'no_such_job_package_here'" in message
+    assert "FORGEJOBS_JOBS names the package that holds your job classes" in message
