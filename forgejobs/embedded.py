@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from .errors import ForgeJobsError
+
 
 @dataclass
 class RedisChoice:
@@ -99,7 +101,13 @@ def choose_redis(configured_url: str | None, default_url: str) -> Iterator[Redis
                 redis.Redis.from_url(url), f"embedded: a private redis-server ({binary}) on {url}", url, embedded=True
             )
         return
-    import fakeredis
+    try:
+        import fakeredis
+    except ImportError:
+        raise ForgeJobsError(
+            f"no Redis answers at {default_url} and no redis-server is on the PATH; the in-process fallback "
+            "needs the embedded extra (pip install 'forgejobs[embedded]'), or set FORGEJOBS_REDIS_URL"
+        ) from None
 
     server = fakeredis.FakeServer()
     yield RedisChoice(fakeredis.FakeRedis(server=server), "embedded: fakeredis, in this process", None, embedded=True)
