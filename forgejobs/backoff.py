@@ -3,16 +3,18 @@
 Each strategy is a small frozen Pydantic model, so the same value can be
 written on a job class (`backoff.exponential(seconds=1)`) or in a spec
 (`backoff: {kind: exponential, seconds: 1}`) and printed by `forgejobs check`.
-`delay(attempt)` takes the number of the attempt that just failed (1-based)
-and returns seconds to wait before the next one.
+`delay(attempt, error)` takes the number of the attempt that just failed
+(1-based) and the exception it failed with, and returns seconds to wait before
+the next one. Only `custom` strategies look at the error.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Callable
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union, overload
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validato
 class _Strategy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def delay(self, attempt: int) -> float:  # pragma: no cover - abstract
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self) -> str:  # pragma: no cover - abstract
@@ -33,7 +35,7 @@ class Fixed(_Strategy):
     kind: Literal["fixed"] = "fixed"
     seconds: float = Field(ge=0)
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
         return self.seconds
 
     def describe(self) -> str:
@@ -53,7 +55,7 @@ class Exponential(_Strategy):
     max_seconds: PositiveFloat | None = None
     jitter: float = Field(default=0.0, ge=0, le=1)
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
         try:
             value = self.seconds * self.factor ** max(attempt - 1, 0)
         except OverflowError:
@@ -86,7 +88,7 @@ class Schedule(_Strategy):
             raise ValueError("delays must be a non-empty list of non-negative seconds")
         return value
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
         return self.delays[min(attempt, len(self.delays)) - 1]
 
     def describe(self) -> str:
@@ -94,19 +96,61 @@ class Schedule(_Strategy):
 
 
 class Custom(_Strategy):
-    """A function of the failed attempt number. Class declarations only (not YAML)."""
+    """A function of the failed attempt number, and of the error when it takes two arguments.
+
+    Which one is decided once, from the function's signature: a function that
+    accepts two positional arguments (or `*args`) is called `fn(attempt, error)`,
+    one that accepts a single positional argument `fn(attempt)`. `error` is the
+    exception the attempt failed with (`JobTimeout` for a timeout, `JobStalled`
+    when the worker running it died). Class declarations only (not YAML).
+    """
 
     kind: Literal["custom"] = "custom"
-    fn: Callable[[int], float]
+    fn: Callable[..., float]
 
-    def delay(self, attempt: int) -> float:
-        value = float(self.fn(attempt))
+    @field_validator("fn")
+    @classmethod
+    def _callable_with_one_or_two(cls, fn: Callable[..., float]) -> Callable[..., float]:
+        _arity(fn)
+        return fn
+
+    @property
+    def sees_error(self) -> bool:
+        """True when `fn` is called with the error as well as the attempt number."""
+        return _arity(self.fn) == 2
+
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
+        value = float(self.fn(attempt, error) if self.sees_error else self.fn(attempt))
         if value < 0:
             raise ValueError(f"custom backoff returned a negative delay ({value}) for attempt {attempt}")
+        if math.isnan(value):
+            raise ValueError(f"custom backoff returned NaN for attempt {attempt}, not a number of seconds")
         return value
 
     def describe(self) -> str:
         return f"custom {getattr(self.fn, '__name__', 'function')}"
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    """2 when `fn` can be called with (attempt, error), else 1 when it can be called with (attempt).
+
+    A callable whose signature Python cannot read (some builtins) is taken as one-argument.
+    """
+    if not callable(fn):
+        raise ValueError(f"custom backoff needs a function, got {type(fn).__name__}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 1
+    for count in (2, 1):
+        try:
+            signature.bind(*range(count))
+        except TypeError:
+            continue
+        return count
+    raise ValueError(
+        f"custom backoff function {getattr(fn, '__name__', fn)!r}{signature} must take (attempt) or (attempt, error)"
+    )
 
 
 Backoff = Annotated[Union[Fixed, Exponential, Schedule, Custom], Field(discriminator="kind")]
@@ -130,8 +174,17 @@ def schedule(*delays: float) -> Schedule:
     return Schedule(delays=tuple(delays))
 
 
-def custom(fn: Callable[[int], float]) -> Custom:
-    """Wait `fn(attempt)` seconds after attempt number `attempt` failed."""
+@overload
+def custom(fn: Callable[[int], float]) -> Custom: ...
+
+
+@overload
+def custom(fn: Callable[[int, BaseException], float]) -> Custom: ...
+
+
+def custom(fn: Callable[..., float]) -> Custom:
+    """Wait `fn(attempt)` seconds after attempt number `attempt` failed, or `fn(attempt, error)` when `fn`
+    takes two arguments (to wait longer after a 429 than after a 500, say). Decided by `fn`'s signature."""
     return Custom(fn=fn)
 
 

@@ -77,6 +77,11 @@ class JobTimeout(ForgeJobsError, TimeoutError):
     """Raised inside a handler that ran past its `timeout`. The attempt counts as failed (and is retried)."""
 
 
+class JobStalled(ForgeJobsError):
+    """The worker running the job stopped mid-job (killed, crashed or lost). Never raised in a handler:
+    it is the error a `backoff.custom(fn)` taking `(attempt, error)` sees for a stalled attempt."""
+
+
 class NoSuchJob(ForgeJobsError, LookupError):
     """No job, or no dead letter, with that id."""
 
@@ -91,7 +96,9 @@ class Unrecoverable(ForgeJobsError):
 class RetryLater(ForgeJobsError):
     """Raise from `perform` to run the job again after `delay`, ignoring backoff.
 
-    It does not use up an attempt: the same attempt number runs again.
+    It does not use up an attempt: the same attempt number runs again. Raised
+    `from` the error that prompted it (`raise RetryLater(60) from exc`), the
+    attempt's recorded error names that cause too.
     """
 
     def __init__(self, delay: timedelta | float, reason: str = "") -> None:
@@ -107,6 +114,14 @@ def describe(exc: BaseException) -> str:
     """One line naming an exception's type and message."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def describe_with_cause(exc: BaseException) -> str:
+    """`describe(exc)`, followed by the exception it was raised `from`, if any: `RetryLater: retry in 60s
+    (from HTTPStatusError: 429 Too Many Requests)`. An implicit context (raised in an `except` block
+    without `from`) is left out."""
+    cause = exc.__cause__
+    return f"{describe(exc)} (from {describe(cause)})" if cause is not None else describe(exc)
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:

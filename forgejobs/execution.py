@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from .context import Context, ProgressValue
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .envelope import Envelope, EnvelopeError, decode
-from .errors import RateLimited, RetryLater, UnknownJob, Unrecoverable, describe
+from .errors import JobStalled, RateLimited, RetryLater, UnknownJob, Unrecoverable, describe, describe_with_cause
 from .events import Event, EventKind, Hooks
 from .job import Job
 from .options import JobOptions
@@ -131,6 +131,12 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
+def result_json(value: Any) -> str:
+    """The text a worker stores as a job's result (the value `Succeeded` carries); `handle.result()` reads
+    it back with `json.loads`, so tuples come back as lists and dict keys as strings."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def call_perform(job: Job, ctx: Context[Any]) -> Any:
     """`job.perform(ctx)`; an `async def perform` runs to completion on an event loop of this thread's own
     (each slot thread has its own, so a slow coroutine holds only its slot)."""
@@ -221,10 +227,11 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         return Aborted(envelope)
     except RetryLater as exc:
         wait = min(exc.delay, MAX_DELAY)
+        reason = describe_with_cause(exc)  # `raise RetryLater(...) from exc` keeps what prompted it
         snoozes = sum(1 for a in envelope.history if a.attempt == envelope.attempt and not _is_rate_limit(a.error))
         if snoozes < MAX_RETRY_LATER or isinstance(exc, RateLimited):
-            return Retry(wait, envelope.next_attempt(describe(exc), wait, counts=False), describe(exc))
-        error = f"{describe(exc)} (RetryLater {MAX_RETRY_LATER} times on one attempt; counted as a failure)"
+            return Retry(wait, envelope.next_attempt(reason, wait, counts=False), reason)
+        error = f"{reason} (RetryLater {MAX_RETRY_LATER} times on one attempt; counted as a failure)"
         if envelope.attempt < options.attempts:
             return Retry(wait, envelope.next_attempt(error, wait), error)
         return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error), exc)
@@ -235,7 +242,7 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         error = describe(exc)
         if envelope.attempt < options.attempts:
             try:
-                delay = min(options.backoff.delay(envelope.attempt), MAX_DELAY)
+                delay = min(options.backoff.delay(envelope.attempt, exc), MAX_DELAY)
             except Exception as backoff_error:  # a custom strategy that raises: keep the job, stop retrying
                 error = f"{error} (and its backoff failed: {describe(backoff_error)})"
                 return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error, traceback.format_exc()), exc)
@@ -302,7 +309,7 @@ def decide_stalled(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: st
     stalls_before = sum(1 for a in envelope.history if a.error.startswith(STALL_ERROR))
     if envelope.attempt < options.attempts and stalls_before < options.max_stalled:
         try:
-            delay = min(options.backoff.delay(envelope.attempt), MAX_DELAY)
+            delay = min(options.backoff.delay(envelope.attempt, JobStalled(STALL_ERROR)), MAX_DELAY)
         except Exception:
             delay = 0.0
         return Retry(delay, envelope.next_attempt(STALL_ERROR, delay), STALL_ERROR)

@@ -9,6 +9,9 @@ Two guards, chosen by where the slot runs:
   handler blocked inside a C call is stopped when the call returns.
 - `alarm_guard` (a slot in a child process's main thread, `mode: processes`): SIGALRM, which
   also interrupts blocking system calls.
+
+The fake queue of the test kit has a third, on its fake clock (`FakeClock.timeout_guard`): a
+handler that moves the clock past its deadline gets the same `JobTimeout` there and then.
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ from typing import Any, cast
 from .errors import JobTimeout
 
 
+def timeout_message(timeout: float) -> str:
+    """What a `JobTimeout` says, from every guard (the watchdog, the alarm, the fake queue's clock)."""
+    return f"the job ran longer than its timeout ({timeout:g}s)"
+
+
+def job_timeout(timeout: float) -> JobTimeout:
+    """The `JobTimeout` a guard raises for a job whose `timeout` (seconds) has passed."""
+    return JobTimeout(timeout_message(timeout))
+
+
 @cache
 def _with_message(exception: Any, timeout: float) -> type[BaseException]:
     """An async exception can only be a class; bake the message into a subclass (one per timeout value)."""
-    message = f"the job ran longer than its timeout ({timeout:g}s)"
+    message = timeout_message(timeout)
 
     def __init__(self: BaseException, *args: object) -> None:
         exception.__init__(self, message)
