@@ -9,7 +9,9 @@ keywords are its options::
 
 Options are validated when the class is created and inherited by subclasses
 (except `name` and `abstract`). Enqueue-side methods delegate to the current
-client (`forgejobs.client`), so declarations never import rq or redis.
+client (`forgejobs.client`; `aenqueue` to `forgejobs.aio`), so declarations never
+import rq or redis. The handles they return are typed by `perform`'s return
+annotation: `WelcomeEmail.enqueue(...).result()` is whatever `perform` returns.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic._internal._model_construction import ModelMetaclass
+from typing_extensions import TypeVar
 
 from .context import Context
 from .errors import OptionsError
@@ -30,9 +33,14 @@ from .options import CLASS_OPTION_NAMES, EnqueueOptions, JobOptions
 from .schedule import Schedule
 
 if TYPE_CHECKING:
+    from .aio import AsyncClient
+    from .client import Client
     from .handle import JobHandle
 
-J = TypeVar("J", bound="Job")
+J = TypeVar("J", bound="Job", default="Job")
+R = TypeVar("R", default=Any)
+R_co = TypeVar("R_co", covariant=True)
+J_co = TypeVar("J_co", covariant=True)
 
 
 def kebab(name: str) -> str:
@@ -42,12 +50,48 @@ def kebab(name: str) -> str:
     return text.lower()
 
 
-class _EnqueueFields(Protocol):
-    def __call__(self, **fields: Any) -> JobHandle: ...
+# -- typing: the result type comes from `perform`'s return annotation ------------------------
+#
+# A type checker matches a job class (or instance) against these protocols and reads `R` off
+# `perform`, so `WelcomeEmail.enqueue(...)` is a `JobHandle[EmailOutcome]` with nothing written in
+# user code. A coroutine `perform` is matched first, so `async def perform(...) -> int` gives `int`.
+# They exist for type checkers only; at run time the same objects are plain descriptors.
 
 
-class _EnqueueSelf(Protocol):
-    def __call__(self) -> JobHandle: ...
+class _Performs(Protocol[R_co]):
+    def perform(self, ctx: Context[Any], /) -> R_co: ...
+
+
+class _PerformsAsync(Protocol[R_co]):
+    def perform(self, ctx: Context[Any], /) -> Coroutine[Any, Any, R_co]: ...
+
+
+class _JobClass(Protocol[J_co, R_co]):
+    """A job class as an object: builds `J_co`, and its `perform` returns `R_co`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> J_co: ...
+    def perform(self, job: Any, ctx: Context[Any], /) -> R_co: ...
+
+
+class _AsyncJobClass(Protocol[J_co, R_co]):
+    def __call__(self, *args: Any, **kwargs: Any) -> J_co: ...
+    def perform(self, job: Any, ctx: Context[Any], /) -> Coroutine[Any, Any, R_co]: ...
+
+
+class _EnqueueFields(Protocol[R_co]):
+    def __call__(self, **fields: Any) -> JobHandle[R_co]: ...
+
+
+class _EnqueueSelf(Protocol[R_co]):
+    def __call__(self) -> JobHandle[R_co]: ...
+
+
+class _AEnqueueFields(Protocol[R_co]):
+    def __call__(self, **fields: Any) -> Coroutine[Any, Any, JobHandle[R_co]]: ...
+
+
+class _AEnqueueSelf(Protocol[R_co]):
+    def __call__(self) -> Coroutine[Any, Any, JobHandle[R_co]]: ...
 
 
 class _Hybrid:
@@ -62,16 +106,42 @@ class _Hybrid:
         self.on_instance = on_instance
         self.__doc__ = on_class.__doc__
 
-    @overload
-    def __get__(self, obj: None, objtype: type[Any]) -> _EnqueueFields: ...
-
-    @overload
-    def __get__(self, obj: Job, objtype: type[Any] | None = None) -> _EnqueueSelf: ...
-
-    def __get__(self, obj: Job | None, objtype: type[Any] | None = None) -> Any:
+    def _bind(self, obj: Job | None, objtype: type[Any] | None) -> Any:
         if obj is None:
             return self.on_class.__get__(None, objtype)
         return self.on_instance.__get__(obj, type(obj))
+
+
+class _Enqueue(_Hybrid):
+    """`enqueue`, typed by what the job's `perform` returns."""
+
+    @overload
+    def __get__(self, obj: None, objtype: type[_PerformsAsync[R]]) -> _EnqueueFields[R]: ...
+    @overload
+    def __get__(self, obj: None, objtype: type[_Performs[R]]) -> _EnqueueFields[R]: ...
+    @overload
+    def __get__(self, obj: _PerformsAsync[R], objtype: type[Any] | None = None) -> _EnqueueSelf[R]: ...
+    @overload
+    def __get__(self, obj: _Performs[R], objtype: type[Any] | None = None) -> _EnqueueSelf[R]: ...
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self._bind(obj, objtype)
+
+
+class _AEnqueue(_Hybrid):
+    """`aenqueue`, typed by what the job's `perform` returns."""
+
+    @overload
+    def __get__(self, obj: None, objtype: type[_PerformsAsync[R]]) -> _AEnqueueFields[R]: ...
+    @overload
+    def __get__(self, obj: None, objtype: type[_Performs[R]]) -> _AEnqueueFields[R]: ...
+    @overload
+    def __get__(self, obj: _PerformsAsync[R], objtype: type[Any] | None = None) -> _AEnqueueSelf[R]: ...
+    @overload
+    def __get__(self, obj: _Performs[R], objtype: type[Any] | None = None) -> _AEnqueueSelf[R]: ...
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self._bind(obj, objtype)
 
 
 class _JobMeta(ModelMetaclass):
@@ -202,52 +272,132 @@ class Job(BaseModel, metaclass=_JobMeta):
 
     # -- enqueueing -------------------------------------------------------------
 
+    @overload
     @classmethod
     def with_options(
-        cls: type[J],
+        cls: _AsyncJobClass[J, R],
         *,
         delay: Any = None,
         at: datetime | None = None,
         priority: int | None = None,
         job_id: str | None = None,
-    ) -> Enqueuer[J]:
-        """Per-call options, kept apart from payload fields:
-        `WelcomeEmail.with_options(delay=timedelta(hours=1)).enqueue(...)`."""
-        return Enqueuer(cls, EnqueueOptions(delay=delay, at=at, priority=priority, job_id=job_id))
+        client: Client | AsyncClient | None = None,
+    ) -> Enqueuer[J, R]: ...
+    @overload
+    @classmethod
+    def with_options(
+        cls: _JobClass[J, R],
+        *,
+        delay: Any = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        client: Client | AsyncClient | None = None,
+    ) -> Enqueuer[J, R]: ...
 
     @classmethod
-    def _enqueue_fields(cls: type[J], **fields: Any) -> JobHandle:
+    def with_options(
+        cls,
+        *,
+        delay: Any = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        client: Client | AsyncClient | None = None,
+    ) -> Enqueuer[Any, Any]:
+        """Per-call options, kept apart from payload fields:
+        `WelcomeEmail.with_options(delay=timedelta(hours=1)).enqueue(...)`.
+
+        `client` enqueues through that client instead of the current one (e.g. one a web
+        framework's dependency provides); an `AsyncClient` serves `aenqueue` and, through its
+        sync sibling, `enqueue`."""
+        options = EnqueueOptions(delay=delay, at=at, priority=priority, job_id=job_id)
+        return Enqueuer(cls, options, client)
+
+    @classmethod
+    def _enqueue_fields(cls, **fields: Any) -> JobHandle[Any]:
         """Validate `fields` as this job's payload and enqueue it."""
         return Enqueuer(cls, EnqueueOptions()).enqueue(**fields)
 
-    def _enqueue_self(self) -> JobHandle:
+    def _enqueue_self(self) -> JobHandle[Any]:
         return Enqueuer(type(self), EnqueueOptions()).enqueue(self)
 
-    enqueue: ClassVar[_Hybrid] = _Hybrid(_enqueue_fields, _enqueue_self)
+    enqueue: ClassVar[_Enqueue] = _Enqueue(_enqueue_fields, _enqueue_self)
     """`Job.enqueue(**fields)` validates and enqueues; `job_instance.enqueue()` enqueues that instance."""
 
     @classmethod
-    def enqueue_many(cls: type[J], items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle]:
+    async def _aenqueue_fields(cls, **fields: Any) -> JobHandle[Any]:
+        """Validate `fields` as this job's payload and enqueue it, awaiting Redis (see `forgejobs.aio`)."""
+        return await Enqueuer(cls, EnqueueOptions()).aenqueue(**fields)
+
+    async def _aenqueue_self(self) -> JobHandle[Any]:
+        return await Enqueuer(type(self), EnqueueOptions()).aenqueue(self)
+
+    aenqueue: ClassVar[_AEnqueue] = _AEnqueue(_aenqueue_fields, _aenqueue_self)
+    """`await Job.aenqueue(**fields)` and `await job_instance.aenqueue()`: `enqueue` for asyncio."""
+
+    @overload
+    @classmethod
+    def enqueue_many(cls: _AsyncJobClass[J, R], items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle[R]]: ...
+    @overload
+    @classmethod
+    def enqueue_many(cls: _JobClass[J, R], items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle[R]]: ...
+
+    @classmethod
+    def enqueue_many(cls, items: Iterable[Any]) -> list[JobHandle[Any]]:
         """Enqueue many payloads in one round trip. All are validated before any is sent."""
         return Enqueuer(cls, EnqueueOptions()).enqueue_many(items)
 
+    @overload
+    @classmethod
+    async def aenqueue_many(
+        cls: _AsyncJobClass[J, R], items: Iterable[J | Mapping[str, Any]]
+    ) -> list[JobHandle[R]]: ...
+    @overload
+    @classmethod
+    async def aenqueue_many(cls: _JobClass[J, R], items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle[R]]: ...
 
-class Enqueuer(typing.Generic[J]):
-    """A job type bound to per-call options; made by `Job.with_options(...)`."""
+    @classmethod
+    async def aenqueue_many(cls, items: Iterable[Any]) -> list[JobHandle[Any]]:
+        """`enqueue_many` for asyncio: validated first, then one awaited round trip."""
+        return await Enqueuer(cls, EnqueueOptions()).aenqueue_many(items)
 
-    def __init__(self, job_type: type[J], options: EnqueueOptions) -> None:
+
+class Enqueuer(typing.Generic[J, R]):
+    """A job type bound to per-call options (and perhaps a client); made by `Job.with_options(...)`.
+
+    `J` is the job class, `R` what its `perform` returns."""
+
+    def __init__(self, job_type: type[J], options: EnqueueOptions, client: Client | AsyncClient | None = None) -> None:
         self.job_type = job_type
         self.options = options
+        self.client = client
 
-    def enqueue(self, instance: J | None = None, /, **fields: Any) -> JobHandle:
-        from .client import current_client
-
+    def _items(self, instance: J | None, fields: Mapping[str, Any]) -> list[J | Mapping[str, Any]]:
         if instance is not None and fields:
             raise TypeError("pass either a job instance or its fields, not both")
-        item: J | Mapping[str, Any] = instance if instance is not None else fields
-        return current_client().enqueue(self.job_type, [item], self.options)[0]
+        return [instance if instance is not None else fields]
 
-    def enqueue_many(self, items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle]:
-        from .client import current_client
+    def _sync_client(self) -> Client:
+        from .client import Client, current_client
 
-        return current_client().enqueue(self.job_type, list(items), self.options)
+        if self.client is None:
+            return current_client()
+        return self.client if isinstance(self.client, Client) else self.client.sync
+
+    def enqueue(self, instance: J | None = None, /, **fields: Any) -> JobHandle[R]:
+        return self._sync_client().enqueue(self.job_type, self._items(instance, fields), self.options)[0]
+
+    def enqueue_many(self, items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle[R]]:
+        return self._sync_client().enqueue(self.job_type, list(items), self.options)
+
+    async def aenqueue(self, instance: J | None = None, /, **fields: Any) -> JobHandle[R]:
+        from .aio import enqueue_async
+
+        items = self._items(instance, fields)
+        return (await enqueue_async(self.client, self.job_type, items, self.options))[0]
+
+    async def aenqueue_many(self, items: Iterable[J | Mapping[str, Any]]) -> list[JobHandle[R]]:
+        from .aio import enqueue_async
+
+        return await enqueue_async(self.client, self.job_type, list(items), self.options)
