@@ -10,10 +10,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..deadletter import DeadLetterStore
 from ..status import Status
+
+if TYPE_CHECKING:
+    from ..inspection import JobDetail, JobSummary, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,17 @@ class Backend(ABC):
     def logs(self, job_id: str) -> list[str]:
         """The job's `ctx.log` lines, oldest first."""
         return []
+
+    # -- inspection (forgejobs.inspection builds on these) ------------------------------
+
+    def job_detail(self, job_id: str) -> JobDetail | None:
+        """Everything stored about one job (record, place, attempts, result, log, dead letter); None if nothing."""
+        raise NotImplementedError(f"{type(self).__name__} cannot show a job's detail")
+
+    def list_jobs(self, queue: str, state: State, *, name: str | None = None, limit: int = 50) -> list[JobSummary]:
+        """Up to `limit` jobs of `queue` in `state` (of job type `name` only, if given), in the order
+        `forgejobs.inspection.Inspector.jobs` documents."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list jobs")
 
     # -- queue administration (pause, resume, drain, obliterate) ------------------------
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from itertools import groupby
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -27,13 +27,19 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from ..context import ProgressValue
 from ..deadletter import DeadLetter, DeadLetterStore
+from ..envelope import EnvelopeError
+from ..envelope import decode as decode_envelope
 from ..errors import BackendError, BackendUnavailable
 from ..events import Event, EventKind, EventStream
 from ..keys import PRIORITIES, Keys
+from ..runtime.corrupt import raw_text, read_record, shown_id
 from ..runtime.scripts import Scripts
 from ..settings import Settings
 from ..status import Status
 from .base import Backend, JobState, Prepared, QueueCounts
+
+if TYPE_CHECKING:
+    from ..inspection import JobDetail, JobSummary, State
 
 BATCH = 500
 """Jobs per enqueue script call (Lua's unpack has a limit; one call holds the server briefly)."""
@@ -362,6 +368,140 @@ class RedisBackend(Backend):
                 pipe.zcount(qk.delayed, "-inf", until)
             return sum(int(n) for n in pipe.execute())
 
+    # -- inspection -----------------------------------------------------------------------
+
+    def job_detail(self, job_id: str) -> JobDetail | None:
+        """Everything stored about one job: its record and its place in the queue's structures read in one
+        MULTI (a consistent snapshot), then its position on a wait list and its dead letter."""
+        from ..inspection import JobDetail, State
+
+        dead = self.dead_letters.get(job_id)
+        queue = self.find_queue(job_id)
+        if queue is None:
+            return _detail_from_dead_letter(dead) if dead is not None else None
+        qk = self.keys.queue(queue)
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.hgetall(qk.job(job_id))
+            pipe.hget(qk.active, job_id)
+            pipe.zscore(qk.delayed, job_id)
+            pipe.zscore(qk.done, job_id)
+            pipe.zscore(qk.failed, job_id)
+            pipe.lpos(qk.stalled, job_id)
+            pipe.lrange(qk.log(job_id), 0, -1)
+            fields, owner, due, done, failed, stalled, logs = pipe.execute(raise_on_error=False)
+        if isinstance(fields, Exception):  # not a hash: a corrupt record, shown as it is
+            kind, content = read_record(self.connection, qk.job(job_id))
+            fields = {b"raw": f"{kind}: {content}".encode()}
+        if not fields:
+            return _detail_from_dead_letter(dead) if dead is not None else None
+        record = _Record(job_id, queue, fields)
+        state, status = record.place(owner, due, stalled)
+        position = None
+        if state is State.WAITING and record.priority is not None:
+            position = self.connection.lpos(qk.wait(record.priority), job_id)
+            if position is None and record.concurrency_key:
+                parked: Any = qk.parked_jobs(record.concurrency_key.encode())
+                position = self.connection.lpos(parked, job_id)
+                state = State.PARKED if position is not None else state
+        error = dead.error if dead is not None and state is State.FAILED else record.error
+        attempts = record.history
+        if dead is not None and len(dead.attempts) >= len(attempts):
+            attempts = dead.attempts  # the dead letter also holds the last attempt
+        expiry = done if state is State.SUCCEEDED else failed if state is State.FAILED else None
+        summary = record.summary(state, owner=owner, due=due, expires=expiry, error=error)
+        return JobDetail(
+            **dict(summary),
+            status=status,
+            payload=record.envelope.payload if record.envelope is not None else None,
+            options=record.options(),
+            attempts=attempts,
+            result=record.result,
+            traceback=dead.traceback or None if dead is not None else None,
+            logs=[raw_text(line) for line in logs] if isinstance(logs, list) else [],
+            position=position,
+            dead_letter=dead,
+            raw=record.raw,
+        )
+
+    def list_jobs(self, queue: str, state: State, *, name: str | None = None, limit: int = 50) -> list[JobSummary]:
+        """Up to `limit` jobs of `queue` in `state`. Ids are read from the state's structure a chunk at a time
+        and their records in one round trip per chunk, so a long list costs nothing past `limit`; a list that
+        changes meanwhile may show a job twice or miss one, never a job that was not there."""
+        from ..inspection import State
+
+        found: list[JobSummary] = []
+        if state is State.DEAD:
+            for letter in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
+                if letter.queue == queue and name in (None, letter.name):
+                    found.append(_detail_from_dead_letter(letter).summary())
+                    if len(found) >= limit:
+                        break
+            return found
+        qk = self.keys.queue(queue)
+        for chunk in self._ids_in(queue, state):
+            with self.connection.pipeline(transaction=False) as pipe:
+                for job_id, _ in chunk:
+                    key: Any = qk.job_bytes(job_id)
+                    pipe.hgetall(key)
+                replies = pipe.execute(raise_on_error=False)
+            for (job_id, where), fields in zip(chunk, replies):
+                if isinstance(fields, Exception) or not fields:
+                    fields = {b"raw": b"(no job record)"} if not fields else {b"raw": b"(not a hash)"}
+                record = _Record(shown_id(job_id), queue, fields)
+                if name is not None and record.name != name:
+                    continue
+                found.append(record.summary(state, **where))
+                if len(found) >= limit:
+                    return found
+        return found
+
+    _CHUNK = 200
+
+    def _ids_in(self, queue: str, state: State) -> Iterator[list[tuple[bytes, dict[str, Any]]]]:
+        """Chunks of (id, what the structure says about it) in the order the state lists them."""
+        from ..inspection import State
+
+        qk = self.keys.queue(queue)
+        conn = self.connection
+        if state is State.ACTIVE:
+            owners = cast(dict[bytes, bytes], conn.hgetall(qk.active))
+            yield sorted(((i, {"owner": o}) for i, o in owners.items()), key=lambda item: _owner(item[1]["owner"])[1])
+        elif state is State.WAITING:
+            for key in qk.waits:
+                yield from self._list_chunks(key)
+        elif state is State.PARKED:
+            for ck in sorted(cast(set[bytes], conn.smembers(qk.parked))):
+                yield from self._list_chunks(qk.parked_jobs(ck))
+        elif state is State.STALLED:
+            yield from self._list_chunks(qk.stalled)
+        elif state is State.DELAYED:
+            yield from self._zset_chunks(qk.delayed, "due", reverse=False)
+        elif state is State.SUCCEEDED:
+            yield from self._zset_chunks(qk.done, "expires", reverse=True)
+        elif state is State.FAILED:
+            yield from self._zset_chunks(qk.failed, "expires", reverse=True)
+
+    def _list_chunks(self, key: Any) -> Iterator[list[tuple[bytes, dict[str, Any]]]]:
+        start = 0
+        while True:
+            ids = cast(list[bytes], self.connection.lrange(key, start, start + self._CHUNK - 1))
+            if ids:
+                yield [(i, {}) for i in ids]
+            if len(ids) < self._CHUNK:
+                return
+            start += self._CHUNK
+
+    def _zset_chunks(self, key: str, field: str, *, reverse: bool) -> Iterator[list[tuple[bytes, dict[str, Any]]]]:
+        start = 0
+        while True:
+            read = self.connection.zrevrange if reverse else self.connection.zrange
+            pairs = cast(list[tuple[bytes, float]], read(key, start, start + self._CHUNK - 1, withscores=True))
+            if pairs:
+                yield [(i, {field: score}) for i, score in pairs]
+            if len(pairs) < self._CHUNK:
+                return
+            start += self._CHUNK
+
     # -- dedupe and debounce --------------------------------------------------------------
 
     _CLAIM = """
@@ -515,6 +655,161 @@ return false
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _from_ms(ms: float | int | bytes | str | None) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(ms) / 1000, UTC) if ms not in (None, b"", "") else None
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _owner(owner: bytes) -> tuple[str, int]:
+    """An active hash value `<slot>|<start ms>` as (slot, start ms)."""
+    slot, _, start = raw_text(owner).rpartition("|")
+    return slot, int(start) if start.isdigit() else 0
+
+
+class _Record:
+    """One job hash read back (`d` envelope, `p`, `s`, `r`, `e`, `ft`, `pg`, `ck`, `cl`), tolerant of damage."""
+
+    def __init__(self, job_id: str, queue: str, fields: dict[bytes, bytes]) -> None:
+        self.id, self.queue, self.fields = job_id, queue, fields
+        self.envelope = None
+        self.raw: str | None = raw_text(fields[b"raw"]) if b"raw" in fields else None
+        self.doc: dict[str, Any] = {}
+        if b"d" in fields:
+            try:
+                self.envelope = decode_envelope(fields[b"d"])
+            except EnvelopeError:
+                self.raw = raw_text(fields[b"d"])
+            try:
+                loaded = json.loads(fields[b"d"])
+                self.doc = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                pass
+
+    def _text(self, key: bytes) -> str | None:
+        value = self.fields.get(key)
+        return raw_text(value) if value else None
+
+    def _json(self, key: bytes) -> Any:
+        value = self.fields.get(key)
+        if not value:
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            return raw_text(value)
+
+    @property
+    def name(self) -> str | None:
+        name = self.doc.get("name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def priority(self) -> int | None:
+        text = self._text(b"p")
+        return int(text) if text is not None and text.isdigit() else None
+
+    @property
+    def concurrency_key(self) -> str | None:
+        return self._text(b"ck")
+
+    @property
+    def error(self) -> str | None:
+        return self._text(b"e")
+
+    @property
+    def result(self) -> Any:
+        return self._json(b"r")
+
+    @property
+    def history(self) -> list[Any]:
+        return list(self.envelope.history) if self.envelope is not None else []
+
+    def options(self) -> dict[str, Any]:
+        options = dict(self.envelope.options) if self.envelope is not None else {}
+        if self.concurrency_key is not None:
+            options["concurrency_key"] = self.concurrency_key
+            limit = self._text(b"cl")
+            options["concurrency_limit"] = int(limit) if limit and limit.isdigit() else limit
+        return options
+
+    def place(self, owner: Any, due: Any, stalled: Any) -> tuple[State, Status]:
+        """Where the job is, and its status, from the structures that hold it."""
+        from ..inspection import State
+
+        status = _STATUS.get(self.fields.get(b"s", b""), Status.UNKNOWN)
+        if owner is not None and not isinstance(owner, Exception):
+            return State.ACTIVE, Status.RUNNING
+        if isinstance(stalled, int):
+            return State.STALLED, status
+        if isinstance(due, float):
+            return State.DELAYED, status
+        if status is Status.SUCCEEDED:
+            return State.SUCCEEDED, status
+        if status is Status.FAILED:
+            return State.FAILED, status
+        return State.WAITING, status
+
+    def summary(
+        self,
+        state: State,
+        *,
+        owner: Any = None,
+        due: Any = None,
+        expires: Any = None,
+        error: str | None = None,
+    ) -> JobSummary:
+        from ..inspection import JobSummary, State
+
+        attempt = self.doc.get("attempt")
+        enqueued = self.doc.get("enqueued_at")
+        slot, started = _owner(owner) if isinstance(owner, bytes) else (None, None)
+        try:
+            enqueued_at = datetime.fromisoformat(enqueued) if isinstance(enqueued, str) else None
+        except ValueError:
+            enqueued_at = None
+        return JobSummary(
+            id=self.id,
+            queue=self.queue,
+            state=state,
+            name=self.name,
+            priority=self.priority,
+            attempt=attempt if isinstance(attempt, int) else None,
+            enqueued_at=enqueued_at,
+            due_at=_from_ms(due) if isinstance(due, float) else None,
+            started_at=_from_ms(started) if started else None,
+            finished_at=_from_ms(self._text(b"ft")),
+            expires_at=_from_ms(expires) if isinstance(expires, float) else None,
+            worker=slot,
+            progress=self._json(b"pg"),
+            error=error if error is not None else self.error if state in (State.FAILED, State.DEAD) else None,
+            concurrency_key=self.concurrency_key,
+        )
+
+
+def _detail_from_dead_letter(record: DeadLetter) -> JobDetail:
+    """A job known only by its dead letter (its record expired, or it never was a readable job)."""
+    from ..inspection import JobDetail, State
+
+    return JobDetail(
+        id=record.id,
+        queue=record.queue or "?",
+        state=State.DEAD,
+        status=Status.FAILED,
+        name=record.name,
+        priority=record.priority,
+        attempt=record.attempts[-1].attempt if record.attempts else None,
+        finished_at=record.died_at,
+        error=record.error,
+        payload=record.payload,
+        attempts=record.attempts,
+        traceback=record.traceback or None,
+        dead_letter=record,
+        raw=record.raw,
+    )
 
 
 def _chunks(items: Sequence[bytes], size: int) -> Iterable[Sequence[bytes]]:
