@@ -1,15 +1,21 @@
-"""The `forgejobs` command line: check, enqueue, info, worker, dead, demo."""
+"""The `forgejobs` command line: check, enqueue, info, jobs, job, schema, worker, scheduler, dead, demo.
+
+Every error is printed as one sentence on stderr, starting with `error:` and naming the option, setting,
+field or name that is wrong (never a Pydantic error dump), with exit status 1.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -30,17 +36,56 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def explain(exc: ValidationError, names: Mapping[str, str] | None = None, subject: str | None = None) -> str:
+    """A Pydantic error as sentences: `<what>: <problem> (got <input>)`, one per problem, joined by "; ".
+
+    `names` maps a field's dotted location to what the user typed (`delay` -> `--delay`); `subject` (default:
+    the model's name) leads when a location is not in `names`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"])
+        label = (names or {}).get(where)
+        if label is None:
+            label = f"{subject or exc.title}: {where}" if where else subject or exc.title
+        message = str(error["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
+        shown = error.get("input")
+        if error["type"] != "missing" and not error["type"].startswith("value_error") and _short(shown):
+            message += f" (got {shown!r})"
+        parts.append(f"{label}: {message}")
+    return "; ".join(parts)
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Turn forgejobs errors into one clear message and a non-zero exit."""
+    """Turn forgejobs, validation and Redis errors into one clear message and a non-zero exit."""
+    import redis
+
     try:
         yield
     except ForgeJobsError as exc:
         _fail(str(exc))
-    except Exception as exc:  # pydantic errors, Redis connection errors
-        if type(exc).__name__ == "ValidationError" or "redis" in type(exc).__module__:
-            _fail(str(exc))
-        raise
+    except ValidationError as exc:
+        _fail(explain(exc))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        _fail(f"cannot reach Redis: {exc}")
+    except redis.RedisError as exc:
+        _fail(f"Redis refused a command: {exc}")
+
+
+def _settings() -> Settings:
+    """Settings from the environment; a bad FORGEJOBS_* value is named as the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        names = {name: f"FORGEJOBS_{name.upper()}" for name in Settings.model_fields}
+        _fail(explain(exc, names, "settings"))
+        raise AssertionError("unreachable") from None  # _fail exits
 
 
 def _registry(settings: Settings) -> Registry:
@@ -65,7 +110,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Settings()
+    ctx.obj = _settings()
 
 
 @cli.command()
@@ -122,12 +167,17 @@ def check(settings: Settings) -> None:
     console.print("[green]ok[/]")
 
 
+ENQUEUE_OPTION_NAMES = {"delay": "--delay", "priority": "--priority", "job_id": "--job-id"}
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--data", default="{}", help="The payload as a JSON object.")
-@click.option("--delay", default=None, help="Start no earlier than this from now, e.g. 30s, 5m.")
-@click.option("--priority", type=int, default=None, help="1 (highest) to 10.")
-@click.option("--job-id", default=None, help="Use this id instead of a random one.")
+@click.option(
+    "--delay", default=None, help="Start no earlier than this from now: seconds (30) or text (30s, 5m, 2h, 1d)."
+)
+@click.option("--priority", type=click.IntRange(1, 10), default=None, help="1 (highest) to 10.")
+@click.option("--job-id", default=None, help="Use this id (1-128 letters, digits, _ or -) instead of a random one.")
 @click.pass_obj
 def enqueue(
     settings: Settings, name: str, data: str, delay: str | None, priority: int | None, job_id: str | None
@@ -138,21 +188,73 @@ def enqueue(
     except json.JSONDecodeError as exc:
         _fail(f"--data is not JSON: {exc}")
     if not isinstance(payload, dict):
-        _fail("--data must be a JSON object")
+        _fail(f"--data must be a JSON object ({{...}}), not a JSON {type(payload).__name__}")
+    options = _enqueue_options(delay, priority, job_id)
     with _errors():
         client = _client(settings)
-        handle = client.enqueue_raw(name, payload, EnqueueOptions(delay=delay, priority=priority, job_id=job_id))
+        entry = _entry(client.registry, name)
+        try:
+            handle = client.enqueue(entry.job_type, [payload], options)[0]
+        except ValidationError as exc:
+            _fail(f"--data does not fit {name}: {explain(exc, subject='field')}".replace(": field: ", ": field "))
         console.print(f"enqueued {name} as {handle.id} ({handle.status().value})")
 
 
+def _enqueue_options(delay: str | None, priority: int | None, job_id: str | None) -> EnqueueOptions:
+    value: Any = delay
+    if delay is not None:
+        with suppress(ValueError):
+            value = float(delay)  # a bare number is seconds, as in Python
+        if isinstance(value, float) and value != value:
+            _fail(f"--delay must be seconds (30) or a duration (30s, 5m, 2h, 1d), not {delay}")
+        if isinstance(value, float) and value < 0:
+            _fail(f"--delay must not be negative, not {delay}")
+    if job_id is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", job_id):
+        _fail(f"--job-id must be 1 to 128 letters, digits, '_' or '-', not {job_id!r}")
+    try:
+        return EnqueueOptions(delay=value, priority=priority, job_id=job_id)
+    except ValidationError as exc:
+        _fail(explain(exc, ENQUEUE_OPTION_NAMES))
+    except ValueError as exc:  # raised after the fields validated (e.g. a negative delay)
+        message = str(exc).replace("'delay'", "--delay")
+        _fail(message)
+    raise AssertionError("unreachable")  # _fail exits
+
+
+def _entry(registry: Registry, name: str) -> Any:
+    """The registry entry of job type `name`; an unknown name fails, naming close ones."""
+    from .inspection import suggest
+
+    if name not in registry:
+        names = [e.job_type.job_name() for e in registry]
+        _fail(f"no job type named {name!r}{suggest(name, names)}; `forgejobs check` lists them")
+    return registry.resolve(name)
+
+
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per queue (for scripts).")
 @click.pass_obj
-def info(settings: Settings) -> None:
+def info(settings: Settings, as_json: bool) -> None:
     """Per queue: waiting, scheduled, running, finished, dead."""
     with _errors():
         client = _client(settings)
         rows = client.backend.counts(sorted(client.registry.queues))
         paused = client.paused()
+    if as_json:
+        out = [
+            {
+                "queue": row.queue,
+                "waiting": row.waiting,
+                "scheduled": row.scheduled,
+                "running": row.running,
+                "finished": row.finished,
+                "dead": row.failed,
+                "state": "paused" if row.queue in paused else "active",
+            }
+            for row in rows
+        ]
+        click.echo(json.dumps(out, indent=2))
+        return
     table = Table(title=f"queues on {settings.redis_url_or_default()}")
     for column in ("queue", "waiting", "scheduled", "running", "finished", "dead", "state"):
         table.add_column(column, justify="left" if column in ("queue", "state") else "right")
@@ -242,8 +344,9 @@ def scheduler(settings: Settings, interval: float) -> None:
 
 
 @cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as a JSON array (for scripts).")
 @click.pass_context
-def schedules(ctx: click.Context) -> None:
+def schedules(ctx: click.Context, as_json: bool) -> None:
     """List every schedule: source, next three runs (UTC and its zone), last run and outcome."""
     if ctx.invoked_subcommand is not None:
         return
@@ -257,6 +360,9 @@ def schedules(ctx: click.Context) -> None:
         store = RQSchedulerStore(client.backend.connection, client.backend.keys)  # type: ignore[attr-defined]
         stored = store.entries()
         now = datetime.now(UTC)
+        if as_json:
+            click.echo(json.dumps(_schedules_json(client, store, stored, now), indent=2))
+            return
         table = Table(title=f"{len(client.registry.schedules)} schedules")
         for column in ("schedule", "job", "when", "source", "next runs (UTC)", "next runs (zone)", "last run"):
             table.add_column(column, overflow="fold")
@@ -280,6 +386,40 @@ def schedules(ctx: click.Context) -> None:
         console.print(table)
         if not stored:
             console.print("no scheduler has registered these yet: run `forgejobs scheduler`")
+
+
+def _schedules_json(client: Client, store: Any, stored: Mapping[str, Any], now: Any) -> list[dict[str, Any]]:
+    """The schedule list as JSON values: what the table shows, with full ISO 8601 times."""
+    out = []
+    for name, scheduled in sorted(client.registry.schedules.items()):
+        when = scheduled.schedule
+        entry = stored.get(name)
+        upcoming = when.upcoming(now)
+        if entry is not None and entry.next_at > now:
+            upcoming = [entry.next_at, *when.upcoming(entry.next_at, 2)]
+        last = store.last_run(name)
+        last_json = None
+        if last is not None:
+            status = client.backend.state(last.job_id).status.value if last.job_id is not None else None
+            last_json = {**last.model_dump(mode="json"), "status": status}
+        out.append(
+            {
+                "name": name,
+                "job": scheduled.job_type.job_name(),
+                "when": when.describe(),
+                "cron": when.cron,
+                "every": when.every.total_seconds() if when.every is not None else None,
+                "tz": when.tz,
+                "overlap": when.overlap,
+                "catch_up": when.catch_up,
+                "enabled": when.enabled,
+                "source": scheduled.source,
+                "registered": entry is not None,
+                "next_runs": [t.isoformat() for t in upcoming],
+                "last_run": last_json,
+            }
+        )
+    return out
 
 
 def _limits(options: Any) -> str:
@@ -338,7 +478,9 @@ def schedules_run(settings: Settings, name: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing events as they happen (Ctrl+C to stop).")
 @click.option("--job", "job_name", default=None, help="Only events of this job name.")
 @click.option("--after", default="0-0", show_default=True, help="Start after this stream id (with --follow: now).")
-@click.option("--count", type=int, default=50, show_default=True, help="Without --follow: how many events.")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=50, show_default=True, help="Without --follow: how many events."
+)
 @click.pass_obj
 def events(settings: Settings, follow: bool, job_name: str | None, after: str, count: int) -> None:
     """Job events (enqueued, started, progress, completed, failed, retrying, dead_lettered, ...)."""
@@ -346,6 +488,9 @@ def events(settings: Settings, follow: bool, job_name: str | None, after: str, c
     import threading
 
     from .backends.redis import RedisBackend
+
+    if not re.fullmatch(r"\d+(-\d+)?", after):
+        _fail(f"--after must be a stream id such as 1733011200000-0 (as the first column shows), not {after!r}")
 
     def show(event: Any) -> None:
         data = " ".join(f"{k}={v}" for k, v in event.data.items())
@@ -368,21 +513,226 @@ def events(settings: Settings, follow: bool, job_name: str | None, after: str, c
             show(event)
 
 
-@cli.command("job")
-@click.argument("job_id")
+class _JobGroup(click.Group):
+    """`forgejobs job ID` shows a job; `forgejobs job COMMAND ID` acts on one (room for `cancel` and the like).
+
+    An argument that names no subcommand is taken as the ID of `show`, so `job ID`, `job ID --json` and
+    `job --json ID` all show it. A job whose id is a subcommand's name is shown with `job show ID`."""
+
+    default_command = "show"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not any(a in self.commands or a in ctx.help_option_names for a in args[:1]):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[--json] ID | COMMAND [ARGS]...")
+
+
+@cli.group("job", cls=_JobGroup)
+def job_group() -> None:
+    """One job: status, queue, payload, options, attempts with errors, result, progress, log and times."""
+
+
+@job_group.command("show")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 @click.pass_obj
-def job_show(settings: Settings, job_id: str) -> None:
-    """One job: status, progress, last error and its `ctx.log` lines (also while it runs)."""
+def job_show(settings: Settings, job_id: str, as_json: bool) -> None:
+    """Everything kept about job ID (the same as `forgejobs job ID`). Exit 1 if no such job."""
+    from .inspection import Inspector
+
     with _errors():
         client = _client(settings)
-        state = client.backend.state(job_id)
-        console.print(f"{job_id}: {state.status.value}", highlight=False)
-        if state.progress is not None:
-            console.print(f"progress: {state.progress}", highlight=False)
-        if state.error:
-            console.print(f"error: {escape(state.error)}", highlight=False)
-        for line in client.backend.logs(job_id):
-            click.echo(line)
+        detail = Inspector(client.backend, client.registry).job(job_id)
+    if as_json:
+        click.echo(detail.model_dump_json(indent=2))
+        return
+    _print_detail(detail)
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if moment is not None else "-"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+
+
+def _print_detail(d: Any) -> None:
+    from .inspection import State
+
+    def row(label: str, value: str) -> None:
+        console.print(f"[bold]{label + ':':<13}[/]{escape(value)}", highlight=False)
+
+    console.print(f"{escape(d.id)}: {d.status.value}", highlight=False)
+    row("job", f"{d.name or '? (unreadable record)'} on queue {d.queue}")
+    state = d.state.value
+    if d.state is State.WAITING and d.position is not None:
+        state += f" ({d.position} ahead of it at priority {d.priority})"
+    elif d.state is State.PARKED:
+        state += f" behind concurrency key {d.concurrency_key!r} ({d.position} ahead of it)"
+    elif d.state is State.ACTIVE:
+        state += f" on {d.worker}"
+    elif d.expires_at is not None:
+        state += f", kept until {_when(d.expires_at)}"
+    row("state", state)
+    attempts = d.declared.get("attempts") if d.declared else None
+    row("attempt", f"{d.attempt if d.attempt is not None else '?'}" + (f" of {attempts}" if attempts else ""))
+    row("priority", str(d.priority if d.priority is not None else "?"))
+    for label, moment in (
+        ("enqueued", d.enqueued_at),
+        ("due", d.due_at),
+        ("started", d.started_at),
+        ("finished", d.finished_at),
+    ):
+        if moment is not None:
+            row(label, _when(moment))
+    row("payload", _compact(d.payload) if d.payload is not None else "-")
+    row("options", _compact(d.options))
+    if d.declared:
+        seconds = ("timeout", "result_ttl", "failure_ttl", "unique_for", "debounce")
+        shown = {k: f"{v:g}s" if k in seconds else v for k, v in d.declared.items() if k not in ("queue", "priority")}
+        row("declared", ", ".join(f"{k} {v}" for k, v in shown.items()))
+    if d.progress is not None:
+        row("progress", _compact(d.progress))
+    if d.result is not None:
+        row("result", _compact(d.result))
+    if d.error:
+        row("error", d.error)
+    if d.attempts:
+        console.print("[bold]attempts:[/]")
+        for a in d.attempts:
+            then = f" (next in {a.delay:g}s)" if a.delay else ""
+            console.print(f"  #{a.attempt} {_when(a.at)}: {escape(a.error)}{escape(then)}", highlight=False)
+    if d.dead_letter is not None:
+        letter = d.dead_letter
+        row("dead letter", f"{letter.reason.value}, died {_when(letter.died_at)}")
+    if d.traceback:
+        console.print("[bold]traceback:[/]")
+        click.echo(d.traceback.rstrip())
+    if d.raw is not None:
+        row("raw", d.raw[:500])
+    if d.logs:
+        console.print(f"[bold]log ({len(d.logs)} lines):[/]")
+        for line in d.logs:
+            click.echo(f"  {line}")
+
+
+@cli.command("jobs")
+@click.option("--queue", "queue_name", default=None, help="Only this queue (default: every declared queue).")
+@click.option(
+    "--state",
+    default=None,
+    help="Only this state: active, waiting, parked, delayed, stalled, succeeded, failed, dead (default: all).",
+)
+@click.option("--name", "job_name", default=None, help="Only jobs of this job type, e.g. email.welcome-email.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (for scripts).")
+@click.pass_obj
+def jobs_list(
+    settings: Settings,
+    queue_name: str | None,
+    state: str | None,
+    job_name: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs by state: running, waiting (in the order they will run), delayed (with due times), finished."""
+    from .inspection import Inspector, parse_state
+
+    try:
+        wanted = parse_state(state) if state is not None else None
+    except ValueError as exc:
+        _fail(f"--state: {exc}")
+    with _errors():
+        client = _client(settings)
+        inspector = Inspector(client.backend, client.registry)
+        if job_name is not None and job_name not in client.registry:
+            from .inspection import suggest
+
+            names = [e.job_type.job_name() for e in client.registry]
+            err.print(
+                f"note: no job type named {job_name!r} is declared here{suggest(job_name, names)}; "
+                "listing stored jobs of that name anyway",
+                highlight=False,
+                markup=False,
+            )
+        found = inspector.jobs(queue_name, wanted, name=job_name, limit=limit)
+    if as_json:
+        click.echo(json.dumps([j.model_dump(mode="json") for j in found], indent=2))
+        return
+    more = f" (the first {limit}: raise --limit for more)" if len(found) >= limit else ""
+    table = Table(title=f"{len(found)} jobs{more}")
+    for column in ("id", "job", "queue", "state", "priority", "attempt", "when", "detail"):
+        table.add_column(column, overflow="fold")
+    for j in found:
+        table.add_row(
+            j.id,
+            j.name or "?",
+            j.queue,
+            j.state.value,
+            str(j.priority) if j.priority is not None else "-",
+            str(j.attempt) if j.attempt is not None else "-",
+            _summary_when(j),
+            escape(_summary_detail(j)),
+        )
+    console.print(table)
+
+
+def _summary_when(j: Any) -> str:
+    """The time that matters for the job's state."""
+    from .inspection import State
+
+    moment = {
+        State.ACTIVE: j.started_at,
+        State.DELAYED: j.due_at,
+        State.SUCCEEDED: j.finished_at,
+        State.FAILED: j.finished_at,
+        State.DEAD: j.finished_at,
+    }.get(j.state, j.enqueued_at)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
+
+
+def _summary_detail(j: Any) -> str:
+    from .inspection import State
+
+    if j.state is State.ACTIVE:
+        progress = f"progress {_compact(j.progress)}" if j.progress is not None else ""
+        return ", ".join(p for p in (progress, f"on {j.worker}") if p)
+    if j.state is State.PARKED:
+        return f"concurrency key {j.concurrency_key}"
+    if j.error:
+        return str(j.error)[:80]
+    return ""
+
+
+@cli.command()
+@click.argument("job", required=False)
+@click.pass_obj
+def schema(settings: Settings, job: str | None) -> None:
+    """JSON Schema of each job's payload (and result, where perform declares its return type), or of JOB's."""
+    with _errors():
+        registry = _registry(settings)
+    if job is not None:
+        click.echo(json.dumps(job_schema(_entry(registry, job)), indent=2))
+        return
+    click.echo(json.dumps({e.job_type.job_name(): job_schema(e) for e in registry}, indent=2))
+
+
+def job_schema(entry: Any) -> dict[str, Any]:
+    """One job type's schemas: `payload` (what a producer sends: validation mode) and `result` (what `perform`
+    returns, as stored: serialization mode; None when its return type is not declared)."""
+    job_type = entry.job_type
+    adapter = job_type.result_adapter()
+    return {
+        "job": job_type.job_name(),
+        "queue": entry.options.queue,
+        "description": (job_type.__doc__ or "").strip() or None,
+        "payload": job_type.model_json_schema(mode="validation"),
+        "result": adapter.json_schema(mode="serialization") if adapter is not None else None,
+    }
 
 
 @cli.group()
@@ -443,14 +793,18 @@ def dead() -> None:
 
 
 @dead.command("list")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of the records, as `dead show` does one.")
 @click.pass_obj
-def dead_list(settings: Settings, limit: int) -> None:
+def dead_list(settings: Settings, limit: int, as_json: bool) -> None:
     """The newest dead letters."""
     with _errors():
         client = _client(settings)
         records = client.dead_letters(limit)
         total = client.backend.dead_letters.count()
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
     table = Table(title=f"{total} dead letters")
     for column in ("id", "job", "queue", "reason", "attempts", "died", "error"):
         table.add_column(column, overflow="fold")
@@ -505,9 +859,16 @@ def dead_purge(settings: Settings, yes: bool) -> None:
 
 
 @cli.command()
-@click.option("--jobs", "jobs_per_kind", type=int, default=4, show_default=True, help="Jobs of each kind.")
+@click.option(
+    "--jobs", "jobs_per_kind", type=click.IntRange(1, 1000), default=4, show_default=True, help="Jobs of each kind."
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep what the demo wrote (its temporary folder with the outbox, and its jobs in Redis) to look at.",
+)
 @click.pass_obj
-def demo(settings: Settings, jobs_per_kind: int) -> None:
+def demo(settings: Settings, jobs_per_kind: int, keep: bool) -> None:
     """Enqueue a mix of the catalog's jobs, work them with a live display, print a summary."""
     import importlib
 
@@ -518,7 +879,7 @@ def demo(settings: Settings, jobs_per_kind: int) -> None:
     except ModuleNotFoundError:
         _fail(f"the job package {settings.jobs!r} has no demo module ({module_name})")
     with _errors():
-        code = module.run(settings, console, jobs_per_kind=jobs_per_kind)
+        code = module.run(settings, console, jobs_per_kind=jobs_per_kind, keep=keep)
     sys.exit(code)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -30,7 +31,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -42,11 +43,10 @@ from rich.table import Table
 
 from forgejobs import Client, PayloadTooLarge, Registry, Settings, backoff, set_client
 from forgejobs.backends.redis import RedisBackend
-from forgejobs.backends.rqscheduler import RQSchedulerStore
 from forgejobs.embedded import RedisChoice, choose_redis, redact_url
 from forgejobs.execution import DeadLettered, Outcome, Retry, Succeeded
 from forgejobs.options import JobOverride
-from forgejobs.scheduling import Repeater
+from forgejobs.scheduling import MemoryRepeatStore, Repeater
 from forgejobs.settings import DEFAULT_REDIS_URL
 from forgejobs.worker import Worker
 
@@ -331,32 +331,26 @@ class _Display:
         return Group(self.progress, self.table())
 
 
-UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens there: choose_redis falls through to an embedded one
+def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4, keep: bool = False) -> int:
+    """Run the demo; `jobs_per_kind` is the number of sign-ups. Returns the exit code.
 
-
-@contextmanager
-def _redis_for_demo(settings: Settings, registry: Registry, console: Console) -> Iterator[RedisChoice]:
-    """The Redis `choose_redis` picks, unless jobs already wait in the catalog's queues there.
-
-    The demo's worker serves every catalog queue; on a Redis that holds someone's jobs it would run them
-    against the demo's throwaway database. It leaves them alone and runs on an embedded Redis instead."""
-    with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice:
-        waiting = 0 if choice.embedded else RedisBackend(choice.connection).pending(registry.queues, 60_000)
-        if not waiting:
-            yield choice
-            return
-        console.print(
-            f"[yellow]note:[/] {escape(choice.description)} already has {waiting} jobs waiting in the catalog's "
-            "queues; the demo leaves them alone and uses an embedded Redis. Point FORGEJOBS_REDIS_URL at an "
-            "empty database to run it on a server."
-        )
-    with choose_redis(None, UNREACHABLE) as embedded:
-        yield embedded
-
-
-def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
-    """Run the demo; `jobs_per_kind` is the number of sign-ups. Returns the exit code."""
+    Everything the demo writes is its own: a new temporary folder (the catalog database, the outbox, the
+    storage) and Redis keys under a key prefix of its own (`forgejobs-demo-<random>`), so it never touches
+    another application's jobs on a shared server. Both are removed at the end, also when the demo fails,
+    unless `keep` is true: then it says where they are and how to look at them."""
     workdir = Path(tempfile.mkdtemp(prefix="forgejobs-demo-"))
+    prefix = workdir.name  # forgejobs-demo-<random>: its keys and its folder share the name
+    demo_settings = settings.model_copy(update={"key_prefix": prefix})
+    try:
+        return _run(demo_settings, console, workdir, jobs_per_kind, keep)
+    finally:
+        if keep:
+            console.print(f"[bold]kept:[/] the demo's folder {escape(str(workdir))}", soft_wrap=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(settings: Settings, console: Console, workdir: Path, jobs_per_kind: int, keep: bool) -> int:
     stripe_secret = "whsec_" + secrets.token_urlsafe(24)
     catalog = CatalogSettings(
         database_url=f"sqlite:///{workdir / 'catalog.db'}",
@@ -366,89 +360,132 @@ def run(settings: Settings, console: Console, *, jobs_per_kind: int = 4) -> int:
         stripe_webhook_secret=stripe_secret,
         http_timeout=5.0,
     )
-    resources = build(settings, catalog)
     loaded = Registry.load(settings)
     registry = Registry(
         [e.job_type for e in loaded],
         loaded.specs.model_copy(update={"jobs": {**loaded.specs.jobs, **DEMO_OVERRIDES}}),
     )
+    resources = build(settings, catalog)
     try:
-        with _redis_for_demo(settings, registry, console) as choice, _receiver() as base_url:
-            console.print(f"[bold]Redis:[/] {choice.description}")
-            console.print(f"[bold]catalog database:[/] {catalog.database_url}")
-            console.print(f"[bold]webhook receiver:[/] {base_url}   [bold]outbox:[/] {catalog.outbox_dir}")
-            client = Client(RedisBackend(choice.connection), registry)
-            previous = set_client(client)
+        with choose_redis(settings.redis_url, DEFAULT_REDIS_URL) as choice, _receiver() as base_url:
             try:
-                display = _Display(registry, console)
-                ids = _seed(resources.db)
-                _fire_flows(resources, ids, base_url, stripe_secret, jobs_per_kind, console)
-                worker = Worker(
-                    settings,
-                    registry,
-                    connection=choice.connection,
-                    resources=resources,
-                    on_outcome=display.on_outcome,
-                )
-                started = time.monotonic()
-                thread = threading.Thread(target=worker.run, kwargs={"burst": True, "horizon": 10.0}, daemon=True)
-                quiet = logging.getLogger("forgejobs")
-                previous_level = quiet.level
-                quiet.setLevel(logging.CRITICAL)  # the display shows every outcome
-                thread.start()
-                try:
-                    with Live(console=console, refresh_per_second=8) as live:
-                        while thread.is_alive():
-                            live.update(display.render(worker.pending(horizon=10.0)))
-                            thread.join(0.15)
-                        live.update(display.render(0))
-                finally:
-                    quiet.setLevel(previous_level)
-                elapsed = time.monotonic() - started
-                _cron_phase(console, settings, client, choice.connection, resources)
-                pending = worker.pending(horizon=3600)
-                return _summary(
-                    console, display, elapsed, resources, client, pending, choice.url if not choice.embedded else None
-                )
+                return _work(settings, console, choice, base_url, registry, resources, jobs_per_kind, stripe_secret)
             finally:
-                set_client(previous)
+                _keep_or_clean(console, choice, settings.key_prefix, keep, catalog)
     finally:
         resources.close()
+
+
+def _work(
+    settings: Settings,
+    console: Console,
+    choice: RedisChoice,
+    base_url: str,
+    registry: Registry,
+    resources: Resources,
+    jobs_per_kind: int,
+    stripe_secret: str,
+) -> int:
+    console.print(f"[bold]Redis:[/] {choice.description} (keys under {settings.key_prefix}:)")
+    console.print(f"[bold]catalog database:[/] {resources.settings.database_url}")
+    console.print(f"[bold]webhook receiver:[/] {base_url}   [bold]outbox:[/] {resources.settings.outbox_dir}")
+    client = Client(RedisBackend.for_connection(choice.connection, settings), registry)
+    previous = set_client(client)
+    try:
+        display = _Display(registry, console)
+        ids = _seed(resources.db)
+        _fire_flows(resources, ids, base_url, stripe_secret, jobs_per_kind, console)
+        worker = Worker(
+            settings,
+            registry,
+            connection=choice.connection,
+            resources=resources,
+            on_outcome=display.on_outcome,
+        )
+        started = time.monotonic()
+        thread = threading.Thread(target=worker.run, kwargs={"burst": True, "horizon": 10.0}, daemon=True)
+        quiet = logging.getLogger("forgejobs")
+        previous_level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # the display shows every outcome
+        thread.start()
+        try:
+            with Live(console=console, refresh_per_second=8) as live:
+                while thread.is_alive():
+                    live.update(display.render(worker.pending(horizon=10.0)))
+                    thread.join(0.15)
+                live.update(display.render(0))
+        finally:
+            quiet.setLevel(previous_level)
+        elapsed = time.monotonic() - started
+        _cron_phase(console, settings, client, choice.connection, resources)
+        pending = worker.pending(horizon=3600)
+        return _summary(console, display, elapsed, resources, pending)
+    finally:
+        set_client(previous)
+
+
+def _keep_or_clean(console: Console, choice: RedisChoice, prefix: str, keep: bool, catalog: CatalogSettings) -> None:
+    """Remove the demo's Redis keys (every key under its own prefix), or say how to look at them."""
+    if not keep:
+        removed = 0
+        batch: list[Any] = []
+        for key in choice.connection.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += cast(int, choice.connection.delete(*batch))
+                batch = []
+        if batch:
+            removed += cast(int, choice.connection.delete(*batch))
+        console.print(f"cleaned up: {removed} Redis keys under {prefix}: and the demo's folder (--keep keeps them)")
+        return
+    emails = len(list(catalog.outbox_dir.glob("*.eml"))) if catalog.outbox_dir.exists() else 0
+    outbox = escape(str(catalog.outbox_dir))
+    console.print(f"[bold]kept:[/] the outbox, {emails} sent emails as .eml files, in {outbox}", soft_wrap=True)
+    if choice.url is None or choice.embedded:
+        console.print(
+            "[bold]kept:[/] nothing in Redis: the demo ran on an embedded Redis, which stopped with it "
+            "(set FORGEJOBS_REDIS_URL to run it on a server whose jobs you can inspect afterwards)"
+        )
+        return
+    url = redact_url(choice.url)
+    env = f"FORGEJOBS_REDIS_URL='{url}' FORGEJOBS_KEY_PREFIX='{prefix}'"
+    console.print(f"[bold]kept:[/] the demo's jobs, under the key prefix {prefix} on {escape(url)}", soft_wrap=True)
+    console.print(
+        escape(f"inspect them (from the repository root) with: {env} ./dev forgejobs dead list"), soft_wrap=True
+    )
+    console.print(escape("  (or jobs, job ID, info instead of dead list); remove them with:"), soft_wrap=True)
+    console.print(
+        escape(f"  redis-cli -u '{url}' --scan --pattern '{prefix}:*' | xargs redis-cli -u '{url}' del"),
+        soft_wrap=True,
+    )
 
 
 CRON_SCHEDULE = "usage.aggregate-daily-usage"
 
 
 def _cron_phase(console: Console, settings: Settings, client: Client, connection: Any, resources: Resources) -> None:
-    """A declared cron job end to end: register, fire its next tick, work it, show the result."""
-    store = RQSchedulerStore(connection)
+    """A declared cron job end to end: register, fire its next tick, work it, show the result.
+
+    The repeat is registered in memory, not in rq-scheduler's keys, which have no prefix: on a shared Redis the
+    demo must neither fire nor unregister another application's repeats."""
+    store = MemoryRepeatStore()
     repeater = Repeater(client, store)
-    added = repeater.sync().added
     scheduled = client.registry.schedules[CRON_SCHEDULE]
-    tick = scheduled.schedule.next_after(datetime.now(UTC))
+    now = datetime.now(UTC)
+    tick = scheduled.schedule.next_after(now)
+    store.upsert(scheduled, tick)
     console.print(
         f"\n[bold]cron:[/] {CRON_SCHEDULE} ({scheduled.schedule.describe()}, catch_up={scheduled.schedule.catch_up}, "
         f"from {scheduled.source}); next tick {tick:%Y-%m-%d %H:%M} UTC. "
-        "Its tick fired at that time (the demo's clock jumps there):"
+        "One scheduler pass at that time (the demo's clock jumps there):"
     )
-    fired: list[Any] = []
-    try:
-        # This schedule's tick only: a pass of every schedule at that time would also fire the
-        # others due before it (the 03:30 sweep, between midnight and 03:30), on queues not worked here.
-        handle = repeater.fire(scheduled, tick, tick)
-        fired = [handle] if handle is not None else []
-        worker = Worker(settings, client.registry, queues=["usage"], connection=connection, resources=resources)
-        worker.run(burst=True, horizon=0)
-        for handle in fired:
-            note = " (already fired by an earlier run: its result)" if handle.existing else ""
-            result = handle.result(timeout=10)
-            shown = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-            console.print(f"  {handle.id}: {handle.status().value}{note}: {shown}")
-    finally:
-        for name in added:  # leave no repeat registered in a Redis the demo did not start
-            store.remove(name)
-        for handle in fired:  # nor the tick's job, whose id is the tick's: the next demo fires it afresh
-            client.backend.forget(handle.id)
+    fired = repeater.run_once(tick)
+    worker = Worker(settings, client.registry, queues=["usage"], connection=connection, resources=resources)
+    worker.run(burst=True, horizon=0)
+    for handle in fired:
+        result = handle.result(timeout=10)
+        shown = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+        console.print(f"  {handle.id}: {handle.status().value}: {shown}")
 
 
 def _count(resources: Resources, table: sa.Table, *where: Any) -> int:
@@ -456,15 +493,7 @@ def _count(resources: Resources, table: sa.Table, *where: Any) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
 
 
-def _summary(
-    console: Console,
-    display: _Display,
-    elapsed: float,
-    resources: Resources,
-    client: Client,
-    pending: int,
-    choice_url: str | None,
-) -> int:
+def _summary(console: Console, display: _Display, elapsed: float, resources: Resources, pending: int) -> int:
     totals = display.totals
     console.print()
     console.print(
@@ -522,8 +551,6 @@ def _summary(
     for dead in display.dead:
         record = dead.record
         console.print(f"dead letter {record.id}: {record.name} ({record.reason.value}) {escape(record.error)}")
-    if choice_url:
-        console.print(f"inspect them with: FORGEJOBS_REDIS_URL='{redact_url(choice_url)}' forgejobs dead list")
     if pending:
         console.print(f"[red]{pending} jobs did not finish[/]")
         return 1

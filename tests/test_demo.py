@@ -1,28 +1,47 @@
-"""The README's first command: the demo, on a configured Redis and on each embedded default."""
+"""The README's first command: the demo, on a configured Redis and on each embedded default.
+
+The demo writes only its own things (a temporary folder, Redis keys under a prefix of its own) and removes
+them at the end, also when it fails, unless asked to keep them."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 from rich.console import Console
 
 from forgejobs import Settings
+from forgejobs.cli import cli
 from forgejobs.embedded import choose_redis, redact_url
-from tests.conftest import ROOT
+from tests.conftest import CLAIM_KEY, ROOT
 
 NOTHING_LISTENS = "redis://127.0.0.1:1/0"
 
 
+@pytest.fixture
+def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of the test's own for the demo's folder (TMPDIR, and tempfile in this process)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def demo_folders(where: Path) -> list[Path]:
+    return sorted(where.glob("forgejobs-demo-*"))
+
+
 @pytest.mark.redis
-def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str) -> None:
-    env = {**os.environ, "FORGEJOBS_REDIS_URL": redis_url, "COLUMNS": "120"}
+def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "FORGEJOBS_REDIS_URL": redis_url, "COLUMNS": "120", "TMPDIR": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "forgejobs.cli", "demo", "--jobs", "2"],
         cwd=ROOT,
@@ -48,6 +67,10 @@ def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str) -> None:
     # the declared cron job, end to end: its next tick fired once, worked, and aggregated this run's usage
     assert "usage_aggregate-daily-usage-" in out and "succeeded: {'period': 'day'" in out
     assert "Acme api.requests = 200 (2 events)" in out and "Globex seats = 3 (1 events)" in out
+    # nothing left behind: no key but the test's claim, no folder
+    assert "cleaned up: " in out and "(--keep keeps them)" in out
+    assert redis.Redis.from_url(redis_url).keys("*") == [CLAIM_KEY.encode()]
+    assert demo_folders(tmp_path) == []
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
@@ -74,7 +97,7 @@ def test_configured_url_wins(redis_url: str) -> None:
         assert isinstance(choice.connection, redis.Redis)
 
 
-def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, own_tmp: Path) -> None:
     import jobs.demo as demo
 
     monkeypatch.setattr(demo, "DEFAULT_REDIS_URL", NOTHING_LISTENS)
@@ -86,6 +109,7 @@ def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert code == 0, text
     assert "embedded: fakeredis" in text
     assert "succeeded 18, retried 1, dead-lettered 1" in text  # one sign-up fewer than with --jobs 2
+    assert demo_folders(own_tmp) == []
 
 
 def test_printed_redis_urls_hide_the_password() -> None:
@@ -95,8 +119,11 @@ def test_printed_redis_urls_hide_the_password() -> None:
 
 
 @pytest.mark.redis
-def test_demo_leaves_jobs_it_finds_waiting_alone(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Someone's job waits in a catalog queue on the configured Redis: the demo runs elsewhere, untouched."""
+def test_demo_leaves_other_jobs_on_a_shared_redis_alone(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, own_tmp: Path
+) -> None:
+    """Someone's job waits in a catalog queue on the configured Redis: the demo's keys have a prefix of their
+    own, so its worker never sees that job, and its clean-up removes only its own keys."""
     import jobs.demo as demo
 
     conn = redis.Redis.from_url(redis_url)
@@ -108,7 +135,57 @@ def test_demo_leaves_jobs_it_finds_waiting_alone(redis_url: str, monkeypatch: py
 
     text = out.getvalue()
     assert code == 0, text
-    assert "already has 1 jobs waiting in the catalog's queues; the demo leaves them alone" in text
-    assert "Redis: embedded" in text and "succeeded 18, retried 1, dead-lettered 1" in text
+    assert f"Redis: configured Redis at {redis_url}" in text and "succeeded 18, retried 1, dead-lettered 1" in text
+    assert sorted(conn.keys("*")) == sorted([CLAIM_KEY.encode(), b"forgejobs:{email}:wait:p05"])
     assert conn.lrange("forgejobs:{email}:wait:p05", 0, -1) == [b"someone-elses-job"]
+    assert demo_folders(own_tmp) == []
     conn.close()
+
+
+@pytest.mark.redis
+def test_demo_keep_keeps_the_outbox_and_the_jobs_and_says_how_to_inspect_them(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, own_tmp: Path
+) -> None:
+    import jobs.demo as demo
+
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+
+    code = demo.run(Settings(redis_url=redis_url), Console(file=out, width=100), jobs_per_kind=1, keep=True)
+
+    text = out.getvalue()
+    assert code == 0, text
+    (folder,) = demo_folders(own_tmp)
+    outbox = folder / "outbox"
+    assert f"kept: the outbox, 5 sent emails as .eml files, in {outbox}" in text
+    assert len(list(outbox.glob("*.eml"))) == 5 and (folder / "catalog.db").exists()
+    prefix = folder.name  # the keys share the folder's name
+    conn = redis.Redis.from_url(redis_url)
+    kept = [k.decode() for k in conn.keys("*") if k != CLAIM_KEY.encode()]
+    assert kept and all(k.startswith(f"{prefix}:") for k in kept)
+    # the printed command, run as printed (./dev forgejobs is the virtualenv's forgejobs, run from the root)
+    command = re.search(r"inspect them \(from the repository root\) with: (.*)", text)
+    assert command is not None, text
+    assert command.group(1) == (
+        f"FORGEJOBS_REDIS_URL='{redis_url}' FORGEJOBS_KEY_PREFIX='{prefix}' ./dev forgejobs dead list"
+    )
+    env = dict(re.findall(r"(FORGEJOBS_\w+)='([^']*)'", command.group(1)))
+    listed = CliRunner().invoke(cli, ["dead", "list", "--json"], env=env, catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    assert [r["name"] for r in json.loads(listed.output)] == ["webhooks.deliver-webhook"]
+    conn.close()
+
+
+@pytest.mark.redis
+def test_a_failing_demo_cleans_up_too(redis_url: str, monkeypatch: pytest.MonkeyPatch, own_tmp: Path) -> None:
+    import jobs.demo as demo
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the flows broke")
+
+    monkeypatch.setattr(demo, "_fire_flows", broken)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(RuntimeError, match="the flows broke"):
+        demo.run(Settings(redis_url=redis_url), Console(file=io.StringIO()), jobs_per_kind=1)
+    assert redis.Redis.from_url(redis_url).keys("*") == [CLAIM_KEY.encode()]
+    assert demo_folders(own_tmp) == []
