@@ -160,3 +160,15 @@ def test_unknown_ids_queues_and_states_are_refused_by_name(inspector: Inspector)
         inspector.jobs("fats")
     with pytest.raises(ValueError, match="unknown state 'wating' \\(did you mean 'waiting'\\?\\); valid states: "):
         parse_state("wating")
+
+
+def test_dead_letters_are_read_a_page_at_a_time_and_filtered_by_queue(client: Client, inspector: Inspector) -> None:
+    from forgejobs import DeadLetter, Reason
+
+    letters = client.backend.dead_letters
+    for i in range(450):  # more than two pages of 200, alternating queues, newest last
+        queue = "fast" if i % 2 else "slow"
+        letters.add(DeadLetter(id=f"d{i:03d}", name=f"{queue}.x", queue=queue, reason=Reason.CORRUPT, error="e"))
+    fast = inspector.jobs("fast", "dead", limit=1000)
+    assert len(fast) == 225 and all(j.queue == "fast" for j in fast)
+    assert ids(inspector.jobs("slow", "dead", limit=3)) == ["d448", "d446", "d444"]  # newest first

@@ -430,12 +430,15 @@ class RedisBackend(Backend):
         from ..inspection import State
 
         found: list[JobSummary] = []
-        if state is State.DEAD:
-            for letter in self.dead_letters.recent(limit=self.dead_letters.count() or 1):
-                if letter.queue == queue and name in (None, letter.name):
-                    found.append(_detail_from_dead_letter(letter).summary())
-                    if len(found) >= limit:
-                        break
+        if state is State.DEAD:  # newest first, a page at a time: the index spans every queue
+            offset = 0
+            while page := self.dead_letters.recent(limit=self._CHUNK, offset=offset):
+                for letter in page:
+                    if letter.queue == queue and name in (None, letter.name):
+                        found.append(_detail_from_dead_letter(letter).summary())
+                        if len(found) >= limit:
+                            return found
+                offset += self._CHUNK
             return found
         qk = self.keys.queue(queue)
         for chunk in self._ids_in(queue, state):
