@@ -80,6 +80,8 @@ def test_a_busy_key_does_not_slow_another(
     runs = notes(path)
     first = min(float(n["t"]) for n in runs)  # type: ignore[arg-type]
     quiet_done = max(float(n["t"]) for n in runs if n["endpoint"] == "quiet") - first  # type: ignore[arg-type]
-    busy_done = max(float(n["t"]) for n in runs if n["endpoint"] == "busy") - first  # type: ignore[arg-type]
-    assert quiet_done < 1.5, quiet_done  # its 2 runs fit its own limit at once (the busy key needs 3 s)
-    assert busy_done >= 2.9, busy_done  # 8 runs at 2 a second
+    busy = sorted(float(n["t"]) - first for n in runs if n["endpoint"] == "busy")  # type: ignore[arg-type]
+    assert busy[-1] >= 2.9, busy  # 8 runs at 2 a second
+    # The quiet key's 2 runs fit its own limit at once: they do not queue behind the busy key, whose
+    # fifth run cannot start before 2 s (enqueued first, the busy jobs would all run before them otherwise).
+    assert quiet_done < busy[4], (quiet_done, busy)

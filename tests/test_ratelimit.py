@@ -153,22 +153,27 @@ def test_redis_allows_exactly_max_in_a_window(conn: redis.Redis) -> None:
 def test_redis_wait_is_how_long_until_a_slot_frees(conn: redis.Redis) -> None:
     limiter = RedisRateLimiter(conn)
     rate = limit("{max: 2, per: 300ms}")
-    started = time.monotonic()
     assert limiter.acquire("k", rate) == 0.0
     assert limiter.acquire("k", rate) == 0.0
+    before_refusal = time.monotonic()
     wait = limiter.acquire("k", rate)
     assert 0.2 < wait <= 0.3
 
-    # Poll until a slot frees: it must not free before the promised wait, nor long after it.
-    refused_at = time.monotonic()
-    deadline = refused_at + 2.0
+    # Poll until a slot frees: never before the promised wait (a loaded machine only makes it later),
+    # and every refusal in between promises no more than what is left.
     while (wait_now := limiter.acquire("k", rate)) > 0:
         assert wait_now <= wait
-        assert time.monotonic() < deadline, "no slot freed"
+        assert time.monotonic() < before_refusal + 5, "no slot freed"
         time.sleep(min(wait_now, 0.005))
-    freed_after = time.monotonic() - refused_at
-    assert wait - 0.005 <= freed_after <= wait + 0.1
-    assert time.monotonic() - started >= 0.3 - 0.005
+    assert time.monotonic() - before_refusal >= wait - 0.005
+
+    # And not later than promised: once the wait is over, a slot is free.
+    assert limiter.acquire("k2", rate) == 0.0
+    assert limiter.acquire("k2", rate) == 0.0
+    refused_at = time.monotonic()
+    wait = limiter.acquire("k2", rate)
+    time.sleep(max(0.0, wait + 0.01 - (time.monotonic() - refused_at)))
+    assert limiter.acquire("k2", rate) == 0.0
 
 
 @pytest.mark.redis

@@ -55,8 +55,10 @@ def test_two_scheduler_processes_enqueue_each_tick_once(
     ids = tick_ids(conn)
     assert len(ids) == len(set(ids)), f"a tick was enqueued twice: {ids}"
     seconds = sorted(datetime.strptime(i.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ") for i in ids)
-    gaps = {(b - a).total_seconds() for a, b in zip(seconds, seconds[1:])}
-    assert gaps == {1.0}, f"ticks were skipped or doubled: {seconds}"
+    gaps = [(b - a).total_seconds() for a, b in zip(seconds, seconds[1:])]
+    # Every tick is on the schedule's 1 s grid and none twice. A pass held up for more than a second on a
+    # loaded machine fires only the latest due tick (catch_up "latest"), so a gap may span whole seconds.
+    assert all(g >= 1.0 and g == int(g) for g in gaps), f"ticks off the grid or doubled: {seconds}"
     assert "echo-every-second" in first.log() + second.log()
 
 
