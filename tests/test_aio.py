@@ -36,6 +36,7 @@ from forgejobs.events import EventStream
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
 from forgejobs.worker import Worker
+from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS
 from tests.samplejobs.basic import Doomed, Echo, EchoResult
 
 T = TypeVar("T")
@@ -354,6 +355,8 @@ def test_with_no_async_client_installed_aenqueue_follows_the_current_sync_client
         assert current_async_client() is chosen  # one per client and loop
         handle = await Echo.aenqueue(text="twin")
         assert handle.client is chosen
+        from_sync = Echo.enqueue(text="sync")  # a sync handle awaited: read through the same counterpart
+        assert from_sync.client is sync_client and await from_sync.astatus() is Status.QUEUED
         await chosen.aclose()
         return handle.id
 
@@ -375,7 +378,7 @@ async def _enqueue_through(client: Client) -> Any:
 @pytest.mark.redis
 def test_an_async_client_from_settings_uses_the_settings_redis_and_prefix(redis_url: str, conn: redis.Redis) -> None:
     settings = Settings(
-        redis_url=redis_url, jobs="tests.samplejobs", specs="tests/samplespecs", key_prefix="aioapp", enqueue_timeout=2
+        redis_url=redis_url, jobs=SAMPLE_JOBS, specs=SAMPLE_SPECS, key_prefix="aioapp", enqueue_timeout=2
     )
 
     async def scenario() -> str:
@@ -412,3 +415,33 @@ async def _low_level(client: Client) -> list[Any]:
     from forgejobs.aio import enqueue_async
 
     return await enqueue_async(client, Echo, [{"text": "a"}, {"text": "b"}], EnqueueOptions(priority=3))
+
+
+def test_the_asyncio_connection_points_where_the_sync_one_does() -> None:
+    """No server needed: the pools are compared, nothing is connected."""
+    import redis.asyncio.connection as aioconnection
+    import redis.asyncio.sentinel as aiosentinel
+
+    from forgejobs.aio import async_connection, describe
+    from forgejobs.backends.redis import connect
+
+    tcp = async_connection(connect("redis://:pw@10.0.0.5:6390/4", timeout=7), timeout=7)
+    assert tcp.connection_pool.connection_class is aioconnection.Connection
+    kwargs = tcp.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == ("10.0.0.5", 6390, 4, "pw")
+    assert kwargs["socket_timeout"] == 7 and kwargs["socket_connect_timeout"] == 2
+    assert describe(tcp) == "redis://10.0.0.5:6390/4"
+
+    tls = async_connection(connect("rediss://10.0.0.5:6390/0"))
+    assert tls.connection_pool.connection_class is aioconnection.SSLConnection
+    unix = async_connection(connect("unix:///run/redis.sock?db=2"))
+    assert unix.connection_pool.connection_class is aioconnection.UnixDomainSocketConnection
+    assert describe(unix) == "unix:///run/redis.sock?db=2"
+
+    sentinel = async_connection(connect("redis+sentinel://:pw@10.0.0.7:26379,10.0.0.8:26380/primary/3"))
+    pool = sentinel.connection_pool
+    assert isinstance(pool, aiosentinel.SentinelConnectionPool) and pool.service_name == "primary"
+    assert pool.connection_kwargs["db"] == 3 and pool.connection_kwargs["password"] == "pw"
+    hosts = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    assert [(h["host"], h["port"]) for h in hosts] == [("10.0.0.7", 26379), ("10.0.0.8", 26380)]
+    assert describe(sentinel) == "redis+sentinel://primary/3 (primary from Sentinel)"
