@@ -876,8 +876,13 @@ def demo(settings: Settings, jobs_per_kind: int, keep: bool) -> None:
     module_name = f"{settings.jobs}.demo"
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        _fail(f"the job package {settings.jobs!r} has no demo module ({module_name})")
+    except ModuleNotFoundError as exc:
+        if exc.name not in (settings.jobs, module_name) and not module_name.startswith(f"{exc.name}."):
+            raise  # the demo module is there and imports something missing: show what
+        _fail(
+            f"the job package {settings.jobs!r} has no demo module ({module_name}). The demo is the example "
+            "application of the forgejobs repository: in a clone of it, run ./dev demo"
+        )
     with _errors():
         code = module.run(settings, console, jobs_per_kind=jobs_per_kind, keep=keep)
     sys.exit(code)

@@ -121,6 +121,10 @@ def test_the_installed_framework_works_an_outside_project(installed: Path, tmp_p
     assert refused.returncode == 1
     assert "FORGEJOBS_JOBS names the package that holds your job classes" in " ".join(refused.stderr.split())
 
+    # The demo is this repository's example application, not part of the distribution: it says where it is.
+    demo = run(installed / "forgejobs", "demo", cwd=project, env=env)
+    assert demo.returncode == 1 and "in a clone of it, run ./dev demo" in " ".join(demo.stderr.split())
+
     tested = run(installed / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=project, env=env)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "1 passed" in tested.stdout
