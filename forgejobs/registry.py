@@ -40,6 +40,14 @@ def _payload_problem(job_type: type[Job], payload: dict[str, Any], where: str) -
 _FRAMEWORK = str(Path(__file__).resolve().parent)
 
 
+def _shown(filename: str) -> str:
+    """A source file as a user reads it: relative to the current directory when it lies inside it."""
+    try:
+        return str(Path(filename).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return filename
+
+
 def _where(exc: BaseException) -> str | None:
     """`file:line` of the innermost frame of `exc`'s traceback outside forgejobs and importlib: the user's line."""
     found = None
@@ -47,7 +55,7 @@ def _where(exc: BaseException) -> str | None:
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
         if not filename.startswith(("<", _FRAMEWORK)) and "importlib" not in filename:
-            found = f"{filename}:{tb.tb_lineno}"
+            found = f"{_shown(filename)}:{tb.tb_lineno}"
         tb = tb.tb_next
     return found
 
@@ -70,7 +78,7 @@ def source_of(job_type: type[Job]) -> str:
         line = inspect.getsourcelines(job_type)[1]
     except (OSError, TypeError):
         return f"{job_type.__module__}.{job_type.__qualname__}"
-    return f"{filename}:{line}"
+    return f"{_shown(filename) if filename else job_type.__module__}:{line}"
 
 
 def discover(package: str) -> list[type[Job]]:
