@@ -72,7 +72,7 @@ MODES: tuple[Mode, ...] = ("manual", "inline")
 DEFAULT_DELTA = timedelta(seconds=1)
 """The tolerance of `delay=` and `scheduled_at=` in the assertions when no `delta` is given."""
 
-MAX_INLINE_DEPTH = 100
+MAX_INLINE_DEPTH = 25
 """Inline jobs that enqueue jobs run nested in the enqueue call; deeper than this is taken as a loop."""
 
 
@@ -195,7 +195,8 @@ class Expect:
         )
 
     def describe(self) -> str:
-        parts = [f"{key}={getattr(self, key)!r}" for key in ("queue", "priority", "job_id") if getattr(self, key)]
+        keys = ("queue", "priority", "job_id")
+        parts = [f"{key}={getattr(self, key)!r}" for key in keys if getattr(self, key) is not None]
         if self.delay is not None:
             parts.append(f"delay={self.delay} ±{self.delta}")
         if self.scheduled_at is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -243,9 +243,6 @@ class FakeBackend(Backend):
             for job_id in gone:
                 del self.jobs[job_id]
         return len(gone)
-
-    def all_jobs(self) -> Iterator[StoredJob]:
-        return iter(list(self.jobs.values()))
 
     def counts(self, queues: Sequence[str]) -> list[QueueCounts]:
         rows = []
