@@ -18,6 +18,7 @@ fixture from `forgejobs.testing`. See README.md and docs/.
 """
 
 from . import backoff
+from .aio import AsyncClient, current_async_client, set_async_client, use_async_client
 from .client import Client, current_client, set_client, use_client
 from .context import Context
 from .deadletter import DeadLetter, Reason
@@ -38,6 +39,7 @@ from .errors import (
     Unrecoverable,
 )
 from .handle import JobHandle
+from .inspection import Inspector, JobDetail, JobSummary
 from .job import Enqueuer, Job
 from .options import EnqueueOptions, JobOptions
 from .registry import Registry
@@ -45,6 +47,10 @@ from .settings import Settings
 from .status import Status
 
 __all__ = [
+    "AsyncClient",
+    "Inspector",
+    "JobDetail",
+    "JobSummary",
     "BackendError",
     "BackendUnavailable",
     "Client",
@@ -72,8 +78,11 @@ __all__ = [
     "UnknownJob",
     "Unrecoverable",
     "backoff",
+    "current_async_client",
     "current_client",
+    "set_async_client",
     "set_client",
+    "use_async_client",
     "use_client",
 ]
 

@@ -46,7 +46,7 @@ from redis.sentinel import SentinelConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 from .backends.base import JobState, Prepared
-from .backends.redis import BATCH, SENTINEL_SCHEME, RedisBackend, _event_data, epoch_ms
+from .backends.redis import BATCH, SENTINEL_SCHEME, RedisBackend, enqueue_script_call, epoch_ms
 from .client import Client, current_client, dedupe_key
 from .deadletter import DeadLetter
 from .errors import BackendError, BackendUnavailable
@@ -207,24 +207,9 @@ class AsyncRedisBackend:
         return {i.decode() for reply in replies for i in reply}
 
     async def _call(self, group: list[Prepared], client: Any, *, retry: bool = False) -> Any:
-        """One enqueue.lua call; its KEYS and ARGV are those of `RedisBackend._enqueue_call`."""
+        """One enqueue.lua call, with the KEYS and ARGV the sync backend sends."""
         assert len(group) <= BATCH
-        first = group[0]
-        qk = self.keys.queue(first.queue)
-        args: list[Any] = [
-            first.priority,
-            epoch_ms(first.due_at) if first.due_at is not None else "",
-            "1" if first.unique else ("2" if retry else ""),
-            first.concurrency_limit or "",
-            first.name,
-            first.queue,
-            str(time.time_ns() // 1_000_000),
-            _event_data(first),
-            self.events_max,
-        ]
-        for job in group:
-            args += (job.job_id, job.envelope, job.concurrency_key or "")
-        keys = [qk.wait(first.priority), qk.delayed, qk.marker, self.keys.events, *(qk.job(j.job_id) for j in group)]
+        keys, args = enqueue_script_call(self.keys, group, self.events_max, retry=retry)
         return await self._enqueue(keys=keys, args=args, client=client)
 
     # -- unique_for and debounce ----------------------------------------------------------

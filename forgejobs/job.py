@@ -16,6 +16,7 @@ annotation: `WelcomeEmail.enqueue(...).result()` is whatever `perform` returns.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 import typing
@@ -144,6 +145,16 @@ class _AEnqueue(_Hybrid):
         return self._bind(obj, objtype)
 
 
+def _unknown_options(unknown: Iterable[str], valid: Iterable[str]) -> str:
+    """`unknown option(s) atempts (did you mean 'attempts'?); valid options are ...`."""
+    names = sorted(valid)
+    shown = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=1)
+        shown.append(f"{name} (did you mean {close[0]!r}?)" if close else name)
+    return f"unknown option(s) {', '.join(shown)}; valid options are {', '.join(names)}"
+
+
 class _JobMeta(ModelMetaclass):
     """Refuse class keywords that are not job options before Pydantic reads some of them as config."""
 
@@ -152,8 +163,7 @@ class _JobMeta(ModelMetaclass):
             unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in JOB_CLASS_KEYWORDS)
             if unknown:
                 raise OptionsError(
-                    f"{cls_name}: unknown option(s) {', '.join(unknown)}; "
-                    f"valid options are {', '.join(sorted(JOB_CLASS_KEYWORDS))} "
+                    f"{cls_name}: {_unknown_options(unknown, JOB_CLASS_KEYWORDS)} "
                     "(Pydantic model config belongs in model_config)"
                 )
         return super().__new__(mcs, cls_name, bases, namespace, **kwargs)
@@ -188,10 +198,7 @@ class Job(BaseModel, metaclass=_JobMeta):
                 raise OptionsError(f"{cls.__qualname__}: option every: {exc.errors()[0]['msg']}") from None
         unknown = sorted(set(kwargs) - CLASS_OPTION_NAMES)
         if unknown:
-            raise OptionsError(
-                f"{cls.__qualname__}: unknown option(s) {', '.join(unknown)}; "
-                f"valid options are {', '.join(sorted(CLASS_OPTION_NAMES | {'abstract'}))}"
-            )
+            raise OptionsError(f"{cls.__qualname__}: {_unknown_options(unknown, CLASS_OPTION_NAMES | {'abstract'})}")
         # A subclass gets its own name and does not repeat its parent's schedule.
         inherited = {k: v for k, v in cls.__forgejobs_declared__.items() if k not in ("name", "schedule")}
         declared = {**inherited, **kwargs}

@@ -36,6 +36,14 @@ def test_a_typo_in_an_option_names_the_class_and_the_option() -> None:
     assert "SendReport" in message
     assert "atempts" in message
     assert "attempts" in message  # the valid options are listed
+    assert "atempts (did you mean 'attempts'?)" in message
+
+
+def test_an_option_far_from_every_valid_one_gets_no_suggestion() -> None:
+    with pytest.raises(OptionsError) as info:
+        declare("SendReport", queue="reports", zzzzzz=1)
+
+    assert "unknown option(s) zzzzzz; valid options are" in str(info.value)
 
 
 @pytest.mark.parametrize(("keyword", "value"), [("frozen", True), ("extra", "allow")])

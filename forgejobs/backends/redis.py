@@ -160,6 +160,33 @@ def _event_data(job: Prepared) -> str:
     return f'{{"priority":{job.priority},"due_at":"{job.due_at.isoformat()}"}}'
 
 
+def enqueue_script_call(
+    keys: Keys, group: Sequence[Prepared], events_max: int, *, retry: bool = False
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one enqueue.lua call for a group of jobs of one shape (queue, name, priority, due time).
+
+    Shared by the sync and the asyncio backends, so both store exactly the same records and events.
+    `retry` marks a repeat of a call whose reply was lost: jobs the first try stored are skipped.
+    """
+    first = group[0]
+    qk = keys.queue(first.queue)  # cached: its key names are built once
+    args: list[Any] = [
+        first.priority,
+        epoch_ms(first.due_at) if first.due_at is not None else "",
+        "1" if first.unique else ("2" if retry else ""),
+        first.concurrency_limit or "",
+        first.name,
+        first.queue,
+        str(time.time_ns() // 1_000_000),  # the event's time, ms since the epoch
+        _event_data(first),
+        events_max,
+    ]
+    for job in group:
+        args += (job.job_id, job.envelope, job.concurrency_key or "")
+    names = [qk.wait(first.priority), qk.delayed, qk.marker, keys.events, *(qk.job(j.job_id) for j in group)]
+    return names, args
+
+
 class RedisBackend(Backend):
     LOG_LINES = 1000  # kept per job; older lines are dropped
     LOG_TTL = 7 * 86400
@@ -262,22 +289,7 @@ class RedisBackend(Backend):
         return groups
 
     def _enqueue_call(self, group: list[Prepared], client: Any, *, retry: bool = False) -> Any:
-        first = group[0]
-        qk = self.keys.queue(first.queue)  # cached: its key names are built once
-        args: list[Any] = [
-            first.priority,
-            epoch_ms(first.due_at) if first.due_at is not None else "",
-            "1" if first.unique else ("2" if retry else ""),
-            first.concurrency_limit or "",
-            first.name,
-            first.queue,
-            str(time.time_ns() // 1_000_000),  # the event's time, ms since the epoch
-            _event_data(first),
-            self.events.maxlen,
-        ]
-        for job in group:
-            args += (job.job_id, job.envelope, job.concurrency_key or "")
-        keys = [qk.wait(first.priority), qk.delayed, qk.marker, self.keys.events, *(qk.job(j.job_id) for j in group)]
+        keys, args = enqueue_script_call(self.keys, group, self.events.maxlen, retry=retry)
         reply = self.scripts.enqueue(keys=keys, args=args, client=client)
         return {i.decode() for i in reply} if client is self.connection else reply
 
