@@ -209,7 +209,7 @@ class EventStream(BaseEventStream):
         target = self.connection if pipeline is None else pipeline
         fields: dict[Any, Any] = event.to_fields()
         entry_id = target.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
-        return None if pipeline is not None else _text(cast(bytes | str, entry_id))
+        return None if pipeline is not None else _text(entry_id)
 
     def latest_id(self) -> str:
         newest = cast(list[tuple[bytes | str, Any]], self.connection.xrevrange(self.key, "+", "-", count=1))

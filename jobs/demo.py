@@ -31,7 +31,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -432,10 +432,10 @@ def _keep_or_clean(console: Console, choice: RedisChoice, prefix: str, keep: boo
         for key in choice.connection.scan_iter(match=f"{prefix}:*", count=1000):
             batch.append(key)
             if len(batch) >= 500:
-                removed += cast(int, choice.connection.delete(*batch))
+                removed += choice.connection.delete(*batch)
                 batch = []
         if batch:
-            removed += cast(int, choice.connection.delete(*batch))
+            removed += choice.connection.delete(*batch)
         console.print(f"cleaned up: {removed} Redis keys under {prefix}: and the demo's folder (--keep keeps them)")
         return
     emails = len(list(catalog.outbox_dir.glob("*.eml"))) if catalog.outbox_dir.exists() else 0

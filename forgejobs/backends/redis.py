@@ -151,7 +151,7 @@ class RedisDeadLetters(DeadLetterStore):
         return bool(removed)
 
     def count(self) -> int:
-        return int(cast(int, self.connection.zcard(self.keys.dead_index)))
+        return int(self.connection.zcard(self.keys.dead_index))
 
 
 def _event_data(job: Prepared) -> str:
@@ -648,7 +648,7 @@ return false
         return len(ids)
 
     def running(self, queue: str) -> int:
-        return int(cast(int, self.connection.hlen(self.keys.queue(queue).active)))
+        return int(self.connection.hlen(self.keys.queue(queue).active))
 
     def obliterate(self, queue: str) -> int:
         qk = self.keys.queue(queue)

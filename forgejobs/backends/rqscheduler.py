@@ -200,7 +200,7 @@ return 0
         """Fewer repeats stored than enabled schedules declared: something deleted them (FLUSHALL, a restart
         without persistence). One ZCARD a pass."""
         wanted = sum(1 for s in repeater.schedules.values() if s.schedule.enabled)
-        return int(cast(int, self.connection.zcard(self._zset))) < wanted
+        return int(self.connection.zcard(self._zset)) < wanted
 
 
 def _from_ts(score: float) -> datetime:
