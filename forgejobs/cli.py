@@ -1,4 +1,4 @@
-"""The `forgejobs` command line: check, enqueue, info, jobs, job, schema, worker, scheduler, dead, demo.
+"""The `forgejobs` command line: check, enqueue, info, jobs, job, schema, worker, metrics, scheduler, dead, demo.
 
 Every error is printed as one sentence on stderr, starting with `error:` and naming the option, setting,
 field or name that is wrong (never a Pydantic error dump), with exit status 1.
@@ -318,6 +318,41 @@ def worker(
 
 
 @cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=9187, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.pass_obj
+def metrics(settings: Settings, port: int, host: str) -> None:
+    """Serve Prometheus metrics at http://HOST:PORT/metrics, read from Redis at each scrape (cluster-wide)."""
+    import signal
+    import threading
+
+    try:
+        from prometheus_client import start_http_server
+    except ModuleNotFoundError:
+        _fail("forgejobs metrics needs prometheus-client: pip install prometheus-client")
+    from .metrics import collector_registry
+
+    with _errors():
+        try:
+            queues: list[str] | None = sorted(_registry(settings).queues)
+        except ForgeJobsError as exc:  # no job package here: serve the queues found in Redis
+            err.print(f"note: {exc}; serving the queues found in Redis", highlight=False, markup=False)
+            queues = None
+        try:
+            started = start_http_server(port, host, registry=collector_registry(settings, queues))
+        except OSError as exc:
+            _fail(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    console.print(f"serving metrics on http://{host}:{port}/metrics", highlight=False)
+    while not stop.wait(1.0):
+        pass
+    if isinstance(started, tuple):
+        started[0].shutdown()
+
+
+@cli.command()
 @click.option("--interval", type=float, default=0.2, show_default=True, help="Seconds between passes.")
 @click.pass_obj
 def scheduler(settings: Settings, interval: float) -> None:
@@ -552,6 +587,31 @@ def job_show(settings: Settings, job_id: str, as_json: bool) -> None:
     _print_detail(detail)
 
 
+@job_group.command("cancel")
+@click.argument("job_id", metavar="ID")
+@click.pass_obj
+def job_cancel(settings: Settings, job_id: str) -> None:
+    """Cancel job ID. Waiting or delayed: taken off its queue at once. Running: its handler sees
+    ctx.cancelled within a heartbeat (stall_timeout / 5) and the job ends as cancelled. Exit 1 if the
+    job is unknown or has already finished."""
+    from .runtime.cancel import cancel
+
+    with _errors():
+        client = _client(settings)
+        result = cancel(client.backend, client.registry, job_id)
+    what = f"{job_id} ({result.name or '?'} on {result.queue})"
+    if result.outcome == "cancelled":
+        console.print(f"cancelled {what}: it will not run", highlight=False)
+    elif result.outcome == "requested":
+        console.print(
+            f"cancel requested for running job {what}: its worker tells the handler (ctx.cancelled) "
+            "within a heartbeat, and the job ends as cancelled",
+            highlight=False,
+        )
+    else:
+        console.print(f"a cancel of running job {what} was already requested", highlight=False)
+
+
 def _when(moment: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if moment is not None else "-"
 
@@ -625,7 +685,8 @@ def _print_detail(d: Any) -> None:
 @click.option(
     "--state",
     default=None,
-    help="Only this state: active, waiting, parked, delayed, stalled, succeeded, failed, dead (default: all).",
+    help="Only this state: active, waiting, parked, delayed, stalled, succeeded, failed, dead, cancelled "
+    "(default: all).",
 )
 @click.option("--name", "job_name", default=None, help="Only jobs of this job type, e.g. email.welcome-email.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many jobs.")
@@ -691,6 +752,7 @@ def _summary_when(j: Any) -> str:
         State.SUCCEEDED: j.finished_at,
         State.FAILED: j.finished_at,
         State.DEAD: j.finished_at,
+        State.CANCELLED: j.finished_at,
     }.get(j.state, j.enqueued_at)
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
 

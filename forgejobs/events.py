@@ -68,6 +68,7 @@ class EventKind(StrEnum):
     STALLED = "stalled"  # its worker died mid-job (data: error)
     DEDUPLICATED = "deduplicated"  # an enqueue was dropped as a duplicate of job_id
     ABORTED = "aborted"  # its worker stopped mid-job; the same attempt runs again
+    CANCELLED = "cancelled"  # someone cancelled it: taken off its queue, or stopped while it ran
 
 
 class Event(BaseModel):
@@ -314,6 +315,9 @@ class Hooks:
 
     def on_aborted(self, fn: H) -> H:
         return self.on(EventKind.ABORTED, fn)
+
+    def on_cancelled(self, fn: H) -> H:
+        return self.on(EventKind.CANCELLED, fn)
 
 
 class _Outage:

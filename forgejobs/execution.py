@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import json
 import logging
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -57,7 +58,7 @@ class Runtime:
     dead_letters: DeadLetterStore
     resources: Any = None
     report_progress: Callable[[str, ProgressValue], None] | None = None
-    on_outcome: Callable[[str, Outcome], None] | None = None
+    on_outcome: Callable[[str, WorkerOutcome], None] | None = None
     hooks: Hooks | None = None  # in-process callbacks, no Redis round trip
     limiter: RateLimiter | None = None  # None: rate limits are not applied (unit tests of handlers)
     report_log: Callable[[str, str], None] | None = None
@@ -103,6 +104,15 @@ class DeadLettered:
 
 
 @dataclass(frozen=True)
+class Cancelled:
+    """Someone cancelled the job while it ran, and its handler returned or raised after that: it ends
+    as `cancelled` (no retry, no dead letter), whatever the handler did."""
+
+    name: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
 class Aborted:
     """The worker stopped mid-job; run the same attempt again as soon as possible."""
 
@@ -114,6 +124,22 @@ class Aborted:
 
 
 Outcome = Succeeded | Retry | DeadLettered | Aborted
+"""What `execute` returns: with no way to cancel a run, it cannot end as `Cancelled`."""
+
+WorkerOutcome = Outcome | Cancelled
+"""What `execute_cancellable` returns: a worker's run may also end as `Cancelled`."""
+
+
+def retry_counter(outcome: Retry) -> tuple[str, str]:
+    """The metric counter a retry adds to and its per-minute kind: `retried` for a failed attempt that runs
+    again ("f"), `rate_limited` for a wait a rate limit imposed, `deferred` for RetryLater (neither fails)."""
+    envelope = outcome.envelope
+    attempt = envelope.history[-1].attempt if envelope.history else envelope.attempt
+    if envelope.attempt != attempt:
+        return "retried", "f"
+    if _is_rate_limit(outcome.error):
+        return "rate_limited", ""
+    return "deferred", ""
 
 
 @dataclass
@@ -148,10 +174,21 @@ def call_perform(job: Job, ctx: Context[Any]) -> Any:
 
 def execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
     """Run one job from its stored envelope and say what should happen next."""
-    return _announce(runtime, _execute(raw, runtime, job_id=job_id, queue=queue), job_id, queue)
+    outcome = _announce(runtime, _execute(raw, runtime, job_id=job_id, queue=queue), job_id, queue)
+    assert not isinstance(outcome, Cancelled)  # nothing can cancel it: there is no cancel event
+    return outcome
 
 
-def _announce(runtime: Runtime, outcome: Outcome, job_id: str, queue: str) -> Outcome:
+def execute_cancellable(
+    raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str, cancel: threading.Event
+) -> WorkerOutcome:
+    """`execute` for a worker that can be told to cancel the run: `cancel` is set when someone cancels the job
+    while it runs; the handler sees `ctx.cancelled`, and the job ends as `Cancelled` whether it then returns
+    or raises."""
+    return _announce(runtime, _execute(raw, runtime, job_id=job_id, queue=queue, cancel=cancel), job_id, queue)
+
+
+def _announce(runtime: Runtime, outcome: WorkerOutcome, job_id: str, queue: str) -> WorkerOutcome:
     """Tell the listeners (outcome callback, event stream, hooks) what happened."""
     if runtime.on_outcome is not None:
         runtime.on_outcome(outcome.name, outcome)
@@ -159,7 +196,7 @@ def _announce(runtime: Runtime, outcome: Outcome, job_id: str, queue: str) -> Ou
     return outcome
 
 
-def outcome_events(outcome: Outcome, job_id: str, queue: str) -> list[Event]:
+def outcome_events(outcome: WorkerOutcome, job_id: str, queue: str) -> list[Event]:
     """The events that report an outcome: a failed attempt that will run again is `failed` then
     `retrying`; a wait that uses no attempt (RetryLater, a rate limit) is `retrying` alone."""
 
@@ -180,10 +217,14 @@ def outcome_events(outcome: Outcome, job_id: str, queue: str) -> list[Event]:
         record = outcome.record
         attempt = record.attempts[-1].attempt if record.attempts else 1
         return [event(EventKind.DEAD_LETTERED, attempt, reason=record.reason.value, error=record.error)]
+    if isinstance(outcome, Cancelled):
+        return [event(EventKind.CANCELLED, outcome.attempt)]
     return [event(EventKind.ABORTED, outcome.envelope.attempt)]
 
 
-def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> Outcome:
+def _execute(
+    raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str, cancel: threading.Event | None = None
+) -> WorkerOutcome:
     try:
         envelope = decode(raw)
     except EnvelopeError as exc:
@@ -217,12 +258,18 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
         resources=runtime.resources,
         _report_progress=_progress_reporter(runtime, envelope, queue),
         _report_log=_log_reporter(runtime, envelope.id),
+        _cancel=cancel,
     )
     runtime.emit([_event(EventKind.STARTED, envelope, queue)])
     guard = runtime.guard(options.timeout.total_seconds()) if runtime.guard else contextlib.nullcontext()
     try:
-        with guard:
-            value = call_perform(job, ctx)
+        try:
+            with guard:
+                value = call_perform(job, ctx)
+        except Exception:
+            if ctx.cancelled:  # it raised after its cancel was asked for: cancelled, not failed
+                return _cancelled(ctx, envelope)
+            raise
     except WorkerShutdown:
         return Aborted(envelope)
     except RetryLater as exc:
@@ -251,11 +298,18 @@ def _execute(raw: str | bytes, runtime: Runtime, *, job_id: str, queue: str) -> 
             )
             return Retry(delay, envelope.next_attempt(error, delay), error)
         return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error, traceback.format_exc()), exc)
+    if ctx.cancelled:
+        return _cancelled(ctx, envelope)
     try:
         return Succeeded(to_json_value(value), envelope.name, envelope.attempt)
     except (TypeError, ValueError) as exc:
         message = f"perform returned {type(value).__name__}, which is not JSON-serialisable: {exc}"
         return _dead(runtime, _record(envelope, queue, Reason.BAD_RESULT, message))
+
+
+def _cancelled(ctx: Context[Any], envelope: Envelope) -> Cancelled:
+    ctx.logger.info("cancelled while running; recorded as cancelled")
+    return Cancelled(envelope.name, envelope.attempt)
 
 
 STALL_ERROR = "stalled: the worker running it stopped (killed, crashed or lost)"
@@ -323,7 +377,8 @@ def record_stalled(outcome: Retry | DeadLettered, runtime: Runtime, *, job_id: s
     else:
         attempt = outcome.envelope.attempt - 1
         log.warning("%s %s stalled on attempt %d; retrying in %.3gs", outcome.name, job_id, attempt, outcome.delay)
-    return _announce(runtime, outcome, job_id, queue)
+    _announce(runtime, outcome, job_id, queue)
+    return outcome
 
 
 def _log_reporter(runtime: Runtime, job_id: str) -> Callable[[str], None] | None:

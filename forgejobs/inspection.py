@@ -53,6 +53,7 @@ class State(StrEnum):
     SUCCEEDED = "succeeded"  # finished, kept for its result TTL (and the queue's retention)
     FAILED = "failed"  # failed for good, kept for its failure TTL (and the queue's retention)
     DEAD = "dead"  # a dead letter (most failed jobs have one; it outlives the job's record)
+    CANCELLED = "cancelled"  # cancelled, kept for its result TTL (and the queue's completed retention)
 
 
 STATE_ORDER: tuple[State, ...] = tuple(State)
@@ -106,7 +107,10 @@ class JobSummary(BaseModel):
     )
     enqueued_at: datetime | None = None
     due_at: datetime | None = Field(default=None, description="Delayed: when it may start.")
-    started_at: datetime | None = Field(default=None, description="Active: when this attempt started.")
+    started_at: datetime | None = Field(
+        default=None,
+        description="Active: when this attempt started; otherwise when the last attempt that ended started.",
+    )
     finished_at: datetime | None = None
     expires_at: datetime | None = Field(
         default=None, description="Succeeded or failed: when its record is deleted (unless retention trims it first)."

@@ -99,6 +99,26 @@ class QueueKeys:
         return f"{self.tag}:stalled"
 
     @property
+    def cancelled(self) -> str:
+        """Sorted set: cancelled jobs, id -> expiry (ms); trimmed by retention like succeeded ones."""
+        return f"{self.tag}:cancelled"
+
+    @property
+    def cancels(self) -> str:
+        """Set: ids of running jobs someone asked to cancel; read by the workers' heartbeat (beat.lua)."""
+        return f"{self.tag}:cancels"
+
+    @property
+    def metrics(self) -> str:
+        """Hash: the queue's counters and histogram buckets (see runtime/scripts/metrics.lua)."""
+        return f"{self.tag}:metrics"
+
+    @property
+    def minutes(self) -> str:
+        """Hash: "<minute>|<kind>" -> jobs succeeded (c) or attempts failed (f) in that minute; 24 h kept."""
+        return f"{self.tag}:minutes"
+
+    @property
     def check(self) -> str:
         """String with a short TTL: one recovery pass per queue per interval, whichever worker runs it."""
         return f"{self.tag}:check"
@@ -113,8 +133,9 @@ class QueueKeys:
         return f"{self.tag}:job:"
 
     def job(self, job_id: str) -> str:
-        """Hash: one job (d envelope, p priority, s status, r result, e error, ft finished ms, pg progress,
-        ck/cl concurrency key and its limit)."""
+        """Hash: one job (d envelope, p priority, s status, r result, e error, ft finished ms, st start ms of
+        the attempt that ended last, q when it became ready to start (ms), pg progress, ck/cl concurrency key
+        and its limit, x: a cancel was asked for while it ran (how long to keep it, ms))."""
         return f"{self.job_prefix}{job_id}"
 
     def job_bytes(self, job_id: bytes) -> bytes:
@@ -142,6 +163,11 @@ class QueueKeys:
     def parked_jobs(self, key: bytes) -> bytes:
         """List: the jobs of one concurrency key waiting for a place (`key` as read back from `parked`)."""
         return self.ck_prefix.encode() + key + b":wait"
+
+    @cached_property
+    def fetch_keys(self) -> list[str]:
+        """The keys fetch.lua takes after the standard ones and the event stream."""
+        return [self.metrics, self.minutes, self.cancelled, self.cancels]
 
     @cached_property
     def standard(self) -> list[str]:

@@ -148,7 +148,7 @@ def test_aenqueue_stores_the_same_record_as_enqueue(conn: redis.Redis, sync_clie
     async_id = run(scenario())
     sync_id = Echo.with_options(client=sync_client, priority=2).enqueue(text="same").id
     stored_async, stored_sync = job_hash(conn, async_id), job_hash(conn, sync_id)
-    assert stored_async.keys() == stored_sync.keys() == {b"d", b"p", b"s"}
+    assert stored_async.keys() == stored_sync.keys() == {b"d", b"p", b"s", b"q"}
     assert stored_async[b"p"] == b"2" and stored_async[b"s"] == b"queued"
     envelope = stored_async[b"d"].decode().replace(async_id, "ID")
     other = stored_sync[b"d"].decode().replace(sync_id, "ID")

@@ -58,6 +58,21 @@ class QueueCounts:
     running: int
     finished: int
     failed: int
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What a backend did with a cancel. `outcome`: "cancelled" (it was waiting, parked, delayed or stalled:
+    done now), "requested" (it runs: its worker stops it; it ends as cancelled), "already" (a cancel of
+    the running job was asked for before), "finished" (`status` says how it ended: nothing done),
+    "unknown" (no such job)."""
+
+    job_id: str
+    queue: str | None
+    outcome: str
+    name: str | None
+    status: Status | None
 
 
 class Backend(ABC):
@@ -117,6 +132,10 @@ class Backend(ABC):
         """Up to `limit` jobs of `queue` in `state` (of job type `name` only, if given), in the order
         `forgejobs.inspection.Inspector.jobs` documents."""
         raise NotImplementedError(f"{type(self).__name__} cannot list jobs")
+
+    def cancel(self, job_id: str, *, keep_for: Callable[[str | None], float] = lambda name: 3600.0) -> Cancellation:
+        """Cancel a job: see `Cancellation` for what may happen."""
+        raise NotImplementedError(f"{type(self).__name__} cannot cancel jobs")
 
     # -- queue administration (pause, resume, drain, obliterate) ------------------------
 

@@ -36,7 +36,7 @@ from ..runtime.corrupt import raw_text, read_record, shown_id
 from ..runtime.scripts import Scripts
 from ..settings import Settings
 from ..status import Status
-from .base import Backend, JobState, Prepared, QueueCounts
+from .base import Backend, Cancellation, JobState, Prepared, QueueCounts
 
 if TYPE_CHECKING:
     from ..inspection import JobDetail, JobSummary, State
@@ -183,7 +183,14 @@ def enqueue_script_call(
     ]
     for job in group:
         args += (job.job_id, job.envelope, job.concurrency_key or "")
-    names = [qk.wait(first.priority), qk.delayed, qk.marker, keys.events, *(qk.job(j.job_id) for j in group)]
+    names = [
+        qk.wait(first.priority),
+        qk.delayed,
+        qk.marker,
+        keys.events,
+        *(qk.job(j.job_id) for j in group),
+        qk.metrics,
+    ]
     return names, args
 
 
@@ -359,12 +366,14 @@ class RedisBackend(Backend):
                 pipe.zcard(qk.delayed)
                 pipe.hlen(qk.active)
                 pipe.zcard(qk.done)
+                pipe.zcard(qk.cancelled)
             replies = iter(int(n) for n in pipe.execute())
         rows = []
         for queue in queues:
             waiting = sum(next(replies) for _ in range(len(PRIORITIES) + 1 + len(parked[queue])))
-            scheduled, running, finished = next(replies), next(replies), next(replies)
-            rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead_by_queue.get(queue, 0)))
+            scheduled, running, finished, cancelled = next(replies), next(replies), next(replies), next(replies)
+            dead = dead_by_queue.get(queue, 0)
+            rows.append(QueueCounts(queue, waiting, scheduled, running, finished, dead, cancelled))
         return rows
 
     def pending(self, queues: Iterable[str], horizon_ms: float = 0.0) -> int:
@@ -400,7 +409,8 @@ class RedisBackend(Backend):
             pipe.zscore(qk.failed, job_id)
             pipe.lpos(qk.stalled, job_id)
             pipe.lrange(qk.log(job_id), 0, -1)
-            fields, owner, due, done, failed, stalled, logs = pipe.execute(raise_on_error=False)
+            pipe.zscore(qk.cancelled, job_id)
+            fields, owner, due, done, failed, stalled, logs, cancelled = pipe.execute(raise_on_error=False)
         if isinstance(fields, Exception):  # not a hash: a corrupt record, shown as it is
             kind, content = read_record(self.connection, qk.job(job_id))
             fields = {b"raw": f"{kind}: {content}".encode()}
@@ -419,7 +429,7 @@ class RedisBackend(Backend):
         attempts = record.history
         if dead is not None and len(dead.attempts) >= len(attempts):
             attempts = dead.attempts  # the dead letter also holds the last attempt
-        expiry = done if state is State.SUCCEEDED else failed if state is State.FAILED else None
+        expiry = {State.SUCCEEDED: done, State.FAILED: failed, State.CANCELLED: cancelled}.get(state)
         summary = record.summary(state, owner=owner, due=due, expires=expiry, error=error)
         return JobDetail(
             **dict(summary),
@@ -495,6 +505,8 @@ class RedisBackend(Backend):
             yield from self._zset_chunks(qk.done, "expires", reverse=True)
         elif state is State.FAILED:
             yield from self._zset_chunks(qk.failed, "expires", reverse=True)
+        elif state is State.CANCELLED:
+            yield from self._zset_chunks(qk.cancelled, "expires", reverse=True)
 
     def _list_chunks(self, key: Any) -> Iterator[list[tuple[bytes, dict[str, Any]]]]:
         start = 0
@@ -517,6 +529,35 @@ class RedisBackend(Backend):
                 return
             start += self._CHUNK
 
+    # -- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, job_id: str, *, keep_for: Callable[[str | None], float] = lambda name: 3600.0) -> Cancellation:
+        """Cancel a job (see `cancel.lua`): a waiting, parked, delayed or stalled one is recorded as cancelled
+        at once; a running one is marked, and its worker's handler sees `ctx.cancelled` within a heartbeat.
+        `keep_for(job name)`: seconds its record is kept afterwards (its result TTL, as a succeeded job's)."""
+        queue = self.find_queue(job_id)
+        if queue is None:
+            return Cancellation(job_id, None, "unknown", None, None)
+        qk = self.keys.queue(queue)
+        raw = self.connection.hget(qk.job(job_id), "d")
+        try:
+            name = decode_envelope(cast(bytes, raw)).name if raw else None
+        except EnvelopeError:
+            name = None
+        keys = [*qk.standard, qk.stalled, self.keys.events, qk.metrics, qk.cancelled, qk.cancels]
+        args: list[Any] = [
+            qk.job_prefix,
+            qk.ck_prefix,
+            job_id,
+            max(1, round(keep_for(name) * 1000)),
+            time.time_ns() // 1_000_000,
+            self.events.maxlen,
+            queue,
+        ]
+        outcome, name, status = self.scripts.cancel(keys=keys, args=args)
+        shown = _STATUS.get(status, Status.UNKNOWN) if isinstance(status, bytes) else None
+        return Cancellation(job_id, queue, raw_text(outcome), raw_text(name) if name else None, shown)
+
     # -- dedupe and debounce --------------------------------------------------------------
 
     _CLAIM = """
@@ -538,19 +579,22 @@ return false
                 script(keys=[self.keys.dedupe(job.dedupe)], args=[job.job_id, ttl_ms], client=pipe)
             holders = pipe.execute()
         taken = {job.job_id: h.decode() for job, h in zip(wanted, holders) if h and h.decode() != job.job_id}
-        events = []
-        for job in wanted:
-            if job.job_id in taken:
-                events.append(
-                    Event(
+        if not taken:
+            return taken
+        # The events and the deduplicated counters travel together, in the one round trip the events took.
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job in wanted:
+                if job.job_id in taken:
+                    event = Event(
                         kind=EventKind.DEDUPLICATED,
                         job_id=job.job_id,
                         name=job.name,
                         queue=job.queue,
                         data={"existing": taken[job.job_id]},
                     )
-                )
-        self.events.append_many(events)
+                    self.events.append(event, pipeline=pipe)
+                    pipe.hincrby(self.keys.queue(job.queue).metrics, f"deduplicated|{job.name}", 1)
+            pipe.execute()
         return taken
 
     def unclaim(self, jobs: Sequence[Prepared]) -> None:
@@ -572,8 +616,9 @@ return false
                 if pipe.hget(qk.job(current), "s") == b"scheduled":
                     assert job.due_at is not None
                     pipe.multi()
-                    pipe.hset(qk.job(current), "d", job.envelope)
-                    pipe.zadd(qk.delayed, {current: epoch_ms(job.due_at)})
+                    due_ms = epoch_ms(job.due_at)
+                    pipe.hset(qk.job(current), mapping={"d": job.envelope, "q": due_ms})
+                    pipe.zadd(qk.delayed, {current: due_ms})
                     pipe.pexpire(pointer, ttl_ms)
                     return current, True
             job = build(new_id)
@@ -620,6 +665,7 @@ return false
             pipe.zrem(qk.delayed, job_id)
             pipe.zrem(qk.done, job_id)
             pipe.zrem(qk.failed, job_id)
+            pipe.zrem(qk.cancelled, job_id)
             pipe.delete(qk.job(job_id), qk.log(job_id))
             pipe.execute()
 
@@ -708,6 +754,11 @@ class _Record:
         value = self.fields.get(key)
         return raw_text(value) if value else None
 
+    @property
+    def started(self) -> str | None:
+        """When the attempt that ended last started (ms), kept by fetch.lua with its outcome."""
+        return self._text(b"st")
+
     def _json(self, key: bytes) -> Any:
         value = self.fields.get(key)
         if not value:
@@ -766,6 +817,8 @@ class _Record:
             return State.SUCCEEDED, status
         if status is Status.FAILED:
             return State.FAILED, status
+        if status is Status.CANCELLED:
+            return State.CANCELLED, status
         return State.WAITING, status
 
     def summary(
@@ -795,7 +848,7 @@ class _Record:
             attempt=attempt if isinstance(attempt, int) else None,
             enqueued_at=enqueued_at,
             due_at=_from_ms(due) if isinstance(due, float) else None,
-            started_at=_from_ms(started) if started else None,
+            started_at=_from_ms(started) if started else _from_ms(self.started),
             finished_at=_from_ms(self._text(b"ft")),
             expires_at=_from_ms(expires) if isinstance(expires, float) else None,
             worker=slot,

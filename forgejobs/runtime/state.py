@@ -38,6 +38,8 @@ class Slot:
     job_started: float | None = None  # monotonic, while inside a job
     job_timeout: float = 0.0
     in_handler: bool = False
+    job_id: bytes | None = None  # the job it runs, as stored
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: its job's cancel was asked for
     retired: bool = False
     jobs: int = 0
 

@@ -2,11 +2,11 @@
 
 - every tick (0.1 s): write the events buffered outside the slots (those of recovered jobs);
 - every `stall_timeout / 5`: renew the leases of the process's live slots (one `beat.lua` call per
-  queue, in one round trip);
+  queue, in one round trip), and tell the slots whose job someone asked to cancel (the same reply);
 - every second: read which queues are paused and when each queue's next delayed job is due, recover
   the jobs of dead slots (`recover.lua`, then `settle.lua` for each stalled job) on the queues no
   other worker has checked within the second, and replace slot threads that died;
-- every five seconds: apply retention (`trim.lua`).
+- every five seconds: apply retention (`trim.lua`; `minutes.lua` for the per-minute metrics).
 
 None of this is on a job's round trip.
 """
@@ -37,6 +37,8 @@ log = logging.getLogger("forgejobs.worker")
 TICK = 0.1
 SETTLE_BATCH = 50
 TRIM_BATCH = 500
+MINUTES_KEPT = 24 * 60
+"""Per-minute metrics are kept this many minutes (24 h)."""
 
 
 class Upkeep:
@@ -100,16 +102,28 @@ class Upkeep:
             log.warning("could not write the last events or release the leases: %s", exc)
 
     def beat(self) -> None:
-        """Renew the lease of every live slot, by queue, in one round trip."""
+        """Renew the lease of every live slot, by queue, in one round trip; the reply names the running jobs
+        someone asked to cancel, and the slots running them are told (`ctx.cancelled`)."""
         with self.connection.pipeline(transaction=False) as pipe:
-            any_slot = False
+            beating = []
             for state in self.worker.states.values():
                 idents = [slot.ident for slot in state.slots if slot.alive()]
                 if idents:
-                    any_slot = True
-                    self.scripts.beat(keys=[state.keys.workers], args=[self.worker.lease_ms, *idents], client=pipe)
-            if any_slot:
-                pipe.execute()
+                    beating.append(state)
+                    keys = [state.keys.workers, state.keys.cancels, state.keys.active]
+                    self.scripts.beat(keys=keys, args=[self.worker.lease_ms, *idents], client=pipe)
+            if not beating:
+                return
+            replies = pipe.execute()
+        for state, reply in zip(beating, replies):
+            wanted = set(reply[1:]) if isinstance(reply, list) else set()
+            if wanted:
+                for slot in state.slots:
+                    if slot.job_id is not None and slot.job_id in wanted and not slot.cancel.is_set():
+                        log.info(
+                            "%s %s: cancel asked for; its handler sees ctx.cancelled", state.name, shown_id(slot.job_id)
+                        )
+                        slot.cancel.set()
 
     def refresh(self) -> None:
         """Paused queues, the next due time of each queue's delayed jobs, and the server's clock."""
@@ -162,12 +176,13 @@ class Upkeep:
         raw_key: Any = keys.job_bytes(job_id)  # bytes: the id may not be UTF-8
         shown = shown_id(job_id)
         runtime = self.worker.runtime_for(state)
-        base = [*keys.standard, keys.stalled]
+        base = [*keys.standard, keys.stalled, keys.metrics, keys.minutes]
+        corrupt = ["?", f"dead_lettered:{Reason.CORRUPT.value}", "f"]
         kind = cast(bytes, self.connection.type(raw_key))
         if kind not in (b"hash", b"none"):  # not a job record: keep its bytes as a dead letter, never run it
             kind_text, raw = read_record(self.connection, raw_key)
             error = f"corrupt record: a {kind_text}, not a hash"
-            if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, 5, ""]):
+            if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, 5, "", *corrupt]):
                 runtime.dead_letters.add(
                     DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error=error, raw=raw)
                 )
@@ -177,7 +192,8 @@ class Upkeep:
         rank = int(priority) if priority and priority.isdigit() and 1 <= int(priority) <= 10 else 5
         if envelope is None:  # nothing to run: deleted meanwhile, or a hash that never was a job
             kind_text, raw = read_record(self.connection, raw_key)
-            if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, rank, ""]):
+            metrics = corrupt if kind_text != "none" else ["?", "", ""]
+            if self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, "drop", "", 0, rank, "", *metrics]):
                 if kind_text == "none":
                     log.warning("%s: stalled job %s has no record left; dropped", state.name, shown)
                 else:
@@ -188,11 +204,14 @@ class Upkeep:
         outcome = decide_stalled(envelope, runtime, job_id=shown, queue=state.name)
         if outcome is None:  # not an envelope of a known job: run it through execution, which dead-letters it
             args: list[Any] = ["requeue", envelope, 0]
+            metrics = ["?", "", ""]
         elif isinstance(outcome, Retry):
             args = ["retry", outcome.envelope.encode(), round(outcome.delay * 1000)]
+            metrics = [outcome.name, "stalled retried", "f"]
         else:
             args = ["failed", outcome.record.error, self.worker.failure_ttl_ms(outcome.record.name)]
-        if not self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, *args, rank, envelope]):
+            metrics = [outcome.name, f"stalled dead_lettered:{outcome.record.reason.value}", "f"]
+        if not self.scripts.settle(keys=base, args=[keys.job_prefix, job_id, *args, rank, envelope, *metrics]):
             return  # another worker settled it
         if outcome is not None:
             record_stalled(outcome, runtime, job_id=shown, queue=state.name)
@@ -206,10 +225,17 @@ def trim(scripts: Scripts, keys: QueueKeys, spec: QueueSpec) -> int:
     """One retention pass over a queue's succeeded and failed jobs (see `trim.lua`). Returns how many were
     deleted. Guarantee: afterwards the queue keeps at most `retention.<kind>.count` of each kind, none
     finished longer ago than `retention.<kind>.age`, none past its own result or failure TTL (each pass
-    deletes at most TRIM_BATCH per kind; the next pass, 5 s later, goes on)."""
+    deletes at most TRIM_BATCH per kind; the next pass, 5 s later, goes on). Cancelled jobs are kept like
+    succeeded ones. Per-minute metrics older than MINUTES_KEPT minutes are dropped in the same pass."""
     deleted = 0
-    for key, keep in ((keys.done, spec.retention.completed), (keys.failed, spec.retention.failed)):
+    kinds = (
+        (keys.done, spec.retention.completed),
+        (keys.failed, spec.retention.failed),
+        (keys.cancelled, spec.retention.completed),
+    )
+    for key, keep in kinds:
         count = "" if keep.count is None else keep.count
         age = "" if keep.age is None else round(keep.age.total_seconds() * 1000)
         deleted += int(scripts.trim(keys=[key], args=[keys.job_prefix, count, age, keys.log_prefix, TRIM_BATCH]))
+    scripts.minutes(keys=[keys.minutes], args=[MINUTES_KEPT])
     return deleted

@@ -38,8 +38,21 @@ from ..client import Client, set_client
 from ..deadletter import DeadLetter, Reason
 from ..errors import BackendUnavailable, ForgeJobsError, UnknownJob
 from ..events import Event, EventKind, Hooks
-from ..execution import Aborted, DeadLettered, Outcome, Retry, Runtime, Succeeded, WorkerShutdown, execute
+from ..execution import (
+    Aborted,
+    Cancelled,
+    DeadLettered,
+    Outcome,
+    Retry,
+    Runtime,
+    Succeeded,
+    WorkerOutcome,
+    WorkerShutdown,
+    execute_cancellable,
+    retry_counter,
+)
 from ..keys import Keys
+from ..logs import job_line
 from ..outage import UNREACHABLE, Outage
 from ..ratelimit import RedisRateLimiter
 from ..registry import Registry
@@ -84,6 +97,12 @@ def _event_values(event: Event) -> list[str]:
     return [fields[name] for name in ("kind", "job_id", "name", "queue", "attempt", "at", "data")]
 
 
+def _outcome_word(finish: Finish) -> str:
+    """What the job line says happened: succeeded, retried, rate_limited, deferred, dead_lettered, ..."""
+    words = {"done": "succeeded", "failed": "dead_lettered", "cancelled": "cancelled", "requeue": "aborted"}
+    return words.get(finish.mode) or (finish.counters.split()[0] if finish.counters else "retried")
+
+
 def connect(url: str) -> redis.Redis:
     """A connection for a worker: socket timeouts above the waiter's longest block (1 s)."""
     return redis_connect(url, timeout=15, connect_timeout=5)
@@ -100,7 +119,7 @@ class WorkerStats:
         with self.lock:
             self.counts[kind] += n
 
-    def add_outcome(self, outcome: Outcome) -> None:
+    def add_outcome(self, outcome: WorkerOutcome) -> None:
         kind = type(outcome).__name__.lower()
         self.add({"retry": "retried", "deadlettered": "dead"}.get(kind, kind))
 
@@ -119,12 +138,16 @@ class Fetched:
 class Finish:
     """What to record about a job a slot ran, sent with the slot's next fetch."""
 
-    mode: str  # done, failed, retry, requeue
+    mode: str  # done, failed, retry, requeue, cancelled
     job: Fetched
     payload: str | bytes
     ms: int
     owner: str  # the slot identity that took it
     events: list[str] = field(default_factory=list)  # outcome events, 7 fields each, written with the outcome
+    name: str = "?"  # the job's name, for the metrics
+    run_ms: int | None = None  # how long it ran (None: its handler did not run)
+    counters: str = ""  # metric counters to add 1 to, space-separated (see runtime/scripts/metrics.lua)
+    minute: str = ""  # per-minute kind: "c" succeeded, "f" a failed attempt
 
 
 class Worker:
@@ -139,7 +162,7 @@ class Worker:
         concurrency: int | None = None,
         connection: redis.Redis | None = None,
         resources: Any = None,  # None: built by load_resources(settings)
-        on_outcome: Callable[[str, Outcome], None] | None = None,
+        on_outcome: Callable[[str, Outcome], None] | None = None,  # not called for cancelled runs
         hooks: Hooks | None = None,  # None: load_hooks(settings)
         guard: Callable[[float], AbstractContextManager[object]] = watchdog_guard,
     ) -> None:
@@ -219,9 +242,9 @@ class Worker:
     def runtime_for(self, state: QueueState) -> Runtime:
         return self._runtimes[state.name]
 
-    def _on_outcome(self, name: str, outcome: Outcome) -> None:
+    def _on_outcome(self, name: str, outcome: WorkerOutcome) -> None:
         self.stats.add_outcome(outcome)
-        if self._user_on_outcome is not None:
+        if self._user_on_outcome is not None and not isinstance(outcome, Cancelled):
             self._user_on_outcome(name, outcome)
 
     def _options(self, name: str | None) -> Any:
@@ -511,13 +534,15 @@ class Worker:
         args += ["1" if take else "", limit, "1" if woke else "", keys.ck_prefix]
         args.append(finish.job.concurrency_key or "" if finish else "")
         args += [int(time.time() * 1000), self.backend.events.maxlen, state.name]
-        if finish is None or not finish.events:
-            args.append(0)
+        if finish is None:
+            args += [0, "", "", "", ""]
         else:
             args.append(len(finish.events) // 7)
             args += finish.events
+            run_ms = "" if finish.run_ms is None else finish.run_ms
+            args += [finish.name, run_ms, finish.counters, finish.minute]
         lost, job_id, envelope, priority, ck, status = self.scripts.fetch(
-            keys=[*keys.standard, self.keys.events], args=args
+            keys=[*keys.standard, self.keys.events, *keys.fetch_keys], args=args
         )
         if lost and finish is not None:
             log.warning(
@@ -538,36 +563,93 @@ class Worker:
             return self._corrupt(state, slot, job, shown)
         runtime = self._runtimes[state.name]
         slot.job_timeout = self._timeout_hint(job.envelope)
-        slot.job_started = time.monotonic()
+        slot.job_id = job.id
+        slot.cancel = cancel = threading.Event()
+        slot.job_started = started = time.monotonic()
         slot.in_handler = True
         outbox: list[Event] = []
         self._slot_local.outbox = outbox
         try:
-            outcome = execute(job.envelope, runtime, job_id=shown, queue=state.name)
-            finish = self._finish_for(outcome, job, slot)
+            ran = execute_cancellable(job.envelope, runtime, job_id=shown, queue=state.name, cancel=cancel)
+            finish = self._finish_for(ran, job, slot)
+            outcome: WorkerOutcome | None = ran
         except WorkerShutdown:
-            finish = Finish("requeue", job, job.envelope, 0, slot.ident)
+            finish = Finish("requeue", job, job.envelope, 0, slot.ident, counters="aborted")
+            outcome = None
         except BaseException:  # noqa: BLE001 - e.g. a timeout that fired after perform returned
             log.exception("%s %s: failed outside its handler; running it again in 1 s", state.name, shown)
-            finish = Finish("retry", job, job.envelope, 1000, slot.ident)
+            finish = Finish("retry", job, job.envelope, 1000, slot.ident, counters="retried", minute="f")
+            outcome = None
         finally:
             self._slot_local.outbox = None
             slot.in_handler = False
             slot.job_started = None
+            slot.job_id = None
+        elapsed = time.monotonic() - started
+        if finish.mode != "requeue" and not finish.counters.startswith("rate_limited"):
+            finish.run_ms = round(elapsed * 1000)
+        if finish.name == "?":
+            finish.name = self._name_hint(job.envelope)
         finish.events = [value for event in outbox for value in _event_values(event)]
+        job_line(
+            log,
+            queue=state.name,
+            job_id=shown,
+            name=finish.name,
+            attempt=self._attempt_hint(outcome),
+            outcome=_outcome_word(finish),
+            duration=elapsed,
+            error=outcome.error
+            if isinstance(outcome, Retry)
+            else outcome.record.error
+            if isinstance(outcome, DeadLettered)
+            else None,
+        )
         return finish
 
-    def _finish_for(self, outcome: Outcome, job: Fetched, slot: Slot) -> Finish:
+    def _finish_for(self, outcome: WorkerOutcome, job: Fetched, slot: Slot) -> Finish:
+        name = outcome.name
         if isinstance(outcome, Succeeded):
             payload = json.dumps(outcome.value, separators=(",", ":"))
-            return Finish("done", job, payload, self.result_ttl_ms(outcome.name), slot.ident)
+            ttl = self.result_ttl_ms(name)
+            return Finish("done", job, payload, ttl, slot.ident, name=name, counters="succeeded", minute="c")
         if isinstance(outcome, Retry):
-            return Finish("retry", job, outcome.envelope.encode(), round(outcome.delay * 1000), slot.ident)
+            counter, minute = retry_counter(outcome)
+            delay = round(outcome.delay * 1000)
+            encoded = outcome.envelope.encode()
+            return Finish("retry", job, encoded, delay, slot.ident, name=name, counters=counter, minute=minute)
         if isinstance(outcome, DeadLettered):
-            error = outcome.record.error
-            return Finish("failed", job, error, self.failure_ttl_ms(outcome.record.name), slot.ident)
+            record = outcome.record
+            counter = f"dead_lettered:{record.reason.value}"
+            ttl = self.failure_ttl_ms(record.name)
+            return Finish("failed", job, record.error, ttl, slot.ident, name=name, counters=counter, minute="f")
+        if isinstance(outcome, Cancelled):
+            ttl = self.result_ttl_ms(name)
+            return Finish("cancelled", job, "", ttl, slot.ident, name=name, counters="cancelled")
         assert isinstance(outcome, Aborted)
-        return Finish("requeue", job, outcome.envelope.encode(), 0, slot.ident)
+        return Finish("requeue", job, outcome.envelope.encode(), 0, slot.ident, name=name, counters="aborted")
+
+    @staticmethod
+    def _name_hint(envelope: bytes) -> str:
+        start = envelope.find(b'"name":"') + 8
+        end = envelope.find(b'"', start)
+        return envelope[start:end].decode("utf-8", "replace") if start >= 8 and end > 0 else "?"
+
+    @staticmethod
+    def _attempt_hint(outcome: WorkerOutcome | None) -> int | None:
+        if isinstance(outcome, Succeeded):
+            return outcome.attempt
+        if isinstance(outcome, Retry):
+            history = outcome.envelope.history
+            return history[-1].attempt if history else outcome.envelope.attempt
+        if isinstance(outcome, DeadLettered):
+            attempts = outcome.record.attempts
+            return attempts[-1].attempt if attempts else 1
+        if isinstance(outcome, (Aborted,)):
+            return outcome.envelope.attempt
+        if isinstance(outcome, Cancelled):
+            return outcome.attempt
+        return None
 
     def _timeout_hint(self, envelope: bytes) -> float:
         """The job's timeout, for the stuck-slot check (execution enforces it). Read from the name field
@@ -590,4 +672,5 @@ class Worker:
         self._runtimes[state.name].dead_letters.add(record)
         log.error("dead-lettered %s from %s: %s", shown, state.name, error)
         self.stats.add("dead")
-        return Finish("failed", job, error, self.failure_ttl_ms(None), slot.ident)
+        counter = f"dead_lettered:{Reason.CORRUPT.value}"
+        return Finish("failed", job, error, self.failure_ttl_ms(None), slot.ident, counters=counter, minute="f")

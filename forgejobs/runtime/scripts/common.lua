@@ -50,20 +50,24 @@ end
 -- Record what happened to a job that is no longer running (it is already out of the active hash).
 -- mode: "done" (payload: result JSON, ms: result TTL), "failed" (payload: error, ms: failure TTL),
 -- "retry" (payload: next envelope, ms: delay), "requeue" (payload: envelope; to the front, now).
-local function record(mode, id, payload, ms, priority)
+-- started: when the attempt that ended started (ms; nil when unknown), kept as `st`. A job made ready
+-- again gets `q`: when it became ready to start (its due time for a delayed retry), for the wait-time metric.
+local function record(mode, id, payload, ms, priority, started)
     local jk = prefix .. id
+    local st = {}
+    if started then st = {'st', started} end
     if mode == 'done' then
-        hset(jk, 's', 'succeeded', 'r', payload, 'ft', now)
+        hset(jk, 's', 'succeeded', 'r', payload, 'ft', now, unpack(st))
         redis.call('ZADD', KEYS[5], now + ms, id)
     elseif mode == 'failed' then
-        hset(jk, 's', 'failed', 'e', payload, 'ft', now)
+        hset(jk, 's', 'failed', 'e', payload, 'ft', now, unpack(st))
         redis.call('ZADD', KEYS[6], now + ms, id)
     elseif mode == 'retry' and ms > 0 then
-        hset(jk, 'd', payload, 's', 'scheduled')
+        hset(jk, 'd', payload, 's', 'scheduled', 'q', now + ms, unpack(st))
         redis.call('ZADD', KEYS[4], now + ms, id)
         redis.call('ZADD', KEYS[3], 'LT', now + ms, 'd')
     else
-        hset(jk, 'd', payload, 's', 'queued')
+        hset(jk, 'd', payload, 's', 'queued', 'q', now, unpack(st))
         local wait = KEYS[6 + priority]
         if mode == 'requeue' then redis.call('LPUSH', wait, id) else redis.call('RPUSH', wait, id) end
         redis.call('ZADD', KEYS[3], 0, '0')
