@@ -11,8 +11,9 @@ import hashlib
 import json
 import secrets
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,18 @@ from .job import Job
 from .options import EnqueueOptions, JobOptions
 from .registry import Registry
 from .settings import Settings
+from .tracing import enqueue_carrier
 
 if TYPE_CHECKING:
+    from .aio import AsyncClient
     from .handle import JobHandle
+
+EnqueueHook = Callable[
+    ["Client | AsyncClient", type[Job], Sequence[Job | Mapping[str, Any]], EnqueueOptions], "list[JobHandle] | None"
+]
+enqueue_hook: ContextVar[EnqueueHook | None] = ContextVar("forgejobs_enqueue_hook", default=None)
+"""Consulted by every enqueue: a hook returning handles has taken the jobs (held until a database commit by
+`forgejobs.sqlalchemy` or `forgejobs.django`); None lets the enqueue go on."""
 
 
 class Client:
@@ -53,6 +63,8 @@ class Client:
 
         if options.job_id is not None and len(items) > 1:
             raise ValueError("job_id names one job; it cannot be used with enqueue_many")
+        if (hook := enqueue_hook.get()) is not None and (held := hook(self, job_type, items, options)) is not None:
+            return held
         job_options = self.registry.ensure(job_type)
         if job_options.debounce is not None:
             return [self._debounce(job_type, job_options, item, options) for item in items]
@@ -123,7 +135,7 @@ class Client:
         extra = f',"scheduled_for":"{options.scheduled_for.isoformat()}"' if options.scheduled_for else ""
         tail = (
             f',"options":{{"queue":"{queue}","priority":{priority}{extra}}},"attempt":1,'
-            f'"history":[],"enqueued_at":"{now.isoformat()}"}}'
+            f'"history":[],"enqueued_at":"{now.isoformat()}"'
         )
         due_at = options.due_at(now)
         timeout = job_options.timeout.total_seconds()
@@ -150,7 +162,7 @@ class Client:
                     name,
                     queue,
                     priority,
-                    f"{head}{job_id}{middle}{payload.decode()}{tail}",
+                    f"{head}{job_id}{middle}{payload.decode()}{tail}{enqueue_carrier(queue, name, job_id)}}}",
                     due_at,
                     timeout,
                     result_ttl,

@@ -1,6 +1,7 @@
 """The JSON envelope: the only thing a backend stores for a job.
 
-`{v, id, name, payload, options, attempt, history, enqueued_at}`. No pickle:
+`{v, id, name, payload, options, attempt, history, enqueued_at}`, and `trace` (an OpenTelemetry
+context carrier) when the producer traced the enqueue. No pickle:
 any version of forgejobs (or any other language) can read, inspect and reject
 an envelope cleanly.
 """
@@ -39,6 +40,7 @@ class Envelope(BaseModel):
     attempt: int = Field(default=1, ge=1)
     history: list[AttemptRecord] = Field(default_factory=list)
     enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    trace: dict[str, str] | None = None  # the enqueue span's context (forgejobs.tracing), when traced
 
     def scheduled_for(self) -> datetime | None:
         """The repeat tick this job was enqueued for, if a scheduler enqueued it."""
@@ -49,7 +51,7 @@ class Envelope(BaseModel):
             return None
 
     def encode(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude={"trace"} if self.trace is None else None)
 
     def next_attempt(self, error: str, delay: float, *, counts: bool = True) -> Envelope:
         record = AttemptRecord(attempt=self.attempt, at=datetime.now(UTC), error=error, delay=delay)

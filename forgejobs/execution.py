@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import tracing
 from .context import Context, ProgressValue
 from .deadletter import DeadLetter, DeadLetterStore, Reason
 from .envelope import Envelope, EnvelopeError, decode
@@ -246,6 +247,37 @@ def _execute(
     limited = _rate_limited(runtime, entry.options, job, envelope, queue)
     if limited is not None:
         return limited
+    with tracing.perform_span(envelope, queue) as span:
+        outcome = _perform(runtime, envelope, job, options, queue, cancel)
+        if span is not None:
+            tracing.outcome(span, *_traced(outcome))
+    return outcome
+
+
+def _traced(outcome: WorkerOutcome) -> tuple[str, str | None]:
+    """How an attempt ended, for its trace span: a word, and the error when it failed."""
+    if isinstance(outcome, Succeeded):
+        return "succeeded", None
+    if isinstance(outcome, Retry):
+        envelope = outcome.envelope
+        failed = not envelope.history or envelope.history[-1].attempt != envelope.attempt
+        return ("retry", outcome.error) if failed else ("deferred", None)
+    if isinstance(outcome, DeadLettered):
+        return "dead_lettered", outcome.record.error
+    if isinstance(outcome, Cancelled):
+        return "cancelled", None
+    return "aborted", None
+
+
+def _perform(
+    runtime: Runtime,
+    envelope: Envelope,
+    job: Job,
+    options: JobOptions,
+    queue: str,
+    cancel: threading.Event | None,
+) -> WorkerOutcome:
+    """Run one attempt of a valid job and say what comes next."""
     ctx = Context(
         job_id=envelope.id,
         name=envelope.name,
@@ -283,9 +315,11 @@ def _execute(
             return Retry(wait, envelope.next_attempt(error, wait), error)
         return _dead(runtime, _record(envelope, queue, Reason.EXHAUSTED, error), exc)
     except Unrecoverable as exc:
+        tracing.record_exception(exc)
         record = _record(envelope, queue, Reason.UNRECOVERABLE, describe(exc), traceback.format_exc())
         return _dead(runtime, record, exc)
     except Exception as exc:
+        tracing.record_exception(exc)
         error = describe(exc)
         if envelope.attempt < options.attempts:
             try:
