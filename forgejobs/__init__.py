@@ -43,6 +43,7 @@ from .errors import (
 from .handle import JobHandle
 from .inspection import Inspector, JobDetail, JobSummary
 from .job import Enqueuer, Job
+from .logs import Secret
 from .options import EnqueueOptions, JobOptions
 from .registry import Registry
 from .settings import Settings
@@ -76,6 +77,7 @@ __all__ = [
     "RegistryError",
     "ResultTimeout",
     "RetryLater",
+    "Secret",
     "Settings",
     "SpecError",
     "Status",

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from .client import Client
 from .errors import ForgeJobsError
+from .logs import configure_logging, job_model, mask_dead_letter
 from .options import EnqueueOptions
 from .registry import Registry
 from .settings import Settings
@@ -101,16 +102,25 @@ def _client(settings: Settings) -> Client:
 
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text or one JSON object each (default: FORGEJOBS_LOG_FORMAT, else text).",
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
+def cli(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     """forgejobs: declarative background jobs on Redis."""
     global console, err
     # Piped output (CI, scripts, tests) gets wide tables instead of rich's 80-column default.
     console = Console(width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = _settings()
+    settings = _settings()
+    if log_format is not None:
+        settings = settings.model_copy(update={"log_format": log_format})
+    configure_logging(settings.log_format, level)
+    ctx.obj = settings
 
 
 @cli.command()
@@ -862,7 +872,7 @@ def dead_list(settings: Settings, limit: int, as_json: bool) -> None:
     """The newest dead letters."""
     with _errors():
         client = _client(settings)
-        records = client.dead_letters(limit)
+        records = [mask_dead_letter(r, job_model(client.registry, r.name)) for r in client.dead_letters(limit)]
         total = client.backend.dead_letters.count()
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
@@ -889,8 +899,9 @@ def dead_list(settings: Settings, limit: int, as_json: bool) -> None:
 def dead_show(settings: Settings, job_id: str) -> None:
     """Everything kept about one dead letter, as JSON."""
     with _errors():
-        record = _client(settings).dead_letter(job_id)
-    click.echo(record.model_dump_json(indent=2))
+        client = _client(settings)
+        record = client.dead_letter(job_id)
+    click.echo(mask_dead_letter(record, job_model(client.registry, record.name)).model_dump_json(indent=2))
 
 
 @dead.command("requeue")

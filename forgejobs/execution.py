@@ -30,6 +30,7 @@ from .envelope import Envelope, EnvelopeError, decode
 from .errors import JobStalled, RateLimited, RetryLater, UnknownJob, Unrecoverable, describe, describe_with_cause
 from .events import Event, EventKind, Hooks
 from .job import Job
+from .logs import job_model, mask_text, secret_values
 from .options import JobOptions
 from .ratelimit import RateLimiter
 from .registry import Registry
@@ -247,11 +248,24 @@ def _execute(
     limited = _rate_limited(runtime, entry.options, job, envelope, queue)
     if limited is not None:
         return limited
+    hidden = secret_values(entry.job_type, envelope.payload)
     with tracing.perform_span(envelope, queue) as span:
-        outcome = _perform(runtime, envelope, job, options, queue, cancel)
+        outcome = _perform(runtime, envelope, job, options, queue, cancel, hidden)
+        if isinstance(outcome, Retry) and hidden:
+            outcome = _masked_retry(outcome, hidden)
         if span is not None:
             tracing.outcome(span, *_traced(outcome))
     return outcome
+
+
+def _masked_retry(outcome: Retry, hidden: list[str]) -> Retry:
+    """`outcome` with the secret payload values in its error (and the attempt it records) replaced by MASK."""
+    envelope = outcome.envelope
+    if envelope.history:
+        last = envelope.history[-1]
+        history = [*envelope.history[:-1], last.model_copy(update={"error": mask_text(last.error, hidden)})]
+        envelope = envelope.model_copy(update={"history": history})
+    return Retry(outcome.delay, envelope, mask_text(outcome.error, hidden))
 
 
 def _traced(outcome: WorkerOutcome) -> tuple[str, str | None]:
@@ -276,8 +290,10 @@ def _perform(
     options: JobOptions,
     queue: str,
     cancel: threading.Event | None,
+    hidden: list[str],
 ) -> WorkerOutcome:
-    """Run one attempt of a valid job and say what comes next."""
+    """Run one attempt of a valid job and say what comes next. `hidden`: the payload's secret values, masked
+    in the job's log lines (errors are masked by the caller and by `_dead`)."""
     ctx = Context(
         job_id=envelope.id,
         name=envelope.name,
@@ -289,7 +305,7 @@ def _perform(
         timeout=options.timeout,
         resources=runtime.resources,
         _report_progress=_progress_reporter(runtime, envelope, queue),
-        _report_log=_log_reporter(runtime, envelope.id),
+        _report_log=_log_reporter(runtime, envelope.id, hidden),
         _cancel=cancel,
     )
     runtime.emit([_event(EventKind.STARTED, envelope, queue)])
@@ -415,10 +431,12 @@ def record_stalled(outcome: Retry | DeadLettered, runtime: Runtime, *, job_id: s
     return outcome
 
 
-def _log_reporter(runtime: Runtime, job_id: str) -> Callable[[str], None] | None:
+def _log_reporter(runtime: Runtime, job_id: str, hidden: list[str] | None = None) -> Callable[[str], None] | None:
     report = runtime.report_log
     if report is None:
         return None
+    if hidden:
+        return lambda line: report(job_id, mask_text(line, hidden))
     return lambda line: report(job_id, line)
 
 
@@ -453,6 +471,15 @@ def _record(envelope: Envelope, queue: str, reason: Reason, error: str, tb: str 
 
 
 def _dead(runtime: Runtime, record: DeadLetter, exc: BaseException | None = None) -> DeadLettered:
+    hidden = secret_values(job_model(runtime.registry, record.name), record.payload)
+    if hidden:  # the payload keeps its secrets (a requeue runs it as enqueued); the messages do not
+        record = record.model_copy(
+            update={
+                "error": mask_text(record.error, hidden),
+                "traceback": mask_text(record.traceback, hidden),
+                "attempts": [a.model_copy(update={"error": mask_text(a.error, hidden)}) for a in record.attempts],
+            }
+        )
     log.error("dead-lettered %s (%s): %s: %s", record.id, record.name or "?", record.reason.value, record.error)
     runtime.dead_letters.add(record)
     return DeadLettered(record, exc)

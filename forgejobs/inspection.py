@@ -13,6 +13,7 @@ registry, adds the options this process declares for the job, and merges states.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .deadletter import DeadLetter
 from .envelope import AttemptRecord
 from .errors import ForgeJobsError, NoSuchJob, UnknownJob
+from .logs import MASK, has_secrets, job_model, mask_dead_letter, mask_payload, mask_text, secret_values
 from .status import Status
 
 if TYPE_CHECKING:
@@ -177,6 +179,42 @@ def declared_options(options: JobOptions) -> dict[str, Any]:
     return out
 
 
+def masked(detail: JobDetail, model: type[BaseModel] | None) -> JobDetail:
+    """`detail` with the payload's secret fields shown as `***`, and their values masked wherever they appear in
+    its errors, traceback, log, result and dead letter (see forgejobs.logs)."""
+    if model is None or not has_secrets(model):
+        return detail
+    payload = detail.payload
+    if payload is None and detail.dead_letter is not None:
+        payload = detail.dead_letter.payload
+    hidden = secret_values(model, payload)
+
+    def text(value: str | None) -> str | None:
+        return mask_text(value, hidden) if value is not None else None
+
+    letter = detail.dead_letter
+    if letter is not None:
+        letter = mask_dead_letter(letter, model)
+    result = detail.result
+    if hidden and result is not None:
+        try:
+            result = json.loads(mask_text(json.dumps(result), [json.dumps(v)[1:-1] for v in hidden]))
+        except ValueError:  # a secret that spans JSON syntax: hide the whole result
+            result = MASK
+    return detail.model_copy(
+        update={
+            "payload": mask_payload(model, detail.payload),
+            "error": text(detail.error),
+            "traceback": text(detail.traceback),
+            "raw": text(detail.raw),
+            "logs": [mask_text(line, hidden) for line in detail.logs],
+            "attempts": [a.model_copy(update={"error": mask_text(a.error, hidden)}) for a in detail.attempts],
+            "result": result,
+            "dead_letter": letter,
+        }
+    )
+
+
 class Inspector:
     """Read jobs through a backend: `job(id)` in full, `jobs(...)` by queue, state and name.
 
@@ -205,7 +243,7 @@ class Inspector:
         if self.registry is not None and detail.name is not None and detail.name in self.registry:
             options = self.registry.resolve(detail.name).options
             detail = detail.model_copy(update={"declared": declared_options(options)})
-        return detail
+        return masked(detail, job_model(self.registry, detail.name))
 
     def jobs(
         self,

@@ -30,6 +30,7 @@ from typing_extensions import TypeVar
 
 from .context import Context
 from .errors import OptionsError
+from .logs import pydantic_secret_fields
 from .options import CLASS_OPTION_NAMES, EnqueueOptions, JobOptions
 from .schedule import Schedule
 
@@ -227,6 +228,13 @@ class Job(BaseModel, metaclass=_JobMeta):
             raise OptionsError(f"{cls.__qualname__}: give concurrency_key and concurrency_limit together")
         if limit_key is not None and options.rate_limit is None:
             raise OptionsError(f"{cls.__qualname__}: rate_limit_key needs a rate_limit")
+        pydantic_secrets = pydantic_secret_fields(cls)
+        if pydantic_secrets:
+            raise OptionsError(
+                f"{cls.__qualname__}: field {', '.join(pydantic_secrets)} is a pydantic SecretStr/SecretBytes, which "
+                "pydantic writes to JSON as '**********', so the worker would receive the mask; declare it "
+                "`Annotated[str, forgejobs.Secret]` instead (masked wherever forgejobs shows it, sent as it is)"
+            )
         if not abstract:
             if options.queue is None:
                 raise OptionsError(f"{cls.__qualname__}: needs a queue= option (or abstract=True for a base class)")

@@ -9,8 +9,9 @@ line one JSON object: `time`, `level`, `logger`, `message`, and for the lines ab
 payload or a message: `forgejobs job ID`, `forgejobs dead show/list --json`, the inspection API's
 `JobDetail` (so the dashboard), and the errors, tracebacks and log lines of the job, where the
 secret's value is replaced if it appears. The envelope in Redis keeps the value (the worker needs
-it, and a requeued dead letter must run as it was enqueued). Mark a field with `Annotated[str, Secret]`,
-or declare it as pydantic's `SecretStr` (which pydantic itself also hides in `repr` and `str`).
+it, and a requeued dead letter must run as it was enqueued). Mark a field with `Annotated[str, Secret]`.
+pydantic's `SecretStr`/`SecretBytes` are refused in a job's payload: pydantic writes them to JSON as
+`**********`, so the worker would receive the mask instead of the value.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 if TYPE_CHECKING:
+    from .deadletter import DeadLetter
     from .registry import Registry
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "Secret",
     "configure_logging",
     "job_line",
+    "mask_dead_letter",
     "mask_payload",
     "mask_text",
     "secret_fields",
@@ -125,6 +128,20 @@ def _is_secret(annotation: Any, metadata: Iterable[Any]) -> bool:
     return any(c in (SecretStr, SecretBytes) for c in candidates)
 
 
+def pydantic_secret_fields(model: type[BaseModel], seen: frozenset[type] = frozenset()) -> list[str]:
+    """Dotted paths of the fields of `model` (and of models nested in it) typed SecretStr or SecretBytes."""
+    found = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        candidates = [annotation, *get_args(annotation)] if get_origin(annotation) is not None else [annotation]
+        if any(c in (SecretStr, SecretBytes) for c in candidates):
+            found.append(name)
+        inner = _nested_model(annotation)
+        if inner is not None and inner not in seen and inner is not model:
+            found.extend(f"{name}.{path}" for path in pydantic_secret_fields(inner, seen | {model}))
+    return found
+
+
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     candidates = [annotation, *get_args(annotation)]
     for c in candidates:
@@ -205,6 +222,23 @@ def mask_text(text: str, values: Iterable[str]) -> str:
         if value:
             text = text.replace(value, MASK)
     return text
+
+
+def mask_dead_letter(record: DeadLetter, model: type[BaseModel] | None) -> DeadLetter:
+    """`record` as shown: secret payload fields as `MASK`, their values masked in its error, traceback, raw
+    bytes and attempts. The stored record keeps the payload (a requeue runs it as enqueued)."""
+    if model is None or not has_secrets(model):
+        return record
+    hidden = secret_values(model, record.payload)
+    return record.model_copy(
+        update={
+            "payload": mask_payload(model, record.payload),
+            "error": mask_text(record.error, hidden),
+            "traceback": mask_text(record.traceback, hidden),
+            "raw": mask_text(record.raw, hidden) if record.raw is not None else None,
+            "attempts": [a.model_copy(update={"error": mask_text(a.error, hidden)}) for a in record.attempts],
+        }
+    )
 
 
 def job_model(registry: Registry | None, name: str | None) -> type[BaseModel] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     hooks: str | None = Field(
         default=None,
         description="'module:attribute' naming a forgejobs.events.Hooks whose callbacks workers run in-process.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="How the command line's processes (worker, scheduler, ...) write log lines: 'text', or "
+        "'json' (one object per line, with job_id, job_name, queue, attempt, outcome and duration on job lines).",
     )
     stall_timeout: float = Field(
         default=10.0,
