@@ -47,7 +47,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from .backends.base import JobState, Prepared
 from .backends.redis import BATCH, SENTINEL_SCHEME, RedisBackend, enqueue_script_call, epoch_ms
-from .client import Client, current_client, dedupe_key
+from .client import Client, current_client, dedupe_key, enqueue_hook
 from .deadletter import DeadLetter
 from .errors import BackendError, BackendUnavailable
 from .events import Event, EventKind
@@ -486,6 +486,8 @@ async def enqueue_async(
 ) -> list[JobHandle[Any]]:
     """What `aenqueue` does: through `client`, or the current async client when None."""
     target = _resolve(client)
+    if (hook := enqueue_hook.get()) is not None and (held := hook(target, job_type, items, options)) is not None:
+        return held  # held until a database commit (forgejobs.sqlalchemy, forgejobs.django)
     if isinstance(target, AsyncClient):
         return await target.enqueue(job_type, items, options)
     return target.enqueue(job_type, items, options)  # in memory: nothing to await

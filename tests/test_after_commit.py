@@ -1,0 +1,429 @@
+"""Enqueue after commit: SQLAlchemy sessions and connections (SQLite and PostgreSQL), asyncio, and Django.
+
+Every test stores through a real Redis (the test's own database) and reads back what Redis holds; each
+database test works in a table (SQLite file) or schema (PostgreSQL) of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydantic
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from forgejobs import Client
+from forgejobs.aftercommit import HeldHandle
+from forgejobs.errors import ForgeJobsError
+from forgejobs.sqlalchemy import begin, enqueue_after_commit, install
+from forgejobs.status import Status
+from forgejobs.testing import FakeQueue
+from tests.samplejobs.basic import Echo
+
+POSTGRES_URL = os.environ.get("FORGEJOBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+metadata = sa.MetaData()
+notes = sa.Table("notes", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("text", sa.String(50)))
+
+
+def _sqlite_engine(path: Path) -> sa.Engine:
+    engine = sa.create_engine(f"sqlite:///{path}")
+
+    # pysqlite begins transactions itself and breaks SAVEPOINT; let SQLAlchemy say BEGIN (its documented recipe).
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: object, record: object) -> None:
+        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _postgres_engine() -> Iterator[sa.Engine]:
+    admin = sa.create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            schema = f"fj_after_{uuid.uuid4().hex[:12]}"
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc.orig}")
+    engine = sa.create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        made = _sqlite_engine(tmp_path / "notes.db")
+        metadata.create_all(made)
+        yield made
+        made.dispose()
+    else:
+        for made in _postgres_engine():
+            metadata.create_all(made)
+            yield made
+
+
+@pytest.fixture
+def postgres() -> Iterator[sa.Engine]:
+    for made in _postgres_engine():
+        metadata.create_all(made)
+        yield made
+
+
+def stored(conn: redis.Redis, handle: HeldHandle | object) -> bool:
+    """Whether Redis holds the job (its hash in the sample registry's `fast` queue)."""
+    job_id = handle.id  # type: ignore[attr-defined]
+    return bool(conn.exists(f"forgejobs:{{fast}}:job:{job_id}"))
+
+
+def rows(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(notes.c.text).order_by(notes.c.id)).scalars())
+
+
+# -- sessions -----------------------------------------------------------------------------------------
+
+
+def test_a_session_commit_sends_what_was_held(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with Session(engine) as session, enqueue_after_commit(session):
+        session.execute(notes.insert().values(text="a"))
+        handle = Echo.enqueue(text="a")
+        assert isinstance(handle, HeldHandle) and handle.held and not handle.sent
+        assert handle.status() is Status.UNKNOWN  # not asked of Redis: the job is not there yet
+        assert not stored(conn, handle)
+        session.commit()
+        assert handle.sent and not handle.held and stored(conn, handle)
+        assert handle.status() is Status.QUEUED
+    assert rows(engine) == ["a"]
+
+
+def test_a_session_rollback_or_close_drops_what_was_held(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with Session(engine) as session, enqueue_after_commit(session):
+        session.execute(notes.insert().values(text="rolled back"))
+        first = Echo.enqueue(text="rolled back")
+        session.rollback()
+        session.execute(notes.insert().values(text="closed"))
+        second = Echo.enqueue(text="closed")
+    assert first.dropped and second.dropped  # type: ignore[attr-defined]
+    assert not stored(conn, first) and not stored(conn, second)
+    assert second.status() is Status.UNKNOWN
+    assert rows(engine) == []
+    assert conn.llen("forgejobs:{fast}:wait:p05") == 0
+
+
+def test_a_rolled_back_savepoint_drops_only_its_own_jobs(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with Session(engine) as session, enqueue_after_commit(session):
+        session.execute(notes.insert().values(text="outer"))
+        outer = Echo.enqueue(text="outer")
+        with session.begin_nested():
+            session.execute(notes.insert().values(text="kept"))
+            kept = Echo.enqueue(text="kept")
+        savepoint = session.begin_nested()
+        session.execute(notes.insert().values(text="inner"))
+        inner = Echo.enqueue(text="inner")
+        with session.begin_nested():
+            deeper = Echo.enqueue(text="deeper")
+        savepoint.rollback()
+        assert inner.dropped and deeper.dropped  # type: ignore[attr-defined]
+        assert outer.held and kept.held  # type: ignore[attr-defined]
+        session.commit()
+    assert [stored(conn, h) for h in (outer, kept, inner, deeper)] == [True, True, False, False]
+    assert rows(engine) == ["outer", "kept"]
+
+
+def test_jobs_go_out_in_the_order_they_were_enqueued(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with Session(engine) as session, enqueue_after_commit(session):
+        session.execute(notes.insert().values(text="x"))
+        handles = [Echo.enqueue(text=str(i)) for i in range(3)] + Echo.enqueue_many([{"text": "3"}, {"text": "4"}])
+        session.commit()
+    assert [i.decode() for i in conn.lrange("forgejobs:{fast}:wait:p05", 0, -1)] == [h.id for h in handles]
+
+
+def test_a_bad_payload_raises_at_the_call_and_holds_nothing(
+    engine: sa.Engine, client: Client, conn: redis.Redis
+) -> None:
+    with Session(engine) as session, enqueue_after_commit(session):
+        with pytest.raises(pydantic.ValidationError, match="text"):
+            Echo.enqueue(text=42)  # type: ignore[arg-type]
+        session.execute(notes.insert().values(text="x"))
+        session.commit()
+    assert list(conn.scan_iter("forgejobs:{fast}:job:*")) == []
+
+
+def test_enqueues_outside_the_block_are_not_held(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with Session(engine) as session:
+        session.execute(notes.insert().values(text="x"))
+        handle = Echo.enqueue(text="now")
+        assert not isinstance(handle, HeldHandle) and stored(conn, handle)
+        session.rollback()
+    assert stored(conn, handle)
+
+
+def test_jobs_held_with_no_transaction_to_commit_them_are_dropped(
+    engine: sa.Engine, client: Client, conn: redis.Redis
+) -> None:
+    with Session(engine) as session:
+        with enqueue_after_commit(session):
+            handle = Echo.enqueue(text="orphan")  # no transaction was ever opened in the block
+        assert handle.dropped and not stored(conn, handle)  # type: ignore[attr-defined]
+
+
+def test_a_block_ending_before_the_commit_still_sends_at_the_commit(
+    engine: sa.Engine, client: Client, conn: redis.Redis
+) -> None:
+    with Session(engine) as session, session.begin():
+        with enqueue_after_commit(session):
+            session.execute(notes.insert().values(text="x"))
+            handle = Echo.enqueue(text="x")
+        assert handle.held  # type: ignore[attr-defined]
+    assert handle.sent and stored(conn, handle)  # type: ignore[attr-defined]
+
+
+def test_an_orm_flush_inside_the_transaction_does_not_send_early(
+    engine: sa.Engine, client: Client, conn: redis.Redis
+) -> None:
+    class Base(sa.orm.DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __table__ = notes
+
+    with Session(engine) as session, enqueue_after_commit(session):
+        session.add(Note(text="flushed"))
+        handle = Echo.enqueue(text="x")
+        session.flush()
+        assert handle.held and not stored(conn, handle)  # type: ignore[attr-defined]
+        session.commit()
+    assert stored(conn, handle)
+
+
+def test_installed_on_a_factory_every_transaction_holds(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    factory = sessionmaker(engine)
+    install(factory)
+    with factory() as session:
+        before = Echo.enqueue(text="no transaction yet")
+        session.execute(notes.insert().values(text="x"))
+        held = Echo.enqueue(text="held")
+        assert held.held and stored(conn, before) and not stored(conn, held)  # type: ignore[attr-defined]
+        session.commit()
+        assert held.sent and stored(conn, held)  # type: ignore[attr-defined]
+        session.execute(notes.insert().values(text="y"))
+        dropped = Echo.enqueue(text="dropped")
+    assert dropped.dropped and not stored(conn, dropped)  # type: ignore[attr-defined]
+    after = Echo.enqueue(text="after")
+    assert not isinstance(after, HeldHandle)
+    with Session(engine) as other:  # not from the factory: nothing held
+        other.execute(notes.insert().values(text="z"))
+        assert not isinstance(Echo.enqueue(text="other"), HeldHandle)
+
+
+def test_a_failed_commit_sends_nothing(postgres: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with postgres.begin() as c:
+        c.execute(sa.text("CREATE TABLE once (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)"))
+    with Session(postgres) as session, enqueue_after_commit(session):
+        session.execute(sa.text("INSERT INTO once VALUES (1), (1)"))  # refused only at COMMIT
+        handle = Echo.enqueue(text="x")
+        with pytest.raises(sa.exc.IntegrityError):
+            session.commit()
+    assert handle.dropped and not stored(conn, handle)  # type: ignore[attr-defined]
+    with postgres.connect() as c, pytest.raises(sa.exc.IntegrityError), begin(c):
+        c.execute(sa.text("INSERT INTO once VALUES (2), (2)"))
+        other = Echo.enqueue(text="y")
+    assert other.dropped and not stored(conn, other)  # type: ignore[attr-defined]
+
+
+# -- connections --------------------------------------------------------------------------------------
+
+
+def test_begin_sends_after_its_commit_and_drops_on_error(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with begin(engine) as c:
+        c.execute(notes.insert().values(text="a"))
+        sent = Echo.enqueue(text="a")
+        assert sent.held and not stored(conn, sent)  # type: ignore[attr-defined]
+    assert sent.sent and stored(conn, sent)  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError), begin(engine) as c:
+        c.execute(notes.insert().values(text="b"))
+        dropped = Echo.enqueue(text="b")
+        raise RuntimeError("boom")
+    assert dropped.dropped and not stored(conn, dropped)  # type: ignore[attr-defined]
+    assert rows(engine) == ["a"]
+
+
+def test_connection_savepoints_and_commit_as_you_go(engine: sa.Engine, client: Client, conn: redis.Redis) -> None:
+    with engine.connect() as c, enqueue_after_commit(c):
+        c.execute(notes.insert().values(text="a"))
+        kept = Echo.enqueue(text="kept")
+        with c.begin_nested():
+            released = Echo.enqueue(text="released")
+        savepoint = c.begin_nested()
+        rolled = Echo.enqueue(text="rolled back")
+        savepoint.rollback()
+        c.commit()
+        assert not stored(conn, kept)  # sent when the next transaction begins or the block ends
+        c.execute(notes.insert().values(text="b"))
+        assert stored(conn, kept) and stored(conn, released) and not stored(conn, rolled)
+        later = Echo.enqueue(text="later")
+        c.rollback()
+    assert rolled.dropped and later.dropped and not stored(conn, later)  # type: ignore[attr-defined]
+
+
+def test_a_connection_block_ending_inside_its_transaction_is_refused(
+    engine: sa.Engine, client: Client, conn: redis.Redis
+) -> None:
+    with pytest.raises(ForgeJobsError, match="still open"), engine.begin() as c, enqueue_after_commit(c):
+        c.execute(notes.insert().values(text="never"))
+        handle = Echo.enqueue(text="never")
+    assert handle.dropped and not stored(conn, handle)  # type: ignore[attr-defined]
+    assert rows(engine) == []  # the error was raised inside the transaction, which rolled back
+
+
+# -- the fake queue -----------------------------------------------------------------------------------
+
+
+def test_the_fake_queue_captures_held_jobs_at_the_commit(tmp_path: Path, fake_queue: FakeQueue) -> None:
+    engine = _sqlite_engine(tmp_path / "fake.db")
+    metadata.create_all(engine)
+    with begin(engine) as c:
+        c.execute(notes.insert().values(text="a"))
+        Echo.enqueue(text="a")
+        assert fake_queue.all_enqueued() == []
+    fake_queue.assert_enqueued(Echo, text="a")
+
+
+# -- asyncio ------------------------------------------------------------------------------------------
+
+
+def test_an_async_session_sends_aenqueued_jobs_after_its_commit(
+    postgres: sa.Engine, client: Client, conn: redis.Redis
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from forgejobs.aio import AsyncClient, use_async_client
+
+    async def scenario() -> tuple[HeldHandle, HeldHandle]:
+        aengine = create_async_engine(postgres.url, connect_args={"options": _search_path(postgres)})
+        aclient = AsyncClient.for_client(client)
+        try:
+            with use_async_client(aclient):
+                async with AsyncSession(aengine) as session, enqueue_after_commit(session) as block:
+                    await session.execute(notes.insert().values(text="a"))
+                    sent = await Echo.aenqueue(text="a")
+                    assert isinstance(sent, HeldHandle) and await sent.astatus() is Status.UNKNOWN
+                    await session.commit()
+                    assert len(block.tasks) == 1
+                    await session.execute(notes.insert().values(text="b"))
+                    dropped = await Echo.aenqueue(text="b")
+                    await session.rollback()
+                assert await sent.astatus() is Status.QUEUED  # the block waited for the store task
+                return sent, dropped  # type: ignore[return-value]
+        finally:
+            await aclient.aclose()
+            await aengine.dispose()
+
+    sent, dropped = asyncio.run(scenario())
+    assert stored(conn, sent) and dropped.dropped and not stored(conn, dropped)
+    assert rows(postgres) == ["a"]
+
+
+def _search_path(engine: sa.Engine) -> str:
+    with engine.connect() as c:
+        return f"-csearch_path={c.execute(sa.text('SHOW search_path')).scalar_one()}"
+
+
+# -- Django -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def django_table() -> Iterator[str]:
+    """Django configured in this process on an in-memory SQLite database, and a table of this test's own."""
+    import django
+    from django.conf import settings as django_settings
+    from django.db import connection
+
+    if not django_settings.configured:
+        django_settings.configure(
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+            INSTALLED_APPS=[],
+            USE_TZ=True,
+        )
+        django.setup()
+    table = f"notes_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {table} (text varchar(50))")
+    yield table
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {table}")
+
+
+def django_rows(table: str) -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT text FROM {table} ORDER BY rowid")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_django_atomic_blocks_hold_until_the_outer_commit(django_table: str, client: Client, conn: redis.Redis) -> None:
+    from django.db import connection, transaction
+
+    from forgejobs.django import enqueue_after_commit as django_after_commit
+
+    def insert(text: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {django_table} (text) VALUES (%s)", [text])
+
+    with django_after_commit():
+        with transaction.atomic():
+            insert("a")
+            sent = Echo.enqueue(text="a")
+            try:
+                with transaction.atomic():  # a savepoint
+                    insert("inner")
+                    inner = Echo.enqueue(text="inner")
+                    raise RuntimeError("roll the savepoint back")
+            except RuntimeError:
+                pass
+            assert isinstance(sent, HeldHandle) and sent.held and not stored(conn, sent)
+        assert sent.sent and stored(conn, sent) and not stored(conn, inner)
+        with pytest.raises(RuntimeError), transaction.atomic():
+            insert("b")
+            dropped = Echo.enqueue(text="b")
+            raise RuntimeError("roll back")
+        assert not stored(conn, dropped) and dropped.status() is Status.UNKNOWN
+        autocommit = Echo.enqueue(text="outside atomic")
+        assert not isinstance(autocommit, HeldHandle) and stored(conn, autocommit)
+    assert django_rows(django_table) == ["a"]
+
+
+def test_django_middleware_holds_each_requests_enqueues(django_table: str, client: Client, conn: redis.Redis) -> None:
+    from django.db import transaction
+
+    from forgejobs.django import AfterCommitMiddleware
+
+    seen: list[bool] = []
+
+    def view(request: object) -> HeldHandle:
+        with transaction.atomic():
+            handle = Echo.enqueue(text="from a request")
+            seen.append(stored(conn, handle))
+        return handle  # type: ignore[return-value]
+
+    handle = AfterCommitMiddleware(view)(object())
+    assert seen == [False] and handle.sent and stored(conn, handle)
+    assert not isinstance(Echo.enqueue(text="after the request"), HeldHandle)
