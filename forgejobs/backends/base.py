@@ -137,6 +137,19 @@ class Backend(ABC):
         """Cancel a job: see `Cancellation` for what may happen."""
         raise NotImplementedError(f"{type(self).__name__} cannot cancel jobs")
 
+    def remove_waiting(self, job_id: str) -> str:
+        """Delete a job that has not started (waiting, parked or delayed): "removed", or why not: "running",
+        "finished" (finished, or stalled), "unknown"."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
+
+    def promote(self, job_id: str) -> bool:
+        """Make a delayed job ready now (the back of its priority's wait list); False if it is not delayed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot promote jobs")
+
+    def live_slots(self, queues: Iterable[str]) -> dict[str, list[str]]:
+        """Per queue: the worker slots holding a live lease (`<host>.<pid>.<hex>/<queue>/<index>/<generation>`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list workers")
+
     # -- queue administration (pause, resume, drain, obliterate) ------------------------
 
     def set_paused(self, queue: str, paused: bool) -> None:

@@ -34,6 +34,7 @@ from ..events import Event, EventKind, EventStream
 from ..keys import PRIORITIES, Keys
 from ..runtime.corrupt import raw_text, read_record, shown_id
 from ..runtime.scripts import Scripts
+from ..runtime.scripts import source as script_source
 from ..settings import Settings
 from ..status import Status
 from .base import Backend, Cancellation, JobState, Prepared, QueueCounts
@@ -557,6 +558,37 @@ class RedisBackend(Backend):
         outcome, name, status = self.scripts.cancel(keys=keys, args=args)
         shown = _STATUS.get(status, Status.UNKNOWN) if isinstance(status, bytes) else None
         return Cancellation(job_id, queue, raw_text(outcome), raw_text(name) if name else None, shown)
+
+    # -- delete, promote, live workers (the dashboard's actions and worker list) ---------------
+
+    def remove_waiting(self, job_id: str) -> str:
+        """Delete a waiting, parked or delayed job and its log, atomically (remove.lua)."""
+        queue = self.find_queue(job_id)
+        if queue is None:
+            return "unknown"
+        qk = self.keys.queue(queue)
+        script = self.connection.register_script(script_source("remove"))
+        outcome, _ = script(keys=[*qk.standard, qk.job(job_id), qk.log(job_id)], args=[qk.ck_prefix, job_id])
+        return raw_text(outcome)
+
+    def promote(self, job_id: str) -> bool:
+        """Move a delayed job to its wait list now (promote_now.lua)."""
+        queue = self.find_queue(job_id)
+        if queue is None:
+            return False
+        qk = self.keys.queue(queue)
+        script = self.connection.register_script(script_source("promote_now"))
+        return bool(script(keys=[*qk.standard, qk.job(job_id)], args=[job_id]))
+
+    def live_slots(self, queues: Iterable[str]) -> dict[str, list[str]]:
+        names = sorted(queues)
+        seconds, micros = self.connection.time()
+        now_ms = seconds * 1000 + micros // 1000
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue in names:
+                pipe.zrangebyscore(self.keys.queue(queue).workers, f"({now_ms}", "+inf")
+            replies = pipe.execute()
+        return {queue: sorted(raw_text(slot) for slot in slots) for queue, slots in zip(names, replies)}
 
     # -- dedupe and debounce --------------------------------------------------------------
 

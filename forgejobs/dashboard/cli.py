@@ -1,0 +1,51 @@
+"""`forgejobs dashboard --port N [--host H] [--read-only]`: serve the dashboard with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import redis
+
+from ..errors import ForgeJobsError
+from ..settings import Settings
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, `error: ...`, and exit status 1 (as every forgejobs command does)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.command("dashboard")
+@click.option("--port", type=click.IntRange(1, 65535), default=9188, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option(
+    "--read-only", is_flag=True, help="Show no action and refuse every one (also FORGEJOBS_DASHBOARD_READ_ONLY=1)."
+)
+@click.pass_obj
+def dashboard(settings: Settings, port: int, host: str, read_only: bool) -> None:
+    """Serve the web dashboard at http://HOST:PORT/. Needs FORGEJOBS_DASHBOARD_TOKEN (or
+    FORGEJOBS_DASHBOARD_USERNAME and FORGEJOBS_DASHBOARD_PASSWORD); see docs/dashboard.md."""
+    try:
+        import uvicorn
+
+        from . import create_app
+    except ModuleNotFoundError as exc:
+        _fail(
+            f"forgejobs dashboard needs the dashboard extra ({exc.name} is missing): pip install 'forgejobs[dashboard]'"
+        )
+        return
+    sys.path.insert(0, ".")  # the job package lives in the project directory
+    try:
+        app = create_app(settings, read_only=read_only)
+    except ForgeJobsError as exc:
+        _fail(str(exc))
+    except redis.RedisError as exc:
+        _fail(f"cannot reach Redis: {exc}")
+    mode = " (read-only)" if read_only else ""
+    click.echo(f"serving the dashboard{mode} on http://{host}:{port}/", err=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    except OSError as exc:
+        _fail(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}")
