@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -26,6 +27,32 @@ REDIS_HOST = os.environ.get("FORGEJOBS_TEST_REDIS", "redis://127.0.0.1:6379")
 CLAIM_KEY = "forgejobs-test:claimed-by"
 SAMPLE_JOBS = "tests.samplejobs"
 SAMPLE_SPECS = ROOT / "tests" / "samplespecs"
+# Set by `./dev mutate`: run only the tests that stay in this process (mutmut runs them once per mutant).
+UNIT_ONLY = bool(os.environ.get("FORGEJOBS_TEST_UNIT_ONLY"))
+_OUT_OF_PROCESS = ("start_worker", "start_cli")
+_OUT_OF_PROCESS_CALLS = ("private_redis(", "subprocess.", "sys.executable")
+
+
+def _runs_in_this_process(item: pytest.Item) -> bool:
+    if set(_OUT_OF_PROCESS) & set(getattr(item, "fixturenames", ())):
+        return False
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return True
+    return not any(call in source for call in _OUT_OF_PROCESS_CALLS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under FORGEJOBS_TEST_UNIT_ONLY=1, deselect tests that start worker or CLI subprocesses or a redis-server."""
+    if not UNIT_ONLY:
+        return
+    keep = [item for item in items if _runs_in_this_process(item)]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
