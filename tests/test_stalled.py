@@ -206,5 +206,7 @@ def test_a_killed_worker_s_job_is_finished_by_another_within_the_lease(
     assert handle.result(timeout=20) == 2
     recovery = time.monotonic() - killed
     print(f"stalled job finished by another worker {recovery:.2f} s after SIGKILL (lease 3 s)")
-    assert recovery < 3 + 4  # the lease, a recovery pass, start-up of the new worker and the run
+    # The lease, a recovery pass, start-up of the new worker and the run: under the default lease (10 s), which
+    # a worker ignoring FORGEJOBS_STALL_TIMEOUT would wait out; the rest is margin for a loaded machine.
+    assert recovery < 10
     assert [n["attempt"] for n in notes(path)] == [1, 2]

@@ -142,7 +142,7 @@ def test_delayed_job_does_not_run_early(client: Client, start_worker: StartWorke
     assert handle.status() is Status.SCHEDULED
     wait_for(lambda: notes(path), timeout=10, what="the delayed job")
     lateness = notes(path)[0]["t"] - (enqueued_at + 2)
-    assert 0 <= lateness < 1.5, lateness
+    assert lateness >= 0, lateness  # how late is the machine's load; early would be forgejobs' fault
 
 
 def test_unknown_job_and_corrupt_entries_are_dead_lettered_and_the_worker_goes_on(
@@ -183,22 +183,27 @@ def test_sigterm_lets_the_running_job_finish(client: Client, start_worker: Start
     assert handle.status() is Status.SUCCEEDED
 
 
-def test_second_sigterm_aborts_the_job_and_it_runs_again(
-    client: Client, start_worker: StartWorker, tmp_path: Path
+def test_second_sigterm_aborts_the_job_and_it_runs_again_as_the_same_attempt(
+    client: Client, conn: redis.Redis, start_worker: StartWorker, tmp_path: Path
 ) -> None:
+    """An abort is the worker's doing, not the job's: the job goes back to its queue and its next run is the
+    same attempt (Slow has attempts=2, so a spent attempt would show as attempt 2)."""
     worker = start_worker("--queues", "slow")
     path = tmp_path / "slow.jsonl"
     handle = Slow.enqueue(path=str(path), seconds=5)
     wait_for(lambda: notes(path), timeout=10, what="the job to start")
     worker.signal(signal.SIGTERM)
-    time.sleep(0.2)  # two distinct signals, not one delivered twice
+    # two distinct signals, not one delivered twice: the second is sent once the first was seen
+    wait_for(lambda: "finishing running jobs" in worker.log(), timeout=10, what="the warm shutdown to begin")
     worker.signal(signal.SIGTERM)
     worker.wait(timeout=20)
     assert [n["event"] for n in notes(path)] == ["start"]
     assert handle.status() is Status.QUEUED  # back on its queue, not lost
+    envelope = json.loads(conn.hget(QueueKeys("forgejobs", "slow").job(handle.id), "d"))
+    assert envelope["attempt"] == 1 and not envelope.get("history")
     start_worker("--queues", "slow")
-    assert handle.result(timeout=20) == "slept"
-    assert [n["event"] for n in notes(path)] == ["start", "start", "finish"]
+    assert handle.result(timeout=30) == "slept"
+    assert [(n["event"], n["attempt"]) for n in notes(path)] == [("start", 1), ("start", 1), ("finish", 1)]
 
 
 @pytest.mark.parametrize(("mode", "spin"), [("--processes", False), ("--threads", True)])
