@@ -961,6 +961,9 @@ def demo(settings: Settings, jobs_per_kind: int, keep: bool) -> None:
     sys.exit(code)
 
 
+cli.add_command(__import__("forgejobs.dashboard.cli", fromlist=["dashboard"]).dashboard)
+
+
 def main() -> None:
     cli(prog_name="forgejobs")
 
