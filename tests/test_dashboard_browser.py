@@ -90,6 +90,18 @@ class Tally(Job, queue="audit", attempts=1):
         _note(self.path, "ran")
 
 
+class HoldsKey(Job, queue="billing", attempts=1, timeout=120, concurrency_key="org", concurrency_limit=1):
+    """One organisation's job at a time: waits for a cancel (up to a minute), noting its start."""
+
+    org: str
+    path: str
+    seconds: float = 60
+
+    def perform(self, ctx: Context) -> None:
+        _note(self.path, "start")
+        ctx.wait_cancelled(self.seconds)
+
+
 def notes(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -349,3 +361,36 @@ def test_metrics_on_the_dashboard_add_up_while_two_workers_run_jobs(
     assert samples[("forgejobs_jobs_dead_lettered_total", (*labels, ("reason", "unrecoverable")))] == 3
     assert samples[("forgejobs_workers_alive", ())] == 2
     assert samples[("forgejobs_job_run_seconds_count", labels)] == 43
+
+
+def test_delete_takes_a_parked_job_but_never_a_running_one_and_promote_starts_a_delayed_one_now(
+    bclient: Client,
+    start_worker: Callable[..., WorkerProcess],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from forgejobs.dashboard.actions import ActionError, cancel_job, delete_job, promote_job
+    from forgejobs.errors import NoSuchJob
+    from forgejobs.inspection import Inspector, State
+
+    inspector = Inspector(bclient.backend, bclient.registry)
+    start_worker("--queues", "billing", env=env)
+    first = HoldsKey.enqueue(org="acme", path=str(tmp_path / "first"))
+    wait_for(lambda: notes(tmp_path / "first"), timeout=30, what="the first job to start")
+    second = HoldsKey.enqueue(org="acme", path=str(tmp_path / "second"))
+    wait_for(lambda: inspector.job(second.id).state is State.PARKED, timeout=30, what="the second to be parked")
+
+    with pytest.raises(ActionError, match="is running: cancel it instead"):
+        delete_job(bclient, first.id)
+    assert "deleted" in delete_job(bclient, second.id)
+    with pytest.raises(NoSuchJob):
+        inspector.job(second.id)
+    assert "cancel requested" in cancel_job(bclient, first.id)
+    wait_for(lambda: first.status() is Status.CANCELLED, timeout=30, what="the first job to end cancelled")
+
+    later = HoldsKey.with_options(delay=3600).enqueue(org="other", path=str(tmp_path / "later"), seconds=0)
+    assert "promoted" in promote_job(bclient, later.id)
+    wait_for(lambda: later.status() is Status.SUCCEEDED, timeout=30, what="the promoted job to run")
+    with pytest.raises(ActionError, match="not delayed"):
+        promote_job(bclient, later.id)
+    assert notes(tmp_path / "second") == []  # the deleted job never ran
