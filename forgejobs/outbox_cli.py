@@ -1,0 +1,122 @@
+"""`forgejobs outbox ...`: run the outbox relay, create the table, see what waits and what failed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from .settings import Settings
+
+_DATABASE = click.option(
+    "--database-url",
+    envvar="FORGEJOBS_OUTBOX_DATABASE_URL",
+    required=True,
+    help="SQLAlchemy URL of the database holding the outbox (also FORGEJOBS_OUTBOX_DATABASE_URL).",
+)
+_TABLE = click.option("--table", default="forgejobs_outbox", show_default=True, help="The outbox table's name.")
+_SCHEMA = click.option("--schema", default=None, help="The table's schema (PostgreSQL), if not the default one.")
+
+
+def _open(database_url: str, table: str, schema: str | None) -> tuple[Any, Any]:
+    try:
+        import sqlalchemy as sa
+
+        from .outbox import Outbox
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the outbox needs SQLAlchemy ({exc.name} is missing): pip install 'sqlalchemy>=2'"
+        ) from None
+    try:
+        engine = sa.create_engine(database_url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise click.ClickException(f"--database-url: {exc}") from None
+    return engine, Outbox(table, schema=schema)
+
+
+def _where(engine: Any) -> str:
+    return str(engine.url.render_as_string(hide_password=True))
+
+
+@click.group()
+def outbox() -> None:
+    """The transactional outbox: rows written by forgejobs.outbox.enqueue, moved to Redis by a relay."""
+
+
+@outbox.command()
+@_DATABASE
+@_TABLE
+@_SCHEMA
+@click.option("--batch", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Rows per pass.")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between passes while the table is empty."
+)
+@click.option("--once", is_flag=True, help="One pass, then exit (prints what it did).")
+@click.pass_obj
+def relay(
+    settings: Settings, database_url: str, table: str, schema: str | None, batch: int, interval: float, once: bool
+) -> None:
+    """Move outbox rows to Redis, the row id as the job id. SIGTERM or Ctrl+C stops after the current pass."""
+    from .client import Client
+    from .outbox import OutboxRelay
+
+    engine, box = _open(database_url, table, schema)
+    try:
+        mover = OutboxRelay(engine, Client.from_settings(settings), box)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    where = f"{box.table.fullname} of {_where(engine)}"
+    if once:
+        try:
+            done = mover.run_once(batch)
+        except Exception as exc:
+            raise click.ClickException(f"relay pass on {where} failed: {exc}") from None
+        click.echo(
+            f"relayed {done.sent} job(s) from {where} ({done.duplicates} already in Redis, {len(done.failed)} failed)"
+        )
+        for row_id, reason in done.failed:
+            click.echo(f"  failed {row_id}: {reason}", err=True)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(
+        f"relaying from {where} to Redis at {settings.redis_url_or_default().split('@')[-1]}, {batch} rows per pass",
+        err=True,
+    )
+    sys.stderr.flush()
+    mover.run_forever(batch, interval, stop)
+
+
+@outbox.command("create-table")
+@_DATABASE
+@_TABLE
+@_SCHEMA
+def create_table(database_url: str, table: str, schema: str | None) -> None:
+    """Create the outbox table (and its index) if missing."""
+    engine, box = _open(database_url, table, schema)
+    box.create_table(engine)
+    click.echo(f"{box.table.fullname} ready in {_where(engine)}")
+
+
+@outbox.command()
+@_DATABASE
+@_TABLE
+@_SCHEMA
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (for scripts).")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Failed rows to list.")
+def status(database_url: str, table: str, schema: str | None, as_json: bool, limit: int) -> None:
+    """Rows waiting for the relay, and the rows it could not turn into jobs (with the reason)."""
+    engine, box = _open(database_url, table, schema)
+    pending, failed = box.pending(engine), box.failed(engine, limit)
+    if as_json:
+        rows = [{"id": f.id, "name": f.name, "failed_at": f.failed_at.isoformat(), "error": f.error} for f in failed]
+        click.echo(json.dumps({"pending": pending, "failed": rows}))
+        return
+    click.echo(f"{pending} row(s) waiting in {box.table.fullname}; {len(failed)} failed")
+    for f in failed:
+        click.echo(f"  {f.id}  {f.name}  {f.failed_at:%Y-%m-%d %H:%M:%S}  {f.error}")
