@@ -109,6 +109,12 @@ class QueueKeys:
         return f"{self.tag}:cancels"
 
     @property
+    def workflow_outbox(self) -> str:
+        """Hash: id -> outcome of a finished workflow step job not yet recorded on its run (written by fetch.lua
+        with the outcome, removed once the run has it; see docs/decisions/0009-workflows.md)."""
+        return f"{self.tag}:wfout"
+
+    @property
     def metrics(self) -> str:
         """Hash: the queue's counters and histogram buckets (see runtime/scripts/metrics.lua)."""
         return f"{self.tag}:metrics"
@@ -167,7 +173,7 @@ class QueueKeys:
     @cached_property
     def fetch_keys(self) -> list[str]:
         """The keys fetch.lua takes after the standard ones and the event stream."""
-        return [self.metrics, self.minutes, self.cancelled, self.cancels]
+        return [self.metrics, self.minutes, self.cancelled, self.cancels, self.workflow_outbox]
 
     @cached_property
     def standard(self) -> list[str]:
@@ -227,6 +233,38 @@ class Keys:
     def schedule_last_runs(self) -> str:
         """Hash: schedule name -> its last run (tick, job id, note) as JSON."""
         return f"{self.prefix}:schedules:last"
+
+
+@dataclass(frozen=True)
+class WorkflowKeys:
+    """The keys of one workflow run, tagged `{wf:<run>}`: every workflow.lua call touches one run's slot."""
+
+    prefix: str
+    run_id: str
+
+    @property
+    def run(self) -> str:
+        """Hash: the run's status, input, per-step counts and per-instance outcomes (workflows/store.py)."""
+        return f"{self.prefix}:{{wf:{self.run_id}}}:run"
+
+    @property
+    def ready(self) -> str:
+        """Set: steps released but not yet enqueued (a recovery pass enqueues them again)."""
+        return f"{self.prefix}:{{wf:{self.run_id}}}:ready"
+
+    @property
+    def order(self) -> str:
+        """List: `<step>:<instance>` in the order they completed (compensations walk it back)."""
+        return f"{self.prefix}:{{wf:{self.run_id}}}:order"
+
+    @property
+    def all(self) -> list[str]:
+        return [self.run, self.ready, self.order]
+
+
+def workflow_index(prefix: str) -> str:
+    """Sorted set: run id -> start time (ms), every run kept; `forgejobs workflows list` and recovery read it."""
+    return f"{prefix}:workflows"
 
 
 @cache

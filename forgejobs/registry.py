@@ -158,6 +158,10 @@ class Registry:
                 problems.append(f"{where}: jobs.{name}: override for an unknown job")
         self.schedules: dict[str, ScheduledJob] = {}
         problems.extend(self._resolve_schedules())
+        from .workflows.loading import collect  # workflows refer to jobs: loaded once they are known
+
+        self.workflows, found = collect(self)
+        problems.extend(found)
         if problems:
             raise RegistryError("\n".join(problems))
 

@@ -73,6 +73,8 @@ class Specs(BaseModel):
     jobs: dict[str, JobOverride] = Field(default_factory=dict)
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     sources: dict[str, str] = Field(default_factory=dict)
+    workflows_dir: Path | None = None
+    """`<specs>/workflows`: YAML workflows, loaded and checked by the registry (forgejobs/workflows/spec.py)."""
 
 
 _SECTIONS = {"queues": "queue", "jobs": "job", "schedules": "schedule"}
@@ -187,4 +189,7 @@ def load_specs(directory: Path) -> Specs:
         queues.update(spec.queues)
         jobs.update(spec.jobs)
         schedules.update(spec.schedules)
-    return Specs(queues=queues, jobs=jobs, schedules=schedules, sources=sources)
+    flows = directory / "workflows"
+    return Specs(
+        queues=queues, jobs=jobs, schedules=schedules, sources=sources, workflows_dir=flows if flows.is_dir() else None
+    )

@@ -665,6 +665,10 @@ class FakeQueue:
             stored.history.append(outcome.error if isinstance(outcome, Retry) else "aborted")
         else:
             stored.status, stored.error = Status.FAILED, outcome.record.error
+        if '"workflow":' in stored.envelope:  # a workflow's step: its run releases what waits on it
+            from .workflows.fake import report
+
+            report(self.client, stored, outcome)
         return outcome
 
     # -- inline mode -----------------------------------------------------------------

@@ -58,6 +58,7 @@ from ..ratelimit import RedisRateLimiter
 from ..registry import Registry
 from ..settings import Settings, load_hooks, load_resources
 from ..timeouts import watchdog_guard
+from ..workflows.worker import WorkerWorkflows, outbox_entry
 from .corrupt import read_record, shown_id
 from .scripts import Scripts
 from .state import EventBuffer, QueueState, ServerClock, Slot
@@ -148,6 +149,7 @@ class Finish:
     run_ms: int | None = None  # how long it ran (None: its handler did not run)
     counters: str = ""  # metric counters to add 1 to, space-separated (see runtime/scripts/metrics.lua)
     minute: str = ""  # per-minute kind: "c" succeeded, "f" a failed attempt
+    workflow: str = ""  # a workflow step's final outcome, for its queue's workflow outbox (workflows/worker.py)
 
 
 class Worker:
@@ -198,6 +200,7 @@ class Worker:
         self._generation = 0
         self._inline = False
         self._slot_local = threading.local()
+        self._workflows: WorkerWorkflows | None = None
 
     # -- the pieces execution needs -------------------------------------------------------
 
@@ -261,6 +264,14 @@ class Worker:
         options = self._options(name)
         return round(options.failure_ttl.total_seconds() * 1000) if options else 7 * 86_400_000
 
+    @property
+    def workflows(self) -> WorkerWorkflows:
+        """Reports workflow steps' outcomes to their runs and repairs what killed workers left."""
+        if self._workflows is None:
+            queues = [self.states[q].keys for q in self.queues]
+            self._workflows = WorkerWorkflows(Client(self.backend, self.registry), queues)
+        return self._workflows
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def describe(self) -> str:
@@ -306,7 +317,8 @@ class Worker:
             for state in self.states.values():
                 for slot in state.slots:
                     self._start_slot(slot)
-        for target, name in ((self.waiter.run, "waiter"), (self.upkeep.run, "upkeep")):
+        daemons = [(self.waiter.run, "waiter"), (self.upkeep.run, "upkeep"), (self.workflows.run, "workflows")]
+        for target, name in daemons:
             thread = threading.Thread(target=target, args=(self._halt,), name=f"forgejobs-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -540,7 +552,7 @@ class Worker:
             args.append(len(finish.events) // 7)
             args += finish.events
             run_ms = "" if finish.run_ms is None else finish.run_ms
-            args += [finish.name, run_ms, finish.counters, finish.minute]
+            args += [finish.name, run_ms, finish.counters, finish.minute, finish.workflow]
         lost, job_id, envelope, priority, ck, status = self.scripts.fetch(
             keys=[*keys.standard, self.keys.events, *keys.fetch_keys], args=args
         )
@@ -552,6 +564,8 @@ class Worker:
                 shown_id(finish.job.id),
                 finish.mode,
             )
+        if not lost and finish is not None and finish.workflow:
+            self.workflows.report(keys, finish.job.id, finish.workflow)
         text = status.decode() if isinstance(status, bytes) else str(status)
         if job_id is None:
             return None, text
@@ -591,6 +605,8 @@ class Worker:
         if finish.name == "?":
             finish.name = self._name_hint(job.envelope)
         finish.events = [value for event in outbox for value in _event_values(event)]
+        if b'"workflow":"' in job.envelope:
+            finish.workflow = outbox_entry(job.envelope, finish.mode, finish.payload)
         job_line(
             log,
             queue=state.name,

@@ -14,6 +14,7 @@
 -- KEYS[19] per-minute counts hash                    (forgejobs:{q}:minutes)   } no metric is written
 -- KEYS[20] cancelled zset, id -> expiry ms           (forgejobs:{q}:cancelled) } and no cancel request
 -- KEYS[21] cancel requests for running jobs, a set   (forgejobs:{q}:cancels)   } is honoured at take
+-- KEYS[22] workflow outbox hash, id -> outcome       (forgejobs:{q}:wfout; optional, docs/decisions/0009)
 -- ARGV[1]  job key prefix (forgejobs:{q}:job:); job hashes are built from it and share the tag
 -- ARGV[2]  this slot's id
 -- ARGV[3]  lease in ms
@@ -40,6 +41,8 @@
 -- ARGV[m+1]  its run time in ms, "" for none (nothing ran, e.g. refused by a rate limit)
 -- ARGV[m+2]  counters to add 1 to, space-separated (succeeded, retried, dead_lettered:<reason>, ...)
 -- ARGV[m+3]  per-minute kind: "c" (succeeded), "f" (a failed attempt) or ""
+-- ARGV[m+4]  a workflow step's final outcome for its run, "" for none: kept in the outbox with the
+--            outcome, so a worker killed before it reaches the run leaves it for a recovery pass
 -- Returns {lost, id, envelope, priority, concurrency key, state}: lost is 1 when this slot no
 -- longer held the finished job (its lease was recovered) and nothing was recorded; then nothing is
 -- taken either (state "lost"): the slot must go on under a fresh identity. Otherwise state is "ok",
@@ -59,6 +62,7 @@ local prefix, slot = ARGV[1], ARGV[2]
 local mkey, minutes = KEYS[18], KEYS[19]
 local m = 18 + tonumber(ARGV[17]) * 7
 local fname, run_ms, counters, minute_kind = ARGV[m] or '', ARGV[m + 1] or '', ARGV[m + 2] or '', ARGV[m + 3] or ''
+local workflow = ARGV[m + 4] or ''
 
 local function event(kind, id, name, queue, attempt, at, data)
     if ARGV[15] ~= '0' then
@@ -85,6 +89,7 @@ if mode ~= '' then
             record(mode, fid, ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), started)
         end
         if ARGV[13] ~= '' then release_key(ARGV[12], ARGV[13], fid) end
+        if workflow ~= '' and KEYS[22] then redis.call('HSET', KEYS[22], fid, workflow) end
         if mkey then
             metric_count(mkey, counters, fname)
             if run_ms ~= '' then metric_observe(mkey, 'run', fname, tonumber(run_ms)) end

@@ -1,0 +1,252 @@
+"""The part of running a workflow that needs the plan: building each step's payload from the run's stored
+input and outputs, turning released steps into jobs, and cancelling what a stopped run leaves behind.
+
+Every state change goes through the store's atomic steps (`store.py`, `workflow.lua`); this module only
+reads the run and enqueues. Each step instance is a job with a fixed id (`wf-<run>-<step>-<i>`), so a
+release repeated by a recovery pass stores nothing twice, and each instance's outcome is recorded once (the
+`d:` marker), so a repeated report releases nothing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..options import EnqueueOptions
+from .plan import Binding, Plan, StepPlan, WorkflowError
+from .store import COMPENSATING, RUNNING, STOPPING, RunStore
+
+if TYPE_CHECKING:
+    from ..backends.base import Prepared
+    from ..client import Client
+
+log = logging.getLogger("forgejobs.workflows")
+
+TAG = "workflow"
+"""The envelope option that names a step job's run, step and instance: `<run>|<step>|<i>`."""
+
+
+def run_id_for(name: str, key: str | None) -> str:
+    """A run's id: fixed by (workflow, key) when a key is given, so a second start finds the first run."""
+    if key is None:
+        return secrets.token_hex(12)
+    return hashlib.sha256(f"{name}\0{key}".encode()).hexdigest()[:24]
+
+
+def job_id(run_id: str, step: str, index: int) -> str:
+    if step.startswith("~"):
+        return f"wf-{run_id}-c{step[1:]}"
+    return f"wf-{run_id}-{step}-{index}"
+
+
+def parse_tag(tag: str) -> tuple[str, str, int]:
+    run_id, step, index = tag.split("|")
+    return run_id, step, int(index)
+
+
+def _walk(value: Any, names: list[str]) -> Any:
+    for name in names:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def output_of(run: dict[str, str], step: str, index: int) -> Any:
+    """One instance's output as stored (None when it has none: failed and continued, or not finished)."""
+    raw = run.get(f"o:{step}:{index}")
+    return json.loads(raw) if raw is not None and run.get(f"d:{step}:{index}") == "done" else None
+
+
+def resolve(plan: Plan, run: dict[str, str], ref: str, step: StepPlan, index: int, *, own: bool = False) -> Any:
+    """The value of a reference in one instance of `step` (`own`: a compensation reading its step's output)."""
+    parts = ref.split(".")
+    if parts[0] == "input":
+        return _walk(json.loads(run["in"]), parts[1:])
+    if parts[0] == "item":
+        assert step.for_each is not None
+        items = resolve(plan, run, step.for_each, step, index)
+        return _walk(items[index], parts[1:])
+    other = parts[1]
+    if own and other == step.name:
+        return _walk(output_of(run, other, index), parts[3:])
+    if plan.steps[other].for_each is not None:
+        count = int(run.get(f"n:{other}", "0"))
+        return [_walk(output_of(run, other, i), parts[3:]) for i in range(count)]
+    return _walk(output_of(run, other, 0), parts[3:])
+
+
+def payload(
+    plan: Plan, run: dict[str, str], step: StepPlan, index: int, inputs: dict[str, Binding], *, own: bool = False
+) -> dict[str, Any]:
+    return {
+        name: (b.value if b.ref is None else resolve(plan, run, b.ref, step, index, own=own))
+        for name, b in inputs.items()
+    }
+
+
+class Engine:
+    """Runs workflows through one client (its registry's plans, its backend's queues) and one store."""
+
+    def __init__(
+        self,
+        client: Client,
+        store: RunStore,
+        cancel_job: Callable[[str], bool],
+        now: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.cancel_job = cancel_job
+        self.now = now
+
+    def plan(self, name: str) -> Plan:
+        plans: dict[str, Plan] = self.client.registry.workflows
+        if name not in plans:
+            from .define import defined
+
+            cls = defined().get(name)
+            if cls is not None:  # a class defined after the registry was built (e.g. inside a test)
+                found: Plan = cls.plan
+                return found
+            raise WorkflowError(f"no workflow named {name!r} (known: {', '.join(sorted(plans)) or 'none'})")
+        return plans[name]
+
+    # -- starting --------------------------------------------------------------------------
+
+    def start(self, plan: Plan, data: dict[str, Any], key: str | None) -> tuple[str, bool]:
+        """Validate the input and store the run (unless its key's run exists); release its first steps."""
+        model = plan.input_model.model_validate(data)
+        run_id = run_id_for(plan.name, key)
+        now = self.now()
+        fields = {
+            "wf": plan.name,
+            "st": RUNNING,
+            "in": model.model_dump_json(),
+            "key": key or "",
+            "t0": str(now),
+            "dl": str(now + round(plan.timeout * 1000)) if plan.timeout else "0",
+            "sl": str(len(plan.steps)),
+            "steps": " ".join(plan.steps),
+        }
+        for step in plan.steps.values():
+            fields[f"deps:{step.name}"] = " ".join(plan.dependants(step.name))
+            fields[f"p:{step.name}"] = str(len(step.after))
+            fields[f"f:{step.name}"] = step.on_failure
+            fields[f"ss:{step.name}"] = "ready" if not step.after else "waiting"
+            if step.compensate is not None:
+                fields[f"cp:{step.name}"] = "1"
+        roots = plan.roots()
+        created = self.store.create(run_id, fields, roots, now)
+        if created:
+            for step_name in roots:
+                self.release(run_id, step_name)
+        return run_id, created
+
+    # -- releasing ------------------------------------------------------------------------
+
+    def release(self, run_id: str, step_name: str) -> None:
+        """Enqueue the jobs of a released step (again: a no-op for what is already stored)."""
+        run = self.store.read(run_id)
+        if run is None:
+            return
+        if run["st"] != (COMPENSATING if step_name.startswith("~") else RUNNING):
+            self.store.enqueued(run_id, step_name)
+            return
+        plan = self.plan(run["wf"])
+        if step_name.startswith("~"):
+            self._release_compensation(plan, run, run_id, step_name)
+            return
+        step = plan.steps[step_name]
+        count = 1
+        if step.for_each is not None:
+            items = resolve(plan, run, step.for_each, step, 0)
+            count = len(items) if isinstance(items, list) else 0
+        released = self.store.expand(run_id, step_name, count, self.now())
+        run = self.store.read(run_id) or run
+        todo = [i for i in range(count) if f"d:{step_name}:{i}" not in run]
+        if todo:
+            job_type = plan.job_type(step.job)
+            self._enqueue(
+                job_type, run_id, step_name, [(i, payload(plan, run, step, i, dict(step.inputs))) for i in todo]
+            )
+        self.store.enqueued(run_id, step_name)
+        for other in released:
+            self.release(run_id, other)
+
+    def _release_compensation(self, plan: Plan, run: dict[str, str], run_id: str, pseudo: str) -> None:
+        k = int(pseudo[1:])
+        target, _, index_text = run[f"c:{k}"].rpartition(":")
+        step = plan.steps[target]
+        assert step.compensate is not None
+        self.store.expand(run_id, pseudo, 1, self.now())
+        if f"d:{pseudo}:0" not in run:
+            data = payload(plan, run, step, int(index_text), dict(step.compensate.inputs), own=True)
+            self._enqueue(plan.job_type(step.compensate.job), run_id, pseudo, [(0, data)])
+        self.store.enqueued(run_id, pseudo)
+
+    def _enqueue(self, job_type: Any, run_id: str, step: str, items: list[tuple[int, dict[str, Any]]]) -> None:
+        client = self.client
+        options = client.registry.ensure(job_type)
+        now = client.backend.now()
+        prepared: list[Prepared] = []
+        for index, data in items:
+            one = client.prepare(job_type, options, data, EnqueueOptions(job_id=job_id(run_id, step, index)), now)
+            envelope = json.loads(one.envelope)
+            envelope.setdefault("options", {})[TAG] = f"{run_id}|{step}|{index}"
+            prepared.append(dataclasses.replace(one, envelope=json.dumps(envelope, separators=(",", ":"))))
+        client.backend.enqueue(prepared)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def finished(self, tag: str, mode: str, output: str = "", error: str = "") -> str:
+        """Record a step job's final outcome (done, failed, cancelled) and act on what it changed."""
+        run_id, step, index = parse_tag(tag)
+        verdict, released = self.store.finish(run_id, step, index, mode, output, error, self.now())
+        self._after(run_id, verdict, released)
+        return verdict
+
+    def stop(self, run_id: str, status: str, reason: str) -> bool:
+        """End a running run (cancelled, timed_out): outstanding jobs are cancelled, compensations start."""
+        verdict, released = self.store.stop(run_id, status, reason, self.now())
+        if verdict == "not running":
+            return False
+        self._after(run_id, verdict, released)
+        return True
+
+    def _after(self, run_id: str, verdict: str, released: list[str]) -> None:
+        if verdict in (STOPPING, "failed", "cancelled", "timed_out", COMPENSATING):
+            self.cancel_outstanding(run_id)
+        for other in released:
+            self.release(run_id, other)
+
+    def cancel_outstanding(self, run_id: str) -> None:
+        """Cancel the step jobs of a stopped run that have not reported. A job taken off its queue before it
+        ran is recorded as cancelled here; a running one reports when it ends."""
+        run = self.store.read(run_id) or {}
+        for step in run.get("steps", "").split():
+            for i in range(int(run.get(f"n:{step}", "0"))):
+                if f"d:{step}:{i}" in run:
+                    continue
+                try:
+                    before_it_ran = self.cancel_job(job_id(run_id, step, i))
+                except Exception as exc:  # noqa: BLE001 - it finished meanwhile: its report is on its way
+                    log.debug("workflow %s: %s not cancelled: %s", run_id, job_id(run_id, step, i), exc)
+                    continue
+                if before_it_ran:
+                    self.finished(f"{run_id}|{step}|{i}", "cancelled", error="cancelled before it ran")
+
+    def check_deadline(self, run_id: str, run: dict[str, str] | None = None) -> bool:
+        """Stop a running run whose timeout has passed; True if it did."""
+        run = run if run is not None else self.store.read(run_id)
+        if run is None or run.get("st") != RUNNING:
+            return False
+        deadline = int(run.get("dl", "0") or 0)
+        if deadline and self.now() > deadline:
+            seconds = (deadline - int(run["t0"])) / 1000
+            return self.stop(run_id, "timed_out", f"the workflow's timeout ({seconds:g}s) passed")
+        return False

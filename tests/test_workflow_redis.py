@@ -1,0 +1,359 @@
+"""Workflows on Redis with real worker subprocesses: a diamond, fan-out and fan-in, each failure policy,
+cancel mid-run, a second start with the same key, and workers SIGKILLed while a wide fan-out runs.
+
+The job and workflow classes are this module's own (FORGEJOBS_JOBS=tests.test_workflow_redis), on queues
+the test's own spec folder declares. Each job appends a line to a notes file, so a test counts runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import BaseModel
+
+from forgejobs import Client, Context, Job, Registry, Settings, Unrecoverable, set_client
+from forgejobs.backends.redis import RedisBackend
+from forgejobs.workflows import Step, Workflow, chain, group
+from forgejobs.workflows.run import WorkflowRun
+from tests.conftest import ROOT, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+def note(path: str, what: str, value: object = None) -> None:
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"what": what, "value": value, "pid": os.getpid()}) + "\n")
+
+
+def notes(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Order(BaseModel):
+    notes: str
+    org_ids: list[str] = []
+    fail_org: str = ""
+    hold: float = 0.0
+
+
+class Account(BaseModel):
+    org: str
+    seats: int
+
+
+class Open(Job, queue="wfr"):
+    notes: str
+
+    def perform(self, ctx: Context) -> Account:
+        note(self.notes, "open")
+        return Account(org="org_1", seats=3)
+
+
+class Greet(Job, queue="wfr-mail"):
+    notes: str
+    org: str
+
+    def perform(self, ctx: Context) -> str:
+        note(self.notes, "greet", self.org)
+        return f"hello {self.org}"
+
+
+class Count(Job, queue="wfr"):
+    notes: str
+    seats: int
+
+    def perform(self, ctx: Context) -> int:
+        note(self.notes, "count", self.seats)
+        return self.seats * 10
+
+
+class Close(Job, queue="wfr"):
+    notes: str
+    greeting: str
+    total: int
+
+    def perform(self, ctx: Context) -> str:
+        note(self.notes, "close", [self.greeting, self.total])
+        return f"{self.greeting}: {self.total}"
+
+
+class Charge(Job, queue="wfr", attempts=1):
+    notes: str
+    org_id: str
+    fail_org: str = ""
+    hold: float = 0.0
+
+    def perform(self, ctx: Context) -> int:
+        note(self.notes, "charge", self.org_id)
+        if self.hold and ctx.wait_cancelled(self.hold):
+            return -1
+        if self.org_id == self.fail_org:
+            raise Unrecoverable(f"card declined for {self.org_id}")
+        return int(self.org_id.rsplit("_", 1)[-1])
+
+
+class Refund(Job, queue="wfr"):
+    notes: str
+    org_id: str
+
+    def perform(self, ctx: Context) -> None:
+        note(self.notes, "refund", self.org_id)
+
+
+class Sum(Job, queue="wfr"):
+    notes: str
+    amounts: list[int | None]
+
+    def perform(self, ctx: Context) -> int:
+        note(self.notes, "sum", self.amounts)
+        return sum(a or 0 for a in self.amounts)
+
+
+class Strict(Job, queue="wfr"):
+    notes: str
+    amounts: list[int]
+
+    def perform(self, ctx: Context) -> int:
+        note(self.notes, "strict", len(self.amounts))
+        return sum(self.amounts)
+
+
+class Diamond(Workflow, input=Order, name="redis_diamond"):
+    open = Step(Open, {"notes": "input.notes"})
+    greet = Step(Greet, {"notes": "input.notes", "org": "steps.open.output.org"})
+    count = Step(Count, {"notes": "input.notes", "seats": "steps.open.output.seats"})
+    close = Step(Close, {"notes": "input.notes", "greeting": "steps.greet.output", "total": "steps.count.output"})
+    flow = chain(open, group(greet, count), close)
+
+
+def _charge(policy: str = "fail", *, compensate: bool = False) -> Step:
+    return Step(
+        Charge,
+        {"notes": "input.notes", "org_id": "item", "fail_org": "input.fail_org", "hold": "input.hold"},
+        for_each="input.org_ids",
+        on_failure=policy,  # type: ignore[arg-type]
+        compensate=Refund if compensate else None,
+    )
+
+
+class FanIn(Workflow, input=Order, name="redis_fan_in"):
+    charge = _charge()
+    total = Step(Strict, {"notes": "input.notes", "amounts": "steps.charge.output"}, after=[charge])
+
+
+class Lenient(Workflow, input=Order, name="redis_lenient"):
+    charge = _charge("continue")
+    total = Step(Sum, {"notes": "input.notes", "amounts": "steps.charge.output"}, after=[charge])
+
+
+class Saga(Workflow, input=Order, name="redis_saga"):
+    charge = _charge(compensate=True)
+    total = Step(Strict, {"notes": "input.notes", "amounts": "steps.charge.output"}, after=[charge])
+
+
+MODULE = "tests.test_workflow_redis"
+
+
+@pytest.fixture
+def specs(tmp_path: Path) -> Path:
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "queues.yaml").write_text("queues:\n  wfr: {concurrency: 6}\n  wfr-mail: {concurrency: 2}\n")
+    return folder
+
+
+@pytest.fixture
+def wf_settings(redis_url: str, specs: Path) -> Settings:
+    return Settings(redis_url=redis_url, jobs=MODULE, specs=specs, stall_timeout=2)
+
+
+@pytest.fixture
+def wf_client(conn: redis.Redis, wf_settings: Settings) -> Iterator[Client]:
+    c = Client(RedisBackend(conn), Registry.load(wf_settings))
+    previous = set_client(c)
+    yield c
+    set_client(previous)
+
+
+@pytest.fixture
+def start_worker(redis_url: str, specs: Path, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+    env = {
+        **os.environ,
+        "FORGEJOBS_REDIS_URL": redis_url,
+        "FORGEJOBS_JOBS": MODULE,
+        "FORGEJOBS_SPECS": str(specs),
+        "FORGEJOBS_STALL_TIMEOUT": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "forgejobs.cli", "worker"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        started.append(WorkerProcess(process, log_path))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def finished(run: WorkflowRun, timeout: float = 60) -> str:
+    return str(wait_for(lambda: run.status() if run.done() else None, timeout=timeout, what=f"run {run.id} to end"))
+
+
+def whats(path: Path) -> Counter[str]:
+    return Counter(str(n["what"]) for n in notes(path))
+
+
+def test_a_diamond_passes_outputs_along_across_queues(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    run = Diamond.start(notes=str(path))
+    start_worker()
+    assert finished(run) == "succeeded"
+    assert run.outputs() == {
+        "open": {"org": "org_1", "seats": 3},
+        "greet": "hello org_1",
+        "count": 30,
+        "close": "hello org_1: 30",
+    }
+    assert whats(path) == Counter({"open": 1, "greet": 1, "count": 1, "close": 1})
+    seen = [n["what"] for n in notes(path)]
+    assert seen[0] == "open" and seen[-1] == "close"
+
+
+def test_fan_out_of_200_fans_in_once_with_every_output(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    orgs = [f"org_{i}" for i in range(200)]
+    run = FanIn.start(notes=str(path), org_ids=orgs)
+    start_worker()
+    start_worker()
+    assert finished(run, 120) == "succeeded"
+    assert run.output("total") == sum(range(200))
+    assert run.output("charge") == list(range(200))
+    strict = [n for n in notes(path) if n["what"] == "strict"]
+    assert [n["value"] for n in strict] == [200]
+    assert run.steps()["charge"].instances == 200 and run.steps()["charge"].finished == 200
+
+
+def test_fail_stops_the_run_and_never_releases_the_fan_in(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    run = FanIn.start(notes=str(path), org_ids=["org_1", "org_2", "org_3"], fail_org="org_2")
+    start_worker()
+    assert finished(run) == "failed"
+    assert "step charge[1] failed" in (run.error() or "") and "card declined for org_2" in (run.error() or "")
+    time.sleep(0.5)  # nothing is pending to wait for: the fan-in must simply never appear
+    assert whats(path)["strict"] == 0
+    assert run.steps()["total"].status == "cancelled"
+
+
+def test_continue_gives_the_fan_in_none_for_the_failed_instance(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    run = Lenient.start(notes=str(path), org_ids=["org_1", "org_2", "org_3"], fail_org="org_2")
+    start_worker()
+    assert finished(run) == "succeeded"
+    assert [n["value"] for n in notes(path) if n["what"] == "sum"] == [[1, None, 3]]
+    assert run.output("total") == 4
+
+
+def test_compensate_undoes_completed_steps_newest_first(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    run = Saga.start(notes=str(path), org_ids=["org_1", "org_2", "org_3"], fail_org="org_3")
+    worker = start_worker()
+    assert finished(run) == "failed", worker.log()
+    comps = run.compensations()
+    assert sorted(c for c, _ in comps) == ["charge:0", "charge:1"]
+    assert all(outcome == "done" for _, outcome in comps)
+    charged = [n["value"] for n in notes(path) if n["what"] == "charge" and n["value"] != "org_3"]
+    refunded = [n["value"] for n in notes(path) if n["what"] == "refund"]
+    completed = [f"org_{int(c.split(':')[1]) + 1}" for c, _ in reversed(comps)]
+    assert sorted(charged) == sorted(refunded) == ["org_1", "org_2"]
+    assert refunded == list(reversed(completed))  # the newest completed is refunded first
+    assert whats(path)["strict"] == 0
+
+
+def test_cancel_mid_run_stops_running_steps_and_releases_nothing(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    run = FanIn.start(notes=str(path), org_ids=["org_1", "org_2"], hold=60)
+    start_worker()
+    wait_for(lambda: whats(path)["charge"] == 2, timeout=30, what="both charges to start")
+    assert run.cancel() is True
+    assert run.cancel() is False
+    assert run.status() == "stopping"  # until the running charges report
+    # the running charges see ctx.cancelled and end; the fan-in is never released
+    assert finished(run) == "cancelled"
+    assert run.steps()["charge"].finished == 2
+    assert whats(path)["strict"] == 0
+    assert {s.status for s in run.steps().values()} == {"cancelled"}
+
+
+def test_a_second_start_with_the_same_key_returns_the_first_run(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    first = Diamond.start(key="order-42", notes=str(path))
+    second = Diamond.start(key="order-42", notes=str(tmp_path / "other"))
+    assert second.id == first.id and second.existing and not first.existing
+    start_worker()
+    assert finished(first) == "succeeded"
+    assert whats(path)["open"] == 1 and not (tmp_path / "other").exists()
+    third = Diamond.start(key="order-42", notes=str(path))
+    assert third.id == first.id and third.status() == "succeeded"
+
+
+def test_workers_sigkilled_at_random_during_a_500_wide_fan_out_lose_nothing(
+    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    orgs = [f"org_{i}" for i in range(500)]
+    run = FanIn.start(notes=str(path), org_ids=orgs)
+    workers = [start_worker() for _ in range(3)]
+    rng = random.Random(11)
+    kills = 0
+    deadline = time.monotonic() + 240
+    while run.steps()["charge"].finished < 500 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.2, 0.8))
+        victim = workers.pop(rng.randrange(len(workers)))
+        victim.signal(signal.SIGKILL)
+        victim.wait()
+        kills += 1
+        workers.append(start_worker())
+    assert kills >= 3
+    assert finished(run, 120) == "succeeded"
+    assert run.output("charge") == list(range(500))
+    assert run.output("total") == sum(range(500))
+    strict = [n["value"] for n in notes(path) if n["what"] == "strict"]
+    assert strict == [500]  # released once, with all 500 outputs
+    charged = Counter(str(n["value"]) for n in notes(path) if n["what"] == "charge")
+    assert set(charged) == set(orgs)  # every step ran (some twice: a killed worker's job runs again)
