@@ -231,6 +231,8 @@ def test_payloads_are_escaped_and_secrets_never_reach_a_page(
     assert '"api_key": "***"' in shown
     assert "the provider refused key *** for" in shown  # the error, masked
     assert "sending to" in shown and "with ***" in shown  # the log line, masked
+    events = shown.split('id="events"')[1].split("</table>")[0]  # the job's events, their data masked too
+    assert "enqueued" in events and "started" in events and "dead_lettered" in events and "***" in events
     assert "unrecoverable" in pages["dead"]
     headers = browser.get("/").headers
     assert "default-src 'self'" in headers["content-security-policy"]

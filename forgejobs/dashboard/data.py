@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..deadletter import DeadLetter
 from ..inspection import Inspector, JobDetail, JobSummary, State
-from ..logs import job_model, mask_payload, mask_text, secret_values
+from ..logs import has_secrets, job_model, mask_payload, mask_text, secret_values
 from ..metrics import MetricsReader, MinuteCount
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ TAB_COUNT = {
     State.CANCELLED: "cancelled",
 }
 DEAD_SCAN = 5000  # dead letters read for the dead-letter page's filters and summary
+EVENTS_READ = 1000  # event stream entries read for one job's page
 
 
 @dataclass
@@ -162,7 +163,40 @@ class Reader:
     # -- one job -------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobView:
-        return JobView.of(self.inspector.job(job_id), self.registry)
+        detail = self.inspector.job(job_id)
+        values = self._secret_values(detail)
+        view = JobView.of(detail, self.registry, values)
+        events, view.events_cut = self.events(detail)
+        view.events = [{**e, "data": mask_text(e["data"], values)} for e in events]
+        return view
+
+    def _secret_values(self, detail: JobDetail) -> list[str]:
+        """The job's secret values as stored (the Inspector's copy may already show them as ***), to mask
+        wherever they appear in text: errors, log lines, events."""
+        model = job_model(self.registry, detail.name)
+        if model is None or not has_secrets(model):
+            return []
+        stored = self.backend.job_detail(detail.id)
+        payload = None
+        if stored is not None:
+            payload = stored.payload if stored.payload is not None else None
+            if payload is None and stored.dead_letter is not None:
+                payload = stored.dead_letter.payload
+        return secret_values(model, payload)
+
+    def events(self, detail: JobDetail) -> tuple[list[dict[str, Any]], bool]:
+        """The job's events among the first EVENTS_READ stream entries from a minute before it was enqueued
+        (stream ids are server times; the slack covers a producer's clock), and whether more were left unread."""
+        if detail.enqueued_at is None:
+            return [], False
+        start = int(detail.enqueued_at.timestamp() * 1000) - 60_000
+        read = self.backend.events.read(after=f"{max(start, 0)}-0", count=EVENTS_READ)
+        mine = [
+            {"at": e.at, "kind": e.kind.value, "attempt": e.attempt, "data": json.dumps(e.data, default=str)}
+            for e in read
+            if e.job_id == detail.id
+        ]
+        return mine, len(read) >= EVENTS_READ
 
     # -- dead letters --------------------------------------------------------------------------
 
@@ -248,14 +282,16 @@ class JobView:
     attempts: list[dict[str, Any]]
     dead_letter: DeadLetterView | None
     raw: str | None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_cut: bool = False
 
     @classmethod
-    def of(cls, detail: JobDetail, registry: Any) -> JobView:
+    def of(cls, detail: JobDetail, registry: Any, stored_secrets: list[str] | None = None) -> JobView:
         model = job_model(registry, detail.name)
         payload = detail.payload
         if payload is None and detail.dead_letter is not None:
             payload = detail.dead_letter.payload
-        values = secret_values(model, payload)
+        values = sorted({*secret_values(model, payload), *(stored_secrets or [])}, key=len, reverse=True)
 
         def text(value: str | None) -> str | None:
             return mask_text(value, values) if value is not None else None
