@@ -81,6 +81,7 @@ def test_the_wheel_holds_the_framework_and_no_catalog(wheel: Path) -> None:
     assert top_level == {"forgejobs"}
     assert "forgejobs/runtime/scripts/fetch.lua" in names
     assert "forgejobs/py.typed" in names
+    assert "forgejobs/dashboard/templates/base.html" in names  # the dashboard renders from package data
     required = [
         line.split(":", 1)[1].strip()
         for line in metadata.splitlines()
