@@ -1,4 +1,5 @@
-"""The `forgejobs` command line: check, enqueue, info, jobs, job, schema, worker, metrics, scheduler, dead, demo.
+"""The `forgejobs` command line: check, enqueue, info, jobs, job, schema, worker, metrics, dashboard, scheduler,
+dead, outbox, demo.
 
 Every error is printed as one sentence on stderr, starting with `error:` and naming the option, setting,
 field or name that is wrong (never a Pydantic error dump), with exit status 1.
