@@ -96,6 +96,7 @@ class Outbox:
             sa.Index(f"{name}_pending", "failed_ms", "created_ms"),
             schema=schema,
         )
+        self._statements: dict[tuple[str, bool], sa.Executable] = {}
 
     def create_table(self, bind: Engine | Connection) -> None:
         """Create the table and its index if missing."""
@@ -144,26 +145,27 @@ class Outbox:
             "created_ms": _now_ms(),
         }
 
-    def _insert(self, dialect: str, values: dict[str, Any], ignore: bool) -> sa.Executable:
+    def _insert(self, dialect: str, ignore: bool) -> sa.Executable:
+        """The INSERT for one row (built once per kind: the values go as parameters, so it compiles once)."""
+        key = (dialect, ignore)
+        found = self._statements.get(key)
+        if found is not None:
+            return found
+        statement: sa.Executable
         if ignore and dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return (
-                pg_insert(self.table)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=["id"])
-                .returning(self.table.c.id)
-            )
-        if ignore and dialect == "sqlite":
+            statement = pg_insert(self.table).on_conflict_do_nothing(index_elements=["id"]).returning(self.table.c.id)
+        elif ignore and dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            return (
-                sqlite_insert(self.table)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=["id"])
-                .returning(self.table.c.id)
+            statement = (
+                sqlite_insert(self.table).on_conflict_do_nothing(index_elements=["id"]).returning(self.table.c.id)
             )
-        return self.table.insert().values(values)
+        else:
+            statement = self.table.insert()
+        self._statements[key] = statement
+        return statement
 
     def enqueue(
         self,
@@ -187,7 +189,7 @@ class Outbox:
         other databases raise their unique-key error)."""
         job_type, values = self.row(job, payload, delay=delay, at=at, priority=priority, job_id=job_id, client=client)
         conn = target.connection() if isinstance(target, Session) else target
-        result = conn.execute(self._insert(conn.dialect.name, values, job_id is not None))
+        result = conn.execute(self._insert(conn.dialect.name, job_id is not None), values)
         inserted = result.first() is not None if _returns(conn.dialect.name, job_id) else True
         return JobHandle(client or current_client(), values["id"], job_type, existing=not inserted)
 
@@ -206,7 +208,7 @@ class Outbox:
         """`enqueue` for SQLAlchemy's asyncio `AsyncSession` or `AsyncConnection`."""
         job_type, values = self.row(job, payload, delay=delay, at=at, priority=priority, job_id=job_id, client=client)
         bind = target.get_bind() if hasattr(target, "get_bind") else target
-        result = await target.execute(self._insert(bind.dialect.name, values, job_id is not None))
+        result = await target.execute(self._insert(bind.dialect.name, job_id is not None), values)
         inserted = result.first() is not None if _returns(bind.dialect.name, job_id) else True
         return JobHandle(client or current_client(), values["id"], job_type, existing=not inserted)
 

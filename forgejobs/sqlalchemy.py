@@ -272,12 +272,32 @@ class _ConnectionHold(_Hold):
 _CONNECTION_EVENTS = ("begin", "commit", "rollback", "savepoint", "rollback_savepoint", "release_savepoint")
 
 
+# Listened for once per engine (a listener per connection costs more than the enqueue it guards); each event
+# goes to the holds of the blocks open on that connection.
+_holds: weakref.WeakKeyDictionary[Connection, list[_ConnectionHold]] = weakref.WeakKeyDictionary()
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _relay(name: str) -> Any:
+    def handler(conn: Connection, *args: Any) -> None:
+        for found in _holds.get(conn, ()):
+            getattr(found, name)(conn, *args)
+
+    return handler
+
+
+_HANDLERS = {name: _relay(name) for name in _CONNECTION_EVENTS}
+
+
 @contextmanager
 def _connection_block(conn: Connection) -> Iterator[_ConnectionHold]:
+    engine = conn.engine
+    if engine not in _engines:
+        for name, handler in _HANDLERS.items():
+            event.listen(engine, name, handler)
+        _engines.add(engine)
     found = _ConnectionHold()
-    handlers = [(name, getattr(found, name)) for name in _CONNECTION_EVENTS]
-    for name, handler in handlers:
-        event.listen(conn, name, handler)
+    _holds.setdefault(conn, []).append(found)
     try:
         yield found
     except BaseException:
@@ -296,8 +316,10 @@ def _connection_block(conn: Connection) -> Iterator[_ConnectionHold]:
         drop_held(found.leftovers(), "no transaction committed them before the block ended")
         found.flush()
     finally:
-        for name, handler in handlers:
-            event.remove(conn, name, handler)
+        blocks = _holds.get(conn, [])
+        blocks.remove(found)
+        if not blocks:
+            _holds.pop(conn, None)
 
 
 # -- the public entry points ----------------------------------------------------------------------

@@ -73,8 +73,9 @@ def _cleanup_job_id(file_id: str, deleted_at: datetime) -> str:
 def soft_delete_file(store: Store, file_id: str, *, purge_after: timedelta = DEFAULT_PURGE_AFTER) -> JobHandle:
     """Mark the file deleted (restorable) and enqueue its `CleanupDeletedFile` to run after `purge_after`.
 
-    The row is committed before the job is enqueued, so the job never runs
-    ahead of it; if the enqueue fails, the exception propagates and the daily
+    The job is enqueued in the row's transaction (`Store.enqueue`: sent after
+    the commit, so it never runs ahead of the row, or an outbox row); if the
+    enqueue after the commit fails, the exception propagates and the daily
     `SweepOrphanFiles` purges the file later. Deleting a file that is already
     deleted keeps the first deletion time and returns the handle of its cleanup
     (enqueued again, for the time that is left, if it is no longer known).
@@ -83,7 +84,7 @@ def soft_delete_file(store: Store, file_id: str, *, purge_after: timedelta = DEF
     if purge_after < timedelta(0):
         raise ValueError(f"purge_after must not be negative, got {purge_after}")
     now = utcnow()
-    with store.begin() as conn:
+    with store.transaction() as conn:
         row = conn.execute(
             sa.select(files.c.deleted_at, files.c.purge_at, files.c.purged_at).where(files.c.id == file_id)
         ).one_or_none()
@@ -96,9 +97,9 @@ def soft_delete_file(store: Store, file_id: str, *, purge_after: timedelta = DEF
         if deleted_at is None:
             deleted_at, purge_at = now, now + purge_after
             conn.execute(files.update().where(files.c.id == file_id).values(deleted_at=deleted_at, purge_at=purge_at))
-    delay = max((purge_at or deleted_at + purge_after) - now, timedelta(0))
-    later = CleanupDeletedFile.with_options(delay=delay, job_id=_cleanup_job_id(file_id, deleted_at))
-    return later.enqueue(file_id=file_id, deleted_at=deleted_at)
+        delay = max((purge_at or deleted_at + purge_after) - now, timedelta(0))
+        job = CleanupDeletedFile(file_id=file_id, deleted_at=deleted_at)
+        return store.enqueue(conn, job, delay=delay, job_id=_cleanup_job_id(file_id, deleted_at))
 
 
 def restore_file(store: Store, file_id: str) -> bool:

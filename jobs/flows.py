@@ -1,10 +1,11 @@
 """Application-side flows that fan out to several queues, as a web handler would call them.
 
-Each writes its rows in one transaction and enqueues after the commit, so a
-job never looks for a row that a rolled-back transaction never wrote. The
-price of that order: if Redis refuses the enqueue after the commit, the
-caller sees the error and the rows stay (retry the enqueue, or keep an outbox
-table; see docs/catalog.md).
+Each writes its rows and its jobs in one transaction (`Store.transaction`): the
+jobs exist only if the rows do. By default the jobs are held and enqueued once the
+transaction has committed (`forgejobs.sqlalchemy`), so a job never looks for a row
+that a rolled-back transaction never wrote; a store with an outbox writes them as
+outbox rows instead, which also survive a crash between the commit and Redis (see
+docs/transactions.md).
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def sign_up(store: Store, *, email: str, name: str, org_id: str | None = None, r
                 summary=f"{name} joined",
             )
         )
-    with store.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(users.insert().values(id=user_id, email=address, name=name))
         if org_id is not None:
             conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role="member"))
-    for job in jobs:
-        job.enqueue()
+        for job in jobs:
+            store.enqueue(conn, job)
     return user_id
 
 

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from forgejobs import sqlalchemy as after_commit
+
+if TYPE_CHECKING:
+    from forgejobs import Job, JobHandle
+    from forgejobs.outbox import Outbox
 
 metadata = sa.MetaData()
 
@@ -290,13 +296,19 @@ class SchemaMismatch(RuntimeError):
 
 
 class Store:
-    """An engine and the catalog's tables, with the few portable helpers handlers need."""
+    """An engine and the catalog's tables, with the few portable helpers handlers need.
 
-    def __init__(self, engine: Engine) -> None:
+    `outbox`: where the app-side flows (`sign_up`, `publish_event`, `receive_stripe_event`,
+    `soft_delete_file`) put their jobs. None (the default): enqueued after their transaction commits
+    (`forgejobs.sqlalchemy`); an `Outbox`: written as rows in that transaction, for `forgejobs outbox relay`
+    to move to Redis (`forgejobs.outbox`; docs/transactions.md says which to pick)."""
+
+    def __init__(self, engine: Engine, *, outbox: Outbox | None = None) -> None:
         self.engine = engine
+        self.outbox = outbox
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True, **engine_options: Any) -> Store:
+    def from_url(cls, url: str, *, create: bool = True, outbox: Outbox | None = None, **engine_options: Any) -> Store:
         """Connect (and, by default, create missing tables). SQLite files get their folder made."""
         parsed = sa.engine.make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -306,7 +318,7 @@ class Store:
         engine = sa.create_engine(url, **engine_options)
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
+        store = cls(engine, outbox=outbox)
         if create:
             store.create_all()
         store.check_schema()
@@ -332,14 +344,18 @@ class Store:
             )
 
     def create_all(self) -> None:
-        """Create missing tables. Safe when many processes start at once on an empty database (each
-        worker child builds its resources): PostgreSQL serialises them with an advisory lock, and on
-        SQLite a process that lost a race to another looks again."""
+        """Create missing tables (and the outbox's, if the store has one). Safe when many processes start at
+        once on an empty database (each worker child builds its resources): PostgreSQL serialises them with
+        an advisory lock, and on SQLite a process that lost a race to another looks again."""
         if self.engine.dialect.name == "postgresql":
             with self.engine.begin() as conn:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
                 metadata.create_all(conn)
+                if self.outbox is not None:
+                    self.outbox.create_table(conn)
             return
+        if self.outbox is not None:
+            self.outbox.create_table(self.engine)
         objects = len(metadata.tables) + sum(len(t.indexes) for t in metadata.tables.values())
         for _ in range(objects):  # each lost race means another process made progress
             try:
@@ -355,6 +371,27 @@ class Store:
         """One transaction: committed when the block ends, rolled back if it raises."""
         with self.engine.begin() as conn:
             yield conn
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """`begin()` for the app-side flows: jobs given to `enqueue` inside it exist only if it commits."""
+        return after_commit.begin(self.engine)
+
+    def enqueue(
+        self,
+        conn: Connection,
+        job: Job,
+        *,
+        delay: timedelta | None = None,
+        job_id: str | None = None,
+        priority: int | None = None,
+    ) -> JobHandle:
+        """Enqueue `job` as part of the transaction `conn` (one from `transaction()`): a row in the outbox
+        if the store has one, else held and enqueued once the transaction has committed."""
+        if self.outbox is not None:
+            return self.outbox.enqueue(conn, job, delay=delay, job_id=job_id, priority=priority)
+        job_type: Any = type(job)
+        handle: JobHandle = job_type.with_options(delay=delay, job_id=job_id, priority=priority).enqueue(job)
+        return handle
 
     def insert_ignore(self, conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
         """Insert unless a row with the same primary key or unique value exists. True if inserted."""

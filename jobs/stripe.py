@@ -32,6 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import stripe
+from sqlalchemy.engine import Connection
 
 from forgejobs import Context, Job, JobHandle, Unrecoverable, backoff
 
@@ -142,25 +143,27 @@ def verify_stripe_event(
     return event
 
 
-def _enqueue_processing(event_id: str) -> JobHandle:
-    return ProcessStripeEvent.with_options(job_id=f"stripe-{event_id}").enqueue(event_id=event_id)
+def _enqueue_processing(store: Store, conn: Connection, event_id: str) -> JobHandle:
+    return store.enqueue(conn, ProcessStripeEvent(event_id=event_id), job_id=f"stripe-{event_id}")
 
 
 def receive_stripe_event(
     store: Store, payload: bytes, signature_header: str | None, *, secret: str, tolerance: int = 300
 ) -> Received:
-    """Verify one webhook delivery, store its event once, and enqueue `ProcessStripeEvent` for it.
+    """Verify one webhook delivery, store its event once, and enqueue `ProcessStripeEvent` for it in the
+    same transaction (`Store.enqueue`: sent after the commit, or an outbox row).
 
     `payload` is the request body exactly as received; `signature_header` the
     `Stripe-Signature` header (None if absent). Raises `InvalidStripeEvent`
     (answer 400) when the delivery is refused; nothing is stored then. A
-    `BackendError` from the enqueue (queue unreachable) propagates: answer 5xx,
-    Stripe delivers again, and the redelivery enqueues the job the first one
-    could not (the stored event is still `received`).
+    `BackendError` from the enqueue after the commit (queue unreachable)
+    propagates: answer 5xx, Stripe delivers again, and the redelivery enqueues
+    the job the first one could not (the stored event is still `received`).
+    With an outbox there is no such error: the job is a row of the transaction.
     """
     event = verify_stripe_event(payload, signature_header, secret=secret, tolerance=tolerance)
     event_id, event_type = str(event["id"]), str(event["type"])
-    with store.begin() as conn:
+    with store.transaction() as conn:
         inserted = store.insert_ignore(
             conn,
             stripe_events,
@@ -179,12 +182,9 @@ def receive_stripe_event(
             if inserted
             else conn.execute(sa.select(stripe_events.c.status).where(stripe_events.c.id == event_id)).scalar_one()
         )
-    if inserted:
-        return Received(event_id, event_type, duplicate=False, handle=_enqueue_processing(event_id))
-    if status == "received":
-        # Stored but not processed: its job normally exists, and the same job id makes this a no-op.
-        return Received(event_id, event_type, duplicate=True, handle=_enqueue_processing(event_id))
-    return Received(event_id, event_type, duplicate=True)
+        # Stored but not processed (a redelivery): its job normally exists, and the same job id makes this a no-op.
+        handle = _enqueue_processing(store, conn, event_id) if status == "received" else None
+    return Received(event_id, event_type, duplicate=not inserted, handle=handle)
 
 
 def stripe_webhook_response(

@@ -427,16 +427,18 @@ def _subscribed(event_types: Sequence[str] | None, event_type: str) -> bool:
 def publish_event(
     store: Store, *, org_id: str, event_type: str, data: Mapping[str, Any], event_id: str | None = None
 ) -> list[str]:
-    """Create a delivery for each enabled endpoint of `org_id` subscribed to `event_type`, commit, then
-    enqueue one `DeliverWebhook` per delivery. Returns the delivery ids (each is the `webhook-id` header).
+    """Create a delivery for each enabled endpoint of `org_id` subscribed to `event_type` and, in the same
+    transaction, one `DeliverWebhook` per delivery (`Store.enqueue`: sent after the commit, or an outbox
+    row). Returns the delivery ids (each is the `webhook-id` header).
 
     `data` must be JSON-serialisable. Give `event_id` (your idempotency key for the event) to make
     publishing safe to repeat: the delivery ids are then derived from it, a second call creates no new
-    rows, returns the same ids and enqueues again only what is still pending, which also recovers a
-    publish interrupted between the commit and the enqueue. Without it each call is a new event.
+    rows, returns the same ids and enqueues again only what is still pending (the job ids are derived from
+    the delivery ids, so a job still known is not stored twice), which also recovers a publish whose
+    enqueue failed after the commit. Without it each call is a new event.
     """
     payload = json.loads(json.dumps(data))  # refuse what JSON cannot carry before anything is stored
-    with store.begin() as conn:
+    with store.transaction() as conn:
         endpoints = conn.execute(
             sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types)
             .where(webhook_endpoints.c.org_id == org_id, webhook_endpoints.c.disabled_at.is_(None))
@@ -468,11 +470,10 @@ def publish_event(
                 )
             ).scalars()
         )
-    for delivery_id, endpoint_id in targets:
-        if delivery_id in pending:
-            DeliverWebhook.with_options(job_id=delivery_job_id(delivery_id)).enqueue(
-                delivery_id=delivery_id, endpoint_id=endpoint_id
-            )
+        for delivery_id, endpoint_id in targets:
+            if delivery_id in pending:
+                job = DeliverWebhook(delivery_id=delivery_id, endpoint_id=endpoint_id)
+                store.enqueue(conn, job, job_id=delivery_job_id(delivery_id))
     return [delivery_id for delivery_id, _ in targets]
 
 

@@ -1,10 +1,13 @@
-"""The app-side sign-up flow: validated before anything is written, enqueued after the commit."""
+"""The app-side sign-up flow: validated before anything is written, enqueued after the commit or through an outbox."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 import sqlalchemy as sa
 
+from forgejobs.outbox import Outbox, OutboxRelay
 from forgejobs.testing import FakeQueue
 from jobs.activity import CreateActivity
 from jobs.audit import RecordAuditEvent
@@ -54,6 +57,33 @@ def test_sign_up_refuses_bad_input_before_writing_anything(
         sign_up(store, email=email, name=name, org_id=org["org_id"])
     assert count(store, users) == before
     assert fake_queue.backend.log == []
+
+
+def test_sign_up_rolled_back_enqueues_nothing(store: Store, fake_queue: FakeQueue, org: dict[str, str]) -> None:
+    sign_up(store, email="dup@example.com", name="First", org_id=org["org_id"])
+    fake_queue.clear()
+    with pytest.raises(sa.exc.IntegrityError):
+        sign_up(store, email="dup@example.com", name="Second", org_id=org["org_id"])  # the email is taken
+    assert fake_queue.all_enqueued() == []
+
+
+def test_sign_up_through_an_outbox_writes_its_jobs_as_rows_of_its_transaction(
+    store: Store, fake_queue: FakeQueue, org: dict[str, str]
+) -> None:
+    box = Outbox(f"outbox_{uuid.uuid4().hex[:8]}")
+    with_outbox = Store(store.engine, outbox=box)
+    with_outbox.create_all()
+    user_id = sign_up(with_outbox, email="cy@example.com", name="Cy", org_id=org["org_id"])
+    with pytest.raises(sa.exc.IntegrityError):
+        sign_up(with_outbox, email="cy@example.com", name="Cy again", org_id=org["org_id"])
+    assert fake_queue.all_enqueued() == [] and count(store, box.table) == 3  # the failed sign-up wrote none
+
+    OutboxRelay(store.engine, fake_queue.client, box).run_once()
+
+    assert count(store, box.table) == 0
+    fake_queue.assert_enqueued(WelcomeEmail, count=1, user_id=user_id)
+    fake_queue.assert_enqueued(RecordAuditEvent, count=1, actor_id=user_id)
+    fake_queue.assert_enqueued(CreateActivity, count=1, org_id=org["org_id"])
 
 
 def test_record_usage_refuses_a_metric_longer_than_its_column(store: Store, org: dict[str, str]) -> None:
