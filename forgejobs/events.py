@@ -69,6 +69,12 @@ class EventKind(StrEnum):
     DEDUPLICATED = "deduplicated"  # an enqueue was dropped as a duplicate of job_id
     ABORTED = "aborted"  # its worker stopped mid-job; the same attempt runs again
     CANCELLED = "cancelled"  # someone cancelled it: taken off its queue, or stopped while it ran
+    # workflow runs (docs/workflows.md): job_id is the run id, name the workflow, queue "workflows"
+    WORKFLOW_STARTED = "workflow_started"  # data: key
+    STEP_RELEASED = "step_released"  # everything the step waits for has finished (data: step)
+    WORKFLOW_COMPLETED = "workflow_completed"  # every step finished
+    WORKFLOW_FAILED = "workflow_failed"  # a step failed, or the timeout passed (data: status, error)
+    WORKFLOW_CANCELLED = "workflow_cancelled"  # cancelled (data: error)
 
 
 class Event(BaseModel):

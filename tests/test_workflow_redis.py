@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from forgejobs import Client, Context, Job, Registry, Settings, Unrecoverable, set_client
 from forgejobs.backends.redis import RedisBackend
+from forgejobs.events import EventStream
 from forgejobs.workflows import Step, Workflow, chain, group
 from forgejobs.workflows.run import WorkflowRun
 from tests.conftest import ROOT, WorkerProcess, wait_for
@@ -145,6 +146,15 @@ def _charge(policy: str = "fail", *, compensate: bool = False) -> Step:
         on_failure=policy,  # type: ignore[arg-type]
         compensate=Refund if compensate else None,
     )
+
+
+class Pay(Charge, queue="wfr", attempts=5, max_stalled=50):
+    """`Charge` that survives its worker being killed, however often: a stalled job runs again."""
+
+
+class Chaos(Workflow, input=Order, name="redis_chaos"):
+    pay = Step(Pay, {"notes": "input.notes", "org_id": "item", "hold": "input.hold"}, for_each="input.org_ids")
+    total = Step(Strict, {"notes": "input.notes", "amounts": "steps.pay.output"}, after=[pay])
 
 
 class FanIn(Workflow, input=Order, name="redis_fan_in"):
@@ -337,12 +347,12 @@ def test_workers_sigkilled_at_random_during_a_500_wide_fan_out_lose_nothing(
 ) -> None:
     path = tmp_path / "notes"
     orgs = [f"org_{i}" for i in range(500)]
-    run = FanIn.start(notes=str(path), org_ids=orgs)
+    run = Chaos.start(notes=str(path), org_ids=orgs, hold=0.05)  # 50 ms each: the kills land mid-fan-out
     workers = [start_worker() for _ in range(3)]
     rng = random.Random(11)
     kills = 0
     deadline = time.monotonic() + 240
-    while run.steps()["charge"].finished < 500 and time.monotonic() < deadline:
+    while run.steps()["pay"].finished < 500 and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.2, 0.8))
         victim = workers.pop(rng.randrange(len(workers)))
         victim.signal(signal.SIGKILL)
@@ -350,10 +360,24 @@ def test_workers_sigkilled_at_random_during_a_500_wide_fan_out_lose_nothing(
         kills += 1
         workers.append(start_worker())
     assert kills >= 3
-    assert finished(run, 120) == "succeeded"
-    assert run.output("charge") == list(range(500))
+    assert finished(run, 120) == "succeeded", run.error()
+    assert run.output("pay") == list(range(500))
     assert run.output("total") == sum(range(500))
     strict = [n["value"] for n in notes(path) if n["what"] == "strict"]
     assert strict == [500]  # released once, with all 500 outputs
-    charged = Counter(str(n["value"]) for n in notes(path) if n["what"] == "charge")
-    assert set(charged) == set(orgs)  # every step ran (some twice: a killed worker's job runs again)
+    paid = Counter(str(n["value"]) for n in notes(path) if n["what"] == "charge")
+    assert set(paid) == set(orgs)  # every step ran (some twice: a killed worker's job runs again)
+
+
+def test_a_run_writes_its_events_to_the_stream(
+    wf_client: Client, conn: redis.Redis, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    run = Diamond.start(notes=str(tmp_path / "notes"))
+    start_worker()
+    assert finished(run) == "succeeded"
+    events = [e for e in EventStream(conn, "forgejobs:events").read(count=10_000) if e.job_id == run.id]
+    kinds = [(e.kind.value, e.data.get("step")) for e in events]
+    assert kinds[0] == ("workflow_started", None)
+    assert sorted(s for k, s in kinds if k == "step_released") == ["close", "count", "greet", "open"]
+    assert kinds[-1] == ("workflow_completed", None)
+    assert {e.name for e in events} == {"redis_diamond"}

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..events import Event, EventKind
 from ..options import EnqueueOptions
 from .plan import Binding, Plan, StepPlan, WorkflowError
 from .store import COMPENSATING, RUNNING, STOPPING, RunStore
@@ -98,11 +99,23 @@ class Engine:
         store: RunStore,
         cancel_job: Callable[[str], bool],
         now: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        events: Callable[[Event], None] | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.cancel_job = cancel_job
         self.now = now
+        self.events = events
+
+    def emit(self, kind: EventKind, run_id: str, name: str, **data: Any) -> None:
+        """A workflow event, written after the change it reports (a crash in between loses the event, never
+        the change)."""
+        if self.events is None:
+            return
+        try:
+            self.events(Event(kind=kind, job_id=run_id, name=name, queue="workflows", data=data))
+        except Exception as exc:  # noqa: BLE001 - an event is information: the run goes on without it
+            log.warning("workflow %s: event %s not written: %s", run_id, kind.value, exc)
 
     def plan(self, name: str) -> Plan:
         plans: dict[str, Plan] = self.client.registry.workflows
@@ -143,6 +156,9 @@ class Engine:
         roots = plan.roots()
         created = self.store.create(run_id, fields, roots, now)
         if created:
+            self.emit(EventKind.WORKFLOW_STARTED, run_id, plan.name, key=key)
+            for step_name in roots:
+                self.emit(EventKind.STEP_RELEASED, run_id, plan.name, step=step_name)
             for step_name in roots:
                 self.release(run_id, step_name)
         return run_id, created
@@ -167,6 +183,7 @@ class Engine:
             items = resolve(plan, run, step.for_each, step, 0)
             count = len(items) if isinstance(items, list) else 0
         released = self.store.expand(run_id, step_name, count, self.now())
+        self._announce(run_id, run["wf"], "ok" if not released else self._status(run_id), released)
         run = self.store.read(run_id) or run
         todo = [i for i in range(count) if f"d:{step_name}:{i}" not in run]
         if todo:
@@ -218,7 +235,26 @@ class Engine:
         self._after(run_id, verdict, released)
         return True
 
+    def _status(self, run_id: str) -> str:
+        return (self.store.read(run_id) or {}).get("st", "?")
+
+    def _announce(self, run_id: str, name: str, verdict: str, released: list[str]) -> None:
+        for step in released:
+            if not step.startswith("~"):
+                self.emit(EventKind.STEP_RELEASED, run_id, name, step=step)
+        if verdict == "succeeded":
+            self.emit(EventKind.WORKFLOW_COMPLETED, run_id, name)
+        elif verdict in ("failed", "timed_out"):
+            self.emit(EventKind.WORKFLOW_FAILED, run_id, name, status=verdict, error=self._error(run_id))
+        elif verdict == "cancelled":
+            self.emit(EventKind.WORKFLOW_CANCELLED, run_id, name, error=self._error(run_id))
+
+    def _error(self, run_id: str) -> str:
+        return (self.store.read(run_id) or {}).get("err", "")
+
     def _after(self, run_id: str, verdict: str, released: list[str]) -> None:
+        if self.events is not None and (released or verdict not in ("ok", "dup", "ignored")):
+            self._announce(run_id, (self.store.read(run_id) or {}).get("wf", "?"), verdict, released)
         if verdict in (STOPPING, "failed", "cancelled", "timed_out", COMPENSATING):
             self.cancel_outstanding(run_id)
         for other in released:

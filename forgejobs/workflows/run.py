@@ -64,7 +64,8 @@ def engine_for(client: Client) -> Engine:
         except NoSuchJob:
             return True  # never stored (its release was cut short): it will not come
 
-    return Engine(client, store, cancel_redis)
+    stream = getattr(backend, "events", None)
+    return Engine(client, store, cancel_redis, events=stream.append if stream is not None else None)
 
 
 def start(plan: Plan, data: dict[str, Any], *, key: str | None = None, client: Client | None = None) -> WorkflowRun:
