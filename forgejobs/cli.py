@@ -964,6 +964,7 @@ def demo(settings: Settings, jobs_per_kind: int, keep: bool) -> None:
 
 cli.add_command(__import__("forgejobs.dashboard.cli", fromlist=["dashboard"]).dashboard)
 cli.add_command(__import__("forgejobs.outbox_cli", fromlist=["outbox"]).outbox)
+cli.add_command(__import__("forgejobs.workflows.cli", fromlist=["workflows"]).workflows)
 
 
 def main() -> None:

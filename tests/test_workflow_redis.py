@@ -381,3 +381,54 @@ def test_a_run_writes_its_events_to_the_stream(
     assert sorted(s for k, s in kinds if k == "step_released") == ["close", "count", "greet", "open"]
     assert kinds[-1] == ("workflow_completed", None)
     assert {e.name for e in events} == {"redis_diamond"}
+
+
+def test_the_workflows_command_starts_lists_shows_and_cancels_runs(
+    wf_client: Client, redis_url: str, specs: Path, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+) -> None:
+    env = {**os.environ, "FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": MODULE, "FORGEJOBS_SPECS": str(specs)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "forgejobs.cli", "workflows", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    data = json.dumps({"notes": str(tmp_path / "notes")})
+    started = cli("start", "redis_diamond", "--data", data, "--key", "k1")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split()[0]
+    assert cli("start", "redis_diamond", "--data", data, "--key", "k1").stdout.startswith(
+        f"{run_id} (already started with this key)"
+    )
+    start_worker()
+    handle = wf_client and Diamond.start(key="k1", notes="unused")
+    assert handle.id == run_id and finished(handle) == "succeeded"
+
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [(r["id"], r["workflow"], r["status"], r["key"]) for r in listed] == [
+        (run_id, "redis_diamond", "succeeded", "k1")
+    ]
+    shown = cli("show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    tree = shown.stdout
+    assert f"redis_diamond {run_id}: succeeded" in tree
+    assert "close tests.close done" not in tree  # job names are the jobs' own
+    for line in ("open wfr.open done", "greet wfr-mail.greet done", "close wfr.close done (also after greet)"):
+        assert line in tree, tree
+    assert json.loads(cli("show", run_id, "--json").stdout)["outputs"]["count"] == 30
+
+    ended = cli("cancel", run_id)
+    assert ended.returncode == 1 and "has already ended (succeeded)" in ended.stderr
+    unknown = cli("show", "nope")
+    assert unknown.returncode == 1 and "no workflow run 'nope'" in unknown.stderr
+
+    held = FanIn.start(notes=str(tmp_path / "held"), org_ids=["org_1"], hold=60)
+    wait_for(lambda: whats(tmp_path / "held")["charge"] == 1, timeout=30, what="the charge to start")
+    cancelled = cli("cancel", held.id)
+    assert cancelled.returncode == 0 and cancelled.stdout.startswith(f"cancelled {held.id}")
+    assert finished(held) == "cancelled"
