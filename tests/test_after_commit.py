@@ -341,6 +341,33 @@ def test_an_async_session_sends_aenqueued_jobs_after_its_commit(
     assert rows(postgres) == ["a"]
 
 
+def test_installed_on_an_async_session_class_holds_aenqueue(postgres: sa.Engine, fake_queue: FakeQueue) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    class AppSession(Session):
+        pass
+
+    install(AppSession)
+
+    async def scenario() -> list[int]:
+        aengine = create_async_engine(postgres.url, connect_args={"options": _search_path(postgres)})
+        seen = []
+        try:
+            async with async_sessionmaker(aengine, sync_session_class=AppSession)() as session:
+                await session.execute(notes.insert().values(text="a"))
+                handle = await Echo.aenqueue(text="a")
+                seen.append(len(fake_queue.all_enqueued()))
+                await session.commit()
+                seen.append(len(fake_queue.all_enqueued()))
+                assert isinstance(handle, HeldHandle) and handle.sent
+        finally:
+            await aengine.dispose()
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1]
+    fake_queue.assert_enqueued(Echo, text="a")
+
+
 def _search_path(engine: sa.Engine) -> str:
     with engine.connect() as c:
         return f"-csearch_path={c.execute(sa.text('SHOW search_path')).scalar_one()}"
