@@ -6,7 +6,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -16,6 +16,7 @@ from forgejobs import Client, Registry
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.backends.rqscheduler import RQSchedulerStore
 from forgejobs.cli import cli
+from forgejobs.schedule import ScheduleSpec
 from forgejobs.scheduling import Repeater
 from forgejobs.specs import Specs
 from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
@@ -76,6 +77,34 @@ def test_a_restart_neither_duplicates_nor_drops_a_repeat(client: Client, conn: r
     assert Repeater(gone, RQSchedulerStore(conn)).sync().removed == [SCHEDULE]
     assert conn.zcard("rq:scheduler:scheduled_jobs") == 0
     assert not conn.keys("rq:job:fj-repeat-*")
+
+
+def test_a_changed_schedule_is_rewritten_in_redis_and_a_disabled_one_taken_out(
+    client: Client, conn: redis.Redis
+) -> None:
+    store = RQSchedulerStore(conn)
+    now = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
+    assert Repeater(client, store).sync(now).added == [SCHEDULE]
+    before = store.entries()[SCHEDULE]
+
+    def registry_with(**changes: object) -> Registry:
+        declared = {"job": "fast.echo", "payload": {"text": "tick"}, "every": 1, "overlap": "allow"}
+        specs = Specs(queues=client.registry.queues, schedules={SCHEDULE: ScheduleSpec(**{**declared, **changes})})
+        return Registry([e.job_type for e in client.registry], specs)
+
+    changed = Client(RedisBackend(conn), registry_with(every=timedelta(minutes=1), payload={"text": "new"}))
+    report = Repeater(changed, RQSchedulerStore(conn)).sync(now)
+    assert (report.added, report.changed, report.removed) == ([], [SCHEDULE], [])
+    after = RQSchedulerStore(conn).entries()[SCHEDULE]  # read back from Redis by a store of its own
+    assert after.fingerprint != before.fingerprint
+    assert after.next_at == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)  # the new interval's first tick after now
+    assert conn.zcard("rq:scheduler:scheduled_jobs") == 1  # rewritten, not stored twice
+
+    disabled = Client(RedisBackend(conn), registry_with(enabled=False))
+    assert Repeater(disabled, RQSchedulerStore(conn)).sync(now).removed == [SCHEDULE]
+    assert conn.zcard("rq:scheduler:scheduled_jobs") == 0
+    assert Repeater(disabled, RQSchedulerStore(conn)).sync(now).added == []
+    assert RQSchedulerStore(conn).entries() == {}
 
 
 def test_schedules_command_lists_and_runs(client: Client, conn: redis.Redis, redis_url: str) -> None:

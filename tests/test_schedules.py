@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -284,3 +285,60 @@ def test_each_caught_up_tick_knows_which_tick_it_is() -> None:
         handles = repeater.run_once(utc(2026, 1, 1, 3, 30))  # down since 00:30: ticks 01:00, 02:00, 03:00
         queue.drain()
         assert [h.result() for h in handles] == [utc(2026, 1, 1, h).isoformat() for h in (1, 2, 3)]
+
+
+# -- declarations keep every policy; sync follows changes and leaves disabled schedules out ------
+
+
+@pytest.mark.parametrize("make", [lambda **kw: every(60, **kw), lambda **kw: cron("*/5 * * * *", **kw)])
+def test_every_and_cron_keep_the_policies_they_are_given(make: Any) -> None:
+    schedule = make(overlap="allow", catch_up="all", enabled=False)
+
+    assert (schedule.overlap, schedule.catch_up, schedule.enabled) == ("allow", "all", False)
+    assert (make().overlap, make().catch_up, make().enabled) == ("skip", "latest", True)
+
+
+def sweep_every(minutes: int, **policies: Any) -> Registry:
+    """Sweep's schedule as a spec would redeclare it: every `minutes`, with `policies`."""
+    spec = ScheduleSpec(job="files.sweep", every=timedelta(minutes=minutes), **policies)
+    return Registry([Sweep], Specs(queues=QUEUES, schedules={"files.sweep": spec}))
+
+
+def test_a_changed_schedule_is_updated_in_the_store_from_its_first_tick_after_now() -> None:
+    store = MemoryRepeatStore()
+    with FakeQueue(sweep_every(10)) as queue:
+        assert Repeater(queue.client, store).sync(utc(2026, 1, 1, 0, 1)).added == ["files.sweep"]
+    first = store.entries()["files.sweep"]
+    assert first.next_at == utc(2026, 1, 1, 0, 10)
+
+    with FakeQueue(sweep_every(7)) as queue:
+        report = Repeater(queue.client, store).sync(utc(2026, 1, 1, 0, 2))
+
+    assert (report.added, report.changed, report.removed) == ([], ["files.sweep"], [])
+    changed = store.entries()["files.sweep"]
+    assert changed.next_at == utc(2026, 1, 1, 0, 7)  # the new interval's grid, not the old stored tick
+    assert changed.fingerprint != first.fingerprint
+
+
+def test_a_disabled_schedule_is_not_stored_and_a_stored_one_is_removed_once_disabled() -> None:
+    store = MemoryRepeatStore()
+    with FakeQueue(sweep_every(10, enabled=False)) as queue:
+        report = Repeater(queue.client, store).sync(utc(2026, 1, 1, 0, 1))
+    assert (report.added, report.changed, report.removed) == ([], [], [])
+    assert store.entries() == {}
+
+    with FakeQueue(sweep_every(10)) as queue:
+        Repeater(queue.client, store).sync(utc(2026, 1, 1, 0, 1))
+    with FakeQueue(sweep_every(10, enabled=False)) as queue:
+        assert Repeater(queue.client, store).sync(utc(2026, 1, 1, 0, 2)).removed == ["files.sweep"]
+    assert store.entries() == {}
+
+
+def test_a_due_repeat_whose_schedule_was_disabled_since_is_dropped_without_firing() -> None:
+    store = MemoryRepeatStore()
+    with FakeQueue(sweep_every(10)) as queue:
+        Repeater(queue.client, store).sync(utc(2026, 1, 1, 0, 1))
+    with FakeQueue(sweep_every(10, enabled=False)) as queue:
+        fired = Repeater(queue.client, store).run_once(utc(2026, 1, 1, 0, 30))  # no sync in between
+        assert fired == [] and queue.all_enqueued() == []
+    assert store.entries() == {}
