@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from forgejobs import Context, Job, Unrecoverable
+from forgejobs.registry import Registry
+from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
-from forgejobs.workflows import Step, Workflow, chain, group
+from forgejobs.workflows import Step, Workflow, WorkflowError, chain, group, start_workflow
 
 
 class SignUp(BaseModel):
@@ -206,3 +209,23 @@ def test_a_run_past_its_timeout_on_the_fake_clock_times_out(fake_queue: FakeQueu
 def test_input_is_validated_by_the_workflow_model(fake_queue: FakeQueue) -> None:
     with pytest.raises(Exception, match="user_id"):
         Diamond.start(org_ids=["a"])
+
+
+def test_a_yaml_workflow_runs_on_a_fake_queue_built_on_a_registry_that_knows_its_jobs(tmp_path: Path) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "signup.yaml").write_text(
+        "workflows:\n"
+        "  yaml_signup:\n"
+        "    input: tests.test_workflow_fake:SignUp\n"
+        "    steps:\n"
+        "      store: {job: wf.store-user, inputs: {user_id: input.user_id}}\n"
+        "      welcome: {job: wf.welcome, after: [store], inputs: {email: steps.store.output.email}}\n"
+    )
+    registry = Registry([StoreUser, Welcome], Specs(queues={"wf": QueueSpec()}, workflows_dir=tmp_path / "workflows"))
+    with FakeQueue(registry=registry) as queue:
+        run = start_workflow("yaml_signup", user_id="usr_9")
+        queue.drain()
+        assert queue.enqueued(Welcome) == [Welcome(email="usr_9@example.com")]
+        assert run.status() == "succeeded" and run.output("welcome") == "welcomed usr_9@example.com"
+        with pytest.raises(WorkflowError, match="no workflow named 'nope'"):
+            start_workflow("nope")

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 from .define import Step, Value, Workflow, chain, group
 from .plan import Binding, Compensation, Plan, StepPlan, WorkflowError
+from .run import NoSuchRun, StepState, WorkflowRun, start_workflow
+from .run import run as workflow_run
 
 __all__ = [
     "Binding",
     "Compensation",
+    "NoSuchRun",
     "Plan",
     "Step",
     "StepPlan",
+    "StepState",
     "Value",
     "Workflow",
     "WorkflowError",
+    "WorkflowRun",
     "chain",
     "group",
+    "start_workflow",
+    "workflow_run",
 ]

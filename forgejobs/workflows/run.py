@@ -78,6 +78,14 @@ def start(plan: Plan, data: dict[str, Any], *, key: str | None = None, client: C
     return WorkflowRun(engine, run_id, existing=not created)
 
 
+def start_workflow(name: str, *, key: str | None = None, client: Client | None = None, **fields: Any) -> WorkflowRun:
+    """Start the workflow named `name` (a YAML one, or a `Workflow` class by its name) with `fields` as input."""
+    from ..client import current_client
+
+    client = client or current_client()
+    return start(engine_for(client).plan(name), fields, key=key, client=client)
+
+
 def run(run_id: str, client: Client | None = None) -> WorkflowRun:
     """The handle of an existing run (`NoSuchRun` if unknown)."""
     from ..client import current_client
