@@ -16,14 +16,18 @@ import pydantic
 import pytest
 import redis
 import sqlalchemy as sa
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy.orm import Session, sessionmaker
 
-from forgejobs import Client
+from forgejobs import Client, Registry, use_client
 from forgejobs.aftercommit import HeldHandle
-from forgejobs.errors import ForgeJobsError
+from forgejobs.backends.redis import RedisBackend
+from forgejobs.errors import BackendUnavailable, ForgeJobsError
 from forgejobs.sqlalchemy import begin, enqueue_after_commit, install
 from forgejobs.status import Status
 from forgejobs.testing import FakeQueue
+from tests.conftest import free_port
 from tests.samplejobs.basic import Echo
 
 POSTGRES_URL = os.environ.get("FORGEJOBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -246,6 +250,21 @@ def test_a_failed_commit_sends_nothing(postgres: sa.Engine, client: Client, conn
         c.execute(sa.text("INSERT INTO once VALUES (2), (2)"))
         other = Echo.enqueue(text="y")
     assert other.dropped and not stored(conn, other)  # type: ignore[attr-defined]
+
+
+def test_a_redis_that_refuses_after_the_commit_raises_from_commit_with_the_rows_written(
+    engine: sa.Engine, registry: Registry
+) -> None:
+    nobody = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    down = Client(RedisBackend(nobody, enqueue_timeout=0.5), registry)
+    with use_client(down), Session(engine) as session, enqueue_after_commit(session):
+        session.execute(notes.insert().values(text="kept"))
+        handle = Echo.enqueue(text="x")
+        with pytest.raises(BackendUnavailable):
+            session.commit()
+        assert handle.dropped and isinstance(handle.error, BackendUnavailable)  # type: ignore[attr-defined]
+        assert not session.in_transaction()
+    assert rows(engine) == ["kept"]  # the window the outbox closes
 
 
 # -- connections --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import signal
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,14 +22,17 @@ import pydantic
 import pytest
 import redis
 import sqlalchemy as sa
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy.orm import Session
 
 from forgejobs import Client
-from forgejobs.errors import ForgeJobsError, PayloadTooLarge
+from forgejobs.backends.redis import RedisBackend
+from forgejobs.errors import BackendUnavailable, ForgeJobsError, PayloadTooLarge
 from forgejobs.outbox import Outbox, OutboxRelay
 from forgejobs.status import Status
 from forgejobs.testing import FakeQueue
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, free_port, wait_for
 from tests.samplejobs.basic import Echo
 
 POSTGRES_URL = os.environ.get("FORGEJOBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -185,6 +189,28 @@ def test_a_row_the_relay_cannot_turn_into_a_job_is_marked_and_skipped(
     assert db.rows() == 2 and db.outbox.pending(db.engine) == 0
     assert {(f.id, f.error) for f in db.outbox.failed(db.engine)} == set(reasons.items())
     assert relay.run_once().read == 0  # failed rows are not read again
+
+
+def test_a_pass_that_cannot_reach_redis_leaves_the_rows_for_the_next(
+    db: Database, client: Client, conn: redis.Redis
+) -> None:
+    ids = write(db, 5, client)
+    nobody = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    down = Client(RedisBackend(nobody, enqueue_timeout=0.3), client.registry)
+    with pytest.raises(BackendUnavailable):
+        OutboxRelay(db.engine, down, db.outbox).run_once()
+    assert db.ids() == ids
+
+    stop = threading.Event()
+    relay = OutboxRelay(db.engine, client, db.outbox)
+    runner = threading.Thread(target=relay.run_forever, kwargs={"interval": 0.05, "stop": stop})
+    runner.start()
+    try:
+        wait_for(lambda: db.rows() == 0, 30, "the relay thread to empty the table")
+    finally:
+        stop.set()
+        runner.join(30)
+    assert not runner.is_alive() and waiting(conn) == Counter(dict.fromkeys(ids, 1))
 
 
 def test_the_fake_queue_sees_relayed_jobs(tmp_path: Path, fake_queue: FakeQueue) -> None:
