@@ -6,10 +6,11 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from .errors import ForgeJobsError
 from .settings import Settings
 
 _DATABASE = click.option(
@@ -22,20 +23,36 @@ _TABLE = click.option("--table", default="forgejobs_outbox", show_default=True, 
 _SCHEMA = click.option("--schema", default=None, help="The table's schema (PostgreSQL), if not the default one.")
 
 
-def _open(database_url: str, table: str, schema: str | None) -> tuple[Any, Any]:
+def _fail(message: str) -> NoReturn:
+    """The command line's one error format: `error: ...` on stderr, exit status 1."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _open(database_url: str, table: str, schema: str | None, *, existing: bool = True) -> tuple[Any, Any]:
+    """The engine and the outbox; with `existing`, checks that the table is there (a clear error if not)."""
     try:
         import sqlalchemy as sa
 
         from .outbox import Outbox
     except ModuleNotFoundError as exc:
-        raise click.ClickException(
-            f"the outbox needs SQLAlchemy ({exc.name} is missing): pip install 'sqlalchemy>=2'"
-        ) from None
+        _fail(f"the outbox needs SQLAlchemy ({exc.name} is missing): pip install 'sqlalchemy>=2,<3'")
     try:
         engine = sa.create_engine(database_url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise click.ClickException(f"--database-url: {exc}") from None
-    return engine, Outbox(table, schema=schema)
+        _fail(f"--database-url: {exc}")
+    box = Outbox(table, schema=schema)
+    if existing:
+        try:
+            found = sa.inspect(engine).has_table(table, schema=schema)
+        except sa.exc.SQLAlchemyError as exc:
+            _fail(f"cannot reach the database {_where(engine)}: {str(exc).splitlines()[0]}")
+        if not found:
+            _fail(
+                f"no outbox table {box.table.fullname} in {_where(engine)}: create it with "
+                "forgejobs outbox create-table (or forgejobs.outbox.create_table, or in your migrations)"
+            )
+    return engine, box
 
 
 def _where(engine: Any) -> str:
@@ -62,19 +79,20 @@ def relay(
 ) -> None:
     """Move outbox rows to Redis, the row id as the job id. SIGTERM or Ctrl+C stops after the current pass."""
     from .client import Client
-    from .outbox import OutboxRelay
 
     engine, box = _open(database_url, table, schema)
+    from .outbox import OutboxRelay  # importable now: _open checked SQLAlchemy
+
     try:
         mover = OutboxRelay(engine, Client.from_settings(settings), box)
-    except Exception as exc:
-        raise click.ClickException(str(exc)) from None
+    except ForgeJobsError as exc:  # the registry or specs cannot be loaded
+        _fail(str(exc))
     where = f"{box.table.fullname} of {_where(engine)}"
     if once:
         try:
             done = mover.run_once(batch)
         except Exception as exc:
-            raise click.ClickException(f"relay pass on {where} failed: {exc}") from None
+            _fail(f"relay pass on {where} failed: {exc}")
         click.echo(
             f"relayed {done.sent} job(s) from {where} ({done.duplicates} already in Redis, {len(done.failed)} failed)"
         )
@@ -98,7 +116,7 @@ def relay(
 @_SCHEMA
 def create_table(database_url: str, table: str, schema: str | None) -> None:
     """Create the outbox table (and its index) if missing."""
-    engine, box = _open(database_url, table, schema)
+    engine, box = _open(database_url, table, schema, existing=False)
     box.create_table(engine)
     click.echo(f"{box.table.fullname} ready in {_where(engine)}")
 

@@ -339,3 +339,17 @@ def test_the_relay_cli_once_and_status(
     report = json.loads(status.log().strip().splitlines()[-1])
     assert report["pending"] == 0 and [f["id"] for f in report["failed"]] == ["row_unknown"]
     assert len(waiting(conn)) == 3
+
+
+def test_the_relay_cli_names_a_missing_table_and_an_unreachable_database(
+    tmp_path: Path, start_cli: Callable[..., WorkerProcess]
+) -> None:
+    missing = start_cli("outbox", "relay", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert missing.wait() == 1
+    assert "no outbox table forgejobs_outbox in sqlite:///" in missing.log()
+    assert "forgejobs outbox create-table" in " ".join(missing.log().split())
+    url = f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/x"
+    unreachable = start_cli("outbox", "status", "--database-url", url)
+    assert unreachable.wait() == 1
+    text = " ".join(unreachable.log().split())
+    assert "cannot reach the database postgresql+psycopg://nobody:***@127.0.0.1" in text and "secret" not in text
