@@ -61,7 +61,7 @@ def list_runs(settings: Settings, status: str | None, limit: int, as_json: bool)
         ids = engine.store.runs()[::-1]
         rows = []
         for run_id in ids:
-            data = engine.store.read(run_id)
+            data = engine.store.fields(run_id, "wf", "st", "key", "t0", "t1")
             if data is None or (status is not None and data["st"] != status):
                 continue
             rows.append(

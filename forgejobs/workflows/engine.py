@@ -63,31 +63,53 @@ def output_of(run: dict[str, str], step: str, index: int) -> Any:
     return json.loads(raw) if raw is not None and run.get(f"d:{step}:{index}") == "done" else None
 
 
-def resolve(plan: Plan, run: dict[str, str], ref: str, step: StepPlan, index: int, *, own: bool = False) -> Any:
-    """The value of a reference in one instance of `step` (`own`: a compensation reading its step's output)."""
-    parts = ref.split(".")
-    if parts[0] == "input":
-        return _walk(json.loads(run["in"]), parts[1:])
-    if parts[0] == "item":
+class Bound:
+    """A run's stored values as references read them, each parsed once (a release of a 2,000-wide fan-out
+    reads the input's list once, not once per instance)."""
+
+    def __init__(self, plan: Plan, run: dict[str, str]) -> None:
+        self.plan = plan
+        self.run = run
+        self._input: Any = None
+        self._items: dict[str, Any] = {}
+        self._outputs: dict[tuple[str, int], Any] = {}
+
+    def output(self, step: str, index: int) -> Any:
+        key = (step, index)
+        if key not in self._outputs:
+            self._outputs[key] = output_of(self.run, step, index)
+        return self._outputs[key]
+
+    def items(self, step: StepPlan) -> Any:
         assert step.for_each is not None
-        items = resolve(plan, run, step.for_each, step, index)
-        return _walk(items[index], parts[1:])
-    other = parts[1]
-    if own and other == step.name:
-        return _walk(output_of(run, other, index), parts[3:])
-    if plan.steps[other].for_each is not None:
-        count = int(run.get(f"n:{other}", "0"))
-        return [_walk(output_of(run, other, i), parts[3:]) for i in range(count)]
-    return _walk(output_of(run, other, 0), parts[3:])
+        if step.name not in self._items:
+            self._items[step.name] = self.resolve(step.for_each, step, 0)
+        return self._items[step.name]
 
+    def resolve(self, ref: str, step: StepPlan, index: int, *, own: bool = False) -> Any:
+        """The value of a reference in one instance of `step` (`own`: a compensation reading its step's
+        output)."""
+        parts = ref.split(".")
+        if parts[0] == "input":
+            if self._input is None:
+                self._input = json.loads(self.run["in"])
+            return _walk(self._input, parts[1:])
+        if parts[0] == "item":
+            return _walk(self.items(step)[index], parts[1:])
+        other = parts[1]
+        if own and other == step.name:
+            return _walk(self.output(other, index), parts[3:])
+        if self.plan.steps[other].for_each is not None:
+            count = int(self.run.get(f"n:{other}", "0"))
+            return [_walk(self.output(other, i), parts[3:]) for i in range(count)]
+        return _walk(self.output(other, 0), parts[3:])
 
-def payload(
-    plan: Plan, run: dict[str, str], step: StepPlan, index: int, inputs: dict[str, Binding], *, own: bool = False
-) -> dict[str, Any]:
-    return {
-        name: (b.value if b.ref is None else resolve(plan, run, b.ref, step, index, own=own))
-        for name, b in inputs.items()
-    }
+    def payload(self, step: StepPlan, index: int, inputs: dict[str, Binding], *, own: bool = False) -> dict[str, Any]:
+        """The payload of one instance of `step` (or of its compensation: `inputs`, `own`)."""
+        return {
+            name: (b.value if b.ref is None else self.resolve(b.ref, step, index, own=own))
+            for name, b in inputs.items()
+        }
 
 
 class Engine:
@@ -180,17 +202,16 @@ class Engine:
         step = plan.steps[step_name]
         count = 1
         if step.for_each is not None:
-            items = resolve(plan, run, step.for_each, step, 0)
+            items = Bound(plan, run).items(step)
             count = len(items) if isinstance(items, list) else 0
         released = self.store.expand(run_id, step_name, count, self.now())
         self._announce(run_id, run["wf"], "ok" if not released else self._status(run_id), released)
         run = self.store.read(run_id) or run
         todo = [i for i in range(count) if f"d:{step_name}:{i}" not in run]
         if todo:
-            job_type = plan.job_type(step.job)
-            self._enqueue(
-                job_type, run_id, step_name, [(i, payload(plan, run, step, i, dict(step.inputs))) for i in todo]
-            )
+            bound = Bound(plan, run)
+            items = [(i, bound.payload(step, i, dict(step.inputs))) for i in todo]
+            self._enqueue(plan.job_type(step.job), run_id, step_name, items)
         self.store.enqueued(run_id, step_name)
         for other in released:
             self.release(run_id, other)
@@ -202,7 +223,7 @@ class Engine:
         assert step.compensate is not None
         self.store.expand(run_id, pseudo, 1, self.now())
         if f"d:{pseudo}:0" not in run:
-            data = payload(plan, run, step, int(index_text), dict(step.compensate.inputs), own=True)
+            data = Bound(plan, run).payload(step, int(index_text), dict(step.compensate.inputs), own=True)
             self._enqueue(plan.job_type(step.compensate.job), run_id, pseudo, [(0, data)])
         self.store.enqueued(run_id, pseudo)
 
@@ -236,7 +257,7 @@ class Engine:
         return True
 
     def _status(self, run_id: str) -> str:
-        return (self.store.read(run_id) or {}).get("st", "?")
+        return (self.store.fields(run_id, "st") or {}).get("st", "?")
 
     def _announce(self, run_id: str, name: str, verdict: str, released: list[str]) -> None:
         for step in released:
@@ -250,11 +271,11 @@ class Engine:
             self.emit(EventKind.WORKFLOW_CANCELLED, run_id, name, error=self._error(run_id))
 
     def _error(self, run_id: str) -> str:
-        return (self.store.read(run_id) or {}).get("err", "")
+        return (self.store.fields(run_id, "err") or {}).get("err", "")
 
     def _after(self, run_id: str, verdict: str, released: list[str]) -> None:
         if self.events is not None and (released or verdict not in ("ok", "dup", "ignored")):
-            self._announce(run_id, (self.store.read(run_id) or {}).get("wf", "?"), verdict, released)
+            self._announce(run_id, (self.store.fields(run_id, "wf") or {}).get("wf", "?"), verdict, released)
         if verdict in (STOPPING, "failed", "cancelled", "timed_out", COMPENSATING):
             self.cancel_outstanding(run_id)
         for other in released:
@@ -278,7 +299,7 @@ class Engine:
 
     def check_deadline(self, run_id: str, run: dict[str, str] | None = None) -> bool:
         """Stop a running run whose timeout has passed; True if it did."""
-        run = run if run is not None else self.store.read(run_id)
+        run = run if run is not None else self.store.fields(run_id, "st", "dl", "t0")
         if run is None or run.get("st") != RUNNING:
             return False
         deadline = int(run.get("dl", "0") or 0)

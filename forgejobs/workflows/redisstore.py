@@ -54,6 +54,12 @@ class RedisStore:
         raw = self.connection.hgetall(self.keys(run_id).run)
         return {_text(k): _text(v) for k, v in raw.items()} if raw else None
 
+    def fields(self, run_id: str, *names: str) -> dict[str, str] | None:
+        values = self.connection.hmget(self.keys(run_id).run, list(names))
+        if all(v is None for v in values):
+            return None
+        return {n: _text(v) for n, v in zip(names, values, strict=True) if v is not None}
+
     def ready(self, run_id: str) -> list[str]:
         return sorted(_text(m) for m in self.connection.smembers(self.keys(run_id).ready))
 

@@ -37,6 +37,10 @@ class RunStore(Protocol):
 
     def read(self, run_id: str) -> dict[str, str] | None: ...
 
+    def fields(self, run_id: str, *names: str) -> dict[str, str] | None:
+        """Some fields of a run (those it has), or None when there is no such run."""
+        ...
+
     def ready(self, run_id: str) -> list[str]: ...
 
     def expand(self, run_id: str, step: str, count: int, now: int) -> list[str]:
@@ -87,6 +91,11 @@ class MemoryStore:
         with self.lock:
             found = self.hashes.get(run_id)
             return dict(found) if found is not None else None
+
+    def fields(self, run_id: str, *names: str) -> dict[str, str] | None:
+        with self.lock:
+            found = self.hashes.get(run_id)
+            return {n: found[n] for n in names if n in found} if found is not None else None
 
     def ready(self, run_id: str) -> list[str]:
         with self.lock:
