@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from forgejobs import Context, Job, Registry
-from forgejobs.schedule import ScheduleSpec, cron
+from forgejobs.schedule import ScheduleSpec, cron, every
 from forgejobs.scheduling import MemoryRepeatStore, Repeater
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
@@ -137,3 +138,26 @@ def test_next_after_from_any_minute_of_a_change_day_agrees_with_the_tick_list(
     for minute in range(0, 7 * 60):
         moment = start + timedelta(minutes=minute, seconds=30 * (minute % 2))
         assert schedule.next_after(moment) == next(t for t in ticks if t > moment)
+
+
+@pytest.mark.parametrize("minute", [1, 7, 10, 23, 41, 59])
+def test_any_skipped_minute_of_a_fixed_time_fires_exactly_when_the_clock_jumps(minute: int) -> None:
+    # 29 Mar 2026, Berlin: 02:MM does not exist; the tick is the change itself, 03:00:00 CEST (01:00:00Z)
+    tick = cron(f"{minute} 2 * * *", tz="Europe/Berlin").next_after(utc(2026, 3, 29, 0, 0, 5))
+    assert tick == utc(2026, 3, 29, 1)
+
+
+def test_ticks_are_in_utc_whatever_the_process_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both passes of a repeated hour, and a plain interval, come back as UTC datetimes (what the scheduler
+    stores and `forgejobs schedules` prints), also when the process's own zone is another."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        repeated = list(cron("*/30 * * * *", tz="Europe/Berlin").ticks(utc(2026, 10, 25, 0, 10), utc(2026, 10, 25, 2)))
+        ticks = [*repeated, every(90).next_after(utc(2026, 1, 1))]
+        assert [t.utcoffset() for t in ticks] == [timedelta(0)] * len(ticks)
+        assert all(t.tzinfo is UTC for t in ticks)
+        assert repeated[:3] == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1), utc(2026, 10, 25, 1, 30)]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
@@ -342,3 +343,16 @@ def test_a_due_repeat_whose_schedule_was_disabled_since_is_dropped_without_firin
         fired = Repeater(queue.client, store).run_once(utc(2026, 1, 1, 0, 30))  # no sync in between
         assert fired == [] and queue.all_enqueued() == []
     assert store.entries() == {}
+
+
+def test_describe_says_when_a_schedule_fires_and_whether_it_is_disabled() -> None:
+    assert every(90).describe() == "every 90s"
+    assert cron("0 9 * * 1", tz="Europe/Berlin", enabled=False).describe() == "cron 0 9 * * 1 Europe/Berlin (disabled)"
+
+
+@pytest.mark.usefixtures("process_zone_new_york")
+def test_a_tick_s_job_id_names_the_tick_in_utc_and_keeps_the_schedule_s_letters() -> None:
+    berlin_nine = datetime(2026, 1, 5, 9, tzinfo=ZoneInfo("Europe/Berlin"))
+
+    assert tick_id("Reports.Daily Digest", berlin_nine) == "Reports_Daily_Digest-20260105T080000Z"
+    assert tick_id("files.sweep", utc(2026, 1, 5, 8)) == "files_sweep-20260105T080000Z"
