@@ -1,0 +1,337 @@
+"""Execution on its own: one stored envelope in, one outcome out, and the events that report it.
+
+No worker and no Redis: `execute` is called the way every worker loop calls it, with a Runtime of memory
+parts, so each outcome (success, retry, dead letter, abort, cancel, rate limit, stall) is checked directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from forgejobs import Context, Job, Reason, RetryLater, Unrecoverable, backoff
+from forgejobs.deadletter import MemoryDeadLetters
+from forgejobs.envelope import AttemptRecord, Envelope
+from forgejobs.events import Event
+from forgejobs.execution import (
+    MAX_DELAY,
+    MAX_RETRY_LATER,
+    STALL_ERROR,
+    Aborted,
+    Cancelled,
+    DeadLettered,
+    Retry,
+    Runtime,
+    Succeeded,
+    WorkerShutdown,
+    execute,
+    execute_cancellable,
+    outcome_events,
+    retry_counter,
+    stalled,
+)
+from forgejobs.ratelimit import MemoryRateLimiter, RateLimit
+from forgejobs.registry import Registry
+from forgejobs.specs import QueueSpec, Specs
+
+QUEUE = "work"
+
+
+class Add(Job, queue=QUEUE, attempts=3, backoff=backoff.fixed(5)):
+    a: int
+    b: int
+
+    def perform(self, ctx: Context) -> dict[str, int]:
+        return {"sum": self.a + self.b, "attempt": ctx.attempt}
+
+
+class Boom(Job, queue=QUEUE, attempts=3, backoff=backoff.fixed(5)):
+    kind: str = "runtime"
+
+    def perform(self, ctx: Context) -> None:
+        if self.kind == "unrecoverable":
+            raise Unrecoverable("the account was deleted")
+        if self.kind == "later":
+            raise RetryLater(delay=30)
+        if self.kind == "shutdown":
+            raise WorkerShutdown()
+        raise RuntimeError("boom")
+
+
+class Forever(Job, queue=QUEUE, attempts=2, backoff=backoff.fixed(10**9)):
+    def perform(self, ctx: Context) -> None:
+        raise RuntimeError("again")
+
+
+def broken_backoff(attempt: int) -> float:
+    raise ZeroDivisionError("no wait")
+
+
+class BadBackoff(Job, queue=QUEUE, attempts=3, backoff=backoff.custom(broken_backoff)):
+    def perform(self, ctx: Context) -> None:
+        raise RuntimeError("failed")
+
+
+class NotJson(Job, queue=QUEUE):
+    def perform(self, ctx: Context) -> object:
+        return object()
+
+
+class Limited(Job, queue=QUEUE, rate_limit=RateLimit(max=1, per=60)):  # type: ignore[arg-type]
+    def perform(self, ctx: Context) -> str:
+        return "ran"
+
+
+class Cancellable(Job, queue=QUEUE):
+    raises: bool
+
+    def perform(self, ctx: Context) -> str:
+        assert ctx.cancelled
+        if self.raises:
+            raise RuntimeError("stopped half way")
+        return "stopped"
+
+
+class Harness:
+    """A Runtime of memory parts, the events it emitted, and envelopes of the jobs above."""
+
+    def __init__(self) -> None:
+        self.registry = Registry(
+            [Add, Boom, Forever, BadBackoff, NotJson, Limited, Cancellable], Specs(queues={QUEUE: QueueSpec()})
+        )
+        self.events: list[Event] = []
+        self.now = 1000.0
+        self.runtime = Runtime(
+            self.registry,
+            MemoryDeadLetters(),
+            events=self.events.extend,
+            limiter=MemoryRateLimiter(clock=lambda: self.now),
+        )
+
+    def envelope(
+        self, job: type[Job], attempt: int = 1, history: list[AttemptRecord] | None = None, **payload: Any
+    ) -> Envelope:
+        name = next(e.options.name for e in self.registry if e.job_type is job)
+        return Envelope(id="job-1", name=name, payload=payload, attempt=attempt, history=history or [])
+
+    def run(self, job: type[Job], attempt: int = 1, **payload: Any) -> Any:
+        raw = self.envelope(job, attempt, **payload).encode()
+        return execute(raw, self.runtime, job_id="job-1", queue=QUEUE)
+
+    def kinds(self) -> list[tuple[str, int]]:
+        return [(e.kind.value, e.attempt) for e in self.events]
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+def test_a_success_carries_the_json_result_and_reports_started_then_completed(harness: Harness) -> None:
+    outcome = harness.run(Add, attempt=2, a=2, b=3)
+
+    assert outcome == Succeeded({"sum": 5, "attempt": 2}, "work.add", 2)
+    assert harness.kinds() == [("started", 2), ("completed", 2)]
+
+
+def test_a_failed_attempt_with_attempts_left_is_retried_after_its_backoff(harness: Harness) -> None:
+    outcome = harness.run(Boom)
+
+    assert isinstance(outcome, Retry)
+    assert (outcome.delay, outcome.error) == (5, "RuntimeError: boom")
+    assert outcome.envelope.attempt == 2
+    assert [(a.attempt, a.error, a.delay) for a in outcome.envelope.history] == [(1, "RuntimeError: boom", 5)]
+    assert harness.kinds() == [("started", 1), ("failed", 1), ("retrying", 1)]
+    assert harness.events[-1].data == {"error": "RuntimeError: boom", "delay": 5, "next": 2}
+    assert retry_counter(outcome) == ("retried", "f")
+    assert harness.runtime.dead_letters.count() == 0
+
+
+def test_the_last_attempt_s_failure_is_dead_lettered_as_exhausted(harness: Harness) -> None:
+    outcome = harness.run(Boom, attempt=3)
+
+    assert isinstance(outcome, DeadLettered)
+    assert outcome.record.reason is Reason.EXHAUSTED and outcome.record.error == "RuntimeError: boom"
+    assert "RuntimeError: boom" in outcome.record.traceback
+    assert harness.runtime.dead_letters.get("job-1") is not None
+    assert harness.kinds() == [("started", 3), ("dead_lettered", 3)]
+    assert harness.events[-1].data == {"reason": "exhausted", "error": "RuntimeError: boom"}
+
+
+def test_a_backoff_longer_than_thirty_days_is_cut_to_thirty_days(harness: Harness) -> None:
+    outcome = harness.run(Forever)
+
+    assert isinstance(outcome, Retry) and outcome.delay == MAX_DELAY == 30 * 86400
+
+
+def test_a_backoff_that_raises_keeps_the_job_as_a_dead_letter(harness: Harness) -> None:
+    outcome = harness.run(BadBackoff)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.EXHAUSTED
+    assert outcome.record.error == "RuntimeError: failed (and its backoff failed: ZeroDivisionError: no wait)"
+
+
+def test_unrecoverable_is_dead_lettered_on_the_first_attempt(harness: Harness) -> None:
+    outcome = harness.run(Boom, kind="unrecoverable")
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.UNRECOVERABLE
+    assert "the account was deleted" in outcome.record.error
+    assert harness.kinds() == [("started", 1), ("dead_lettered", 1)]
+
+
+def test_retry_later_runs_the_same_attempt_again_and_reports_no_failure(harness: Harness) -> None:
+    outcome = harness.run(Boom, kind="later")
+
+    assert isinstance(outcome, Retry) and outcome.delay == 30
+    assert outcome.envelope.attempt == 1 and outcome.envelope.history[0].attempt == 1
+    assert harness.kinds() == [("started", 1), ("retrying", 1)]
+    assert retry_counter(outcome) == ("deferred", "")
+
+
+def snoozed(times: int, attempt: int) -> list[AttemptRecord]:
+    return [AttemptRecord(attempt=attempt, at="2026-01-01T00:00:00Z", error="RetryLater: later") for _ in range(times)]
+
+
+def test_retry_later_too_often_on_one_attempt_counts_as_a_failure(harness: Harness) -> None:
+    under = harness.envelope(Boom, history=snoozed(MAX_RETRY_LATER - 1, 1), kind="later")
+    over = harness.envelope(Boom, history=snoozed(MAX_RETRY_LATER, 1), kind="later")
+    last = harness.envelope(Boom, attempt=3, history=snoozed(MAX_RETRY_LATER, 3), kind="later")
+
+    still_free = execute(under.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+    counted = execute(over.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+    dead = execute(last.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(still_free, Retry) and still_free.envelope.attempt == 1
+    assert isinstance(counted, Retry) and counted.envelope.attempt == 2
+    assert counted.error.endswith(f"(RetryLater {MAX_RETRY_LATER} times on one attempt; counted as a failure)")
+    assert isinstance(dead, DeadLettered) and dead.record.reason is Reason.EXHAUSTED
+
+
+def test_a_worker_shutdown_aborts_and_runs_the_same_attempt_again(harness: Harness) -> None:
+    envelope = harness.envelope(Boom, attempt=2, kind="shutdown")
+
+    outcome = execute(envelope.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, Aborted)
+    assert outcome.envelope.attempt == 2 and outcome.envelope.history == []
+    assert harness.kinds() == [("started", 2), ("aborted", 2)]
+    assert harness.runtime.dead_letters.count() == 0
+
+
+def test_a_result_that_is_not_json_is_dead_lettered_as_a_bad_result(harness: Harness) -> None:
+    outcome = harness.run(NotJson)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.BAD_RESULT
+    assert outcome.record.error.startswith("perform returned object, which is not JSON-serialisable")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "error"),
+    [
+        ("{not json", Reason.CORRUPT, ""),
+        ('{"id": "job-1", "name": "work.gone", "payload": {}}', Reason.UNKNOWN_JOB, "work.gone"),
+        ('{"id": "job-1", "name": "work.add", "payload": {"a": "x", "b": 1}}', Reason.INVALID_PAYLOAD, "Add: "),
+    ],
+)
+def test_what_cannot_run_is_dead_lettered_with_the_reason(
+    harness: Harness, raw: str, reason: Reason, error: str
+) -> None:
+    outcome = execute(raw, harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is reason
+    assert error in outcome.record.error
+    assert harness.kinds() == [("dead_lettered", 1)]
+
+
+def test_a_record_stored_under_another_id_acts_as_the_job_it_is_stored_under(harness: Harness) -> None:
+    forged = harness.envelope(Boom, attempt=3).model_copy(update={"id": "someone-else"})
+
+    outcome = execute(forged.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.id == "job-1"
+    assert harness.runtime.dead_letters.get("someone-else") is None
+
+
+def test_a_rate_limited_job_waits_without_spending_an_attempt(harness: Harness) -> None:
+    assert harness.run(Limited) == Succeeded("ran", "work.limited", 1)
+    harness.now += 20
+
+    outcome = harness.run(Limited)
+
+    assert isinstance(outcome, Retry) and outcome.delay == pytest.approx(40)
+    assert outcome.error == "rate limited (job:work.limited:: 1/60s)"
+    assert outcome.envelope.attempt == 1
+    assert retry_counter(outcome) == ("rate_limited", "")
+    assert harness.kinds()[-1:] == [("retrying", 1)] and ("started", 1) not in harness.kinds()[2:]
+    harness.now += 40
+    assert isinstance(harness.run(Limited), Succeeded)
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_a_job_cancelled_while_running_ends_cancelled_whatever_its_handler_did(harness: Harness, raises: bool) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    raw = harness.envelope(Cancellable, raises=raises).encode()
+
+    outcome = execute_cancellable(raw, harness.runtime, job_id="job-1", queue=QUEUE, cancel=cancel)
+
+    assert outcome == Cancelled("work.cancellable", 1)
+    assert harness.kinds() == [("started", 1), ("cancelled", 1)]
+    assert harness.runtime.dead_letters.count() == 0
+
+
+# -- a job whose worker died: reported as stalled, never as failed ------------------------------------
+
+
+def stall(harness: Harness, envelope: Envelope) -> Any:
+    return stalled(envelope.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+
+def test_a_stalled_job_with_attempts_left_is_reported_stalled_then_retrying(harness: Harness) -> None:
+    outcome = stall(harness, harness.envelope(Add, a=1, b=2))
+
+    assert isinstance(outcome, Retry) and outcome.error == STALL_ERROR and outcome.delay == 5
+    assert outcome.envelope.attempt == 2  # a stall spends the attempt
+    assert harness.kinds() == [("stalled", 1), ("retrying", 1)]
+    assert "failed" not in [e.kind.value for e in harness.events]
+
+
+def test_a_stalled_job_on_its_last_attempt_is_dead_lettered_as_stalled(harness: Harness) -> None:
+    outcome = stall(harness, harness.envelope(Add, attempt=3, a=1, b=2))
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.STALLED
+    assert harness.runtime.dead_letters.get("job-1") is not None
+    assert harness.kinds() == [("dead_lettered", 3)]
+    assert harness.events[0].data["reason"] == "stalled"
+
+
+def test_a_job_that_stalled_max_stalled_times_already_is_dead_lettered_on_the_next_stall(harness: Harness) -> None:
+    once = [AttemptRecord(attempt=1, at="2026-01-01T00:00:00Z", error=STALL_ERROR)]
+    outcome = stall(harness, harness.envelope(Add, attempt=2, history=once, a=1, b=2))  # max_stalled=1
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.STALLED
+
+
+def test_a_stalled_record_that_is_not_an_envelope_is_dead_lettered_with_the_precise_reason(harness: Harness) -> None:
+    outcome = stalled("{not json", harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.CORRUPT
+
+
+def test_outcome_events_name_each_outcome(harness: Harness) -> None:
+    envelope = harness.envelope(Add, attempt=2, a=1, b=2)
+    events: Callable[[Any], list[tuple[str, int]]] = lambda outcome: [  # noqa: E731
+        (e.kind.value, e.attempt) for e in outcome_events(outcome, "job-1", QUEUE)
+    ]
+
+    assert events(Succeeded(1, "work.add", 2)) == [("completed", 2)]
+    assert events(Aborted(envelope)) == [("aborted", 2)]
+    assert events(Cancelled("work.add", 2)) == [("cancelled", 2)]
+    assert events(Retry(1, envelope.next_attempt("RuntimeError: x", 1), "RuntimeError: x")) == [
+        ("failed", 2),
+        ("retrying", 2),
+    ]
+    assert events(Retry(1, envelope.next_attempt(STALL_ERROR, 1), STALL_ERROR)) == [("stalled", 2), ("retrying", 2)]
