@@ -11,7 +11,8 @@ What a `HeldHandle` says before the commit: `held` is True, `status()` is `Statu
 Redis (the job is not there yet) and `result(timeout)` waits like any handle, so it times out unless another
 thread commits. After the commit `sent` is True and the handle reads the job as any handle does (for a
 `unique_for` job that matched an existing one, `id` becomes that job's and `existing` is True). After a
-rollback `dropped` is True and `status()` stays `UNKNOWN`.
+rollback `dropped` is True, `status()` stays `UNKNOWN` and `result()` raises `NoSuchJob` at once, saying
+why (also when storing the jobs after the commit failed: `error` holds that failure).
 
 Debounced jobs (`debounce=`) are the exception: their id is chosen when they are stored, so a held
 handle's `id` is a placeholder until `sent`.
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import JobState, Prepared
 from .client import Client, enqueue_hook
+from .errors import NoSuchJob
 from .handle import JobHandle
 from .job import Job
 from .options import EnqueueOptions, JobOptions
@@ -71,6 +73,19 @@ class HeldHandle(JobHandle[Any]):
             self._state = JobState(Status.UNKNOWN)
             return self._state
         return await super().arefresh()
+
+    def result(self, timeout: float = 0) -> Any:
+        self._refuse_dropped()
+        return super().result(timeout)
+
+    async def aresult(self, timeout: float = 0) -> Any:
+        self._refuse_dropped()
+        return await super().aresult(timeout)
+
+    def _refuse_dropped(self) -> None:
+        if self.dropped:
+            why = f"storing it after the commit failed: {self.error}" if self.error else "its transaction rolled back"
+            raise NoSuchJob(f"job {self.id} was never enqueued: {why}")
 
     def _stored(self, job_id: str, existing: bool) -> None:
         self.id, self.existing, self.held, self.sent = job_id, existing, False, True

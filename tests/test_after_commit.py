@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from forgejobs import Client, Registry, use_client
 from forgejobs.aftercommit import HeldHandle
 from forgejobs.backends.redis import RedisBackend
-from forgejobs.errors import BackendUnavailable, ForgeJobsError
+from forgejobs.errors import BackendUnavailable, ForgeJobsError, NoSuchJob
 from forgejobs.sqlalchemy import begin, enqueue_after_commit, install
 from forgejobs.status import Status
 from forgejobs.testing import FakeQueue
@@ -127,6 +127,8 @@ def test_a_session_rollback_or_close_drops_what_was_held(engine: sa.Engine, clie
     assert first.dropped and second.dropped  # type: ignore[attr-defined]
     assert not stored(conn, first) and not stored(conn, second)
     assert second.status() is Status.UNKNOWN
+    with pytest.raises(NoSuchJob, match="was never enqueued: its transaction rolled back"):
+        second.result(timeout=30)  # raised at once: nothing to wait for
     assert rows(engine) == []
     assert conn.llen("forgejobs:{fast}:wait:p05") == 0
 
@@ -263,6 +265,8 @@ def test_a_redis_that_refuses_after_the_commit_raises_from_commit_with_the_rows_
         with pytest.raises(BackendUnavailable):
             session.commit()
         assert handle.dropped and isinstance(handle.error, BackendUnavailable)  # type: ignore[attr-defined]
+        with pytest.raises(NoSuchJob, match="storing it after the commit failed"):
+            handle.result(timeout=30)
         assert not session.in_transaction()
     assert rows(engine) == ["kept"]  # the window the outbox closes
 
