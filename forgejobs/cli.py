@@ -175,6 +175,8 @@ def check(settings: Settings) -> None:
                 scheduled.source,
             )
         console.print(table)
+    if registry.workflows:
+        console.print(__import__("forgejobs.workflows.cli", fromlist=["plans_table"]).plans_table(registry.workflows))
     console.print("[green]ok[/]")
 
 
@@ -274,6 +276,10 @@ def info(settings: Settings, as_json: bool) -> None:
         counts = (row.waiting, row.scheduled, row.running, row.finished, row.failed)
         table.add_row(row.queue, *(str(v) for v in counts), state)
     console.print(table)
+    with _errors():
+        runs = __import__("forgejobs.workflows.cli", fromlist=["runs_summary"]).runs_summary(client)
+    if runs:
+        console.print(runs)
 
 
 @cli.command()

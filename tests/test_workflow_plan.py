@@ -294,3 +294,11 @@ def test_forgejobs_check_prints_one_error_per_mistake(tmp_path: Path) -> None:
     assert "workflows.broken.steps.summary.inputs.totals: steps.store.output.seat: Stored has no field 'seat'" in out
     assert "workflows.signup" not in out
     assert out.count("broken.yaml:") == 3, out
+
+    (specs / "workflows" / "broken.yaml").unlink()
+    fixed = subprocess.run(
+        [sys.executable, "-m", "forgejobs.cli", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    table = fixed.stdout[fixed.stdout.index("workflows") :]
+    assert "signup" in table and "SignupInput" in table and "600s" in table

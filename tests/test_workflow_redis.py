@@ -429,6 +429,10 @@ def test_the_workflows_command_starts_lists_shows_and_cancels_runs(
 
     held = FanIn.start(notes=str(tmp_path / "held"), org_ids=["org_1"], hold=60)
     wait_for(lambda: whats(tmp_path / "held")["charge"] == 1, timeout=30, what="the charge to start")
+    info = subprocess.run(
+        [sys.executable, "-m", "forgejobs.cli", "info"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "workflow runs: 1 running (forgejobs workflows list)" in info.stdout, info.stdout + info.stderr
     cancelled = cli("cancel", held.id)
     assert cancelled.returncode == 0 and cancelled.stdout.startswith(f"cancelled {held.id}")
     assert finished(held) == "cancelled"

@@ -202,3 +202,33 @@ def cancel(settings: Settings, run_id: str) -> None:
     status = handle.status()
     ending = "" if status in TERMINAL else " (running steps are asked to stop; compensations follow)"
     click.echo(f"cancelled {run_id}: {status}{ending}")
+
+
+def plans_table(plans: dict[str, Any]) -> Table:
+    """`forgejobs check`'s table of workflows: steps in order, each with its job and what it waits for."""
+    table = Table(title="workflows")
+    for column in ("workflow", "input", "steps", "timeout", "source"):
+        table.add_column(column, overflow="fold")
+    for name, plan in sorted(plans.items()):
+        steps = ", ".join(
+            f"{s.name} ({s.job}{' for each' if s.for_each else ''}{', continue' if s.on_failure == 'continue' else ''})"
+            for s in plan.steps.values()
+        )
+        timeout = f"{plan.timeout:g}s" if plan.timeout else "-"
+        table.add_row(name, plan.input_model.__name__, steps, timeout, plan.source)
+    return table
+
+
+def runs_summary(client: Any) -> str | None:
+    """`forgejobs info`'s line about workflow runs not yet ended, or None when there are none."""
+    engine = engine_for(client)
+    active: list[str] = getattr(engine.store, "active_runs", list)()
+    counts: dict[str, int] = {}
+    for run_id in active:
+        data = engine.store.fields(run_id, "st")
+        if data is not None and data.get("st") not in TERMINAL:
+            counts[data["st"]] = counts.get(data["st"], 0) + 1
+    if not counts:
+        return None
+    shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"workflow runs: {shown} (forgejobs workflows list)"
