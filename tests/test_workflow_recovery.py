@@ -98,3 +98,18 @@ def test_recovery_times_out_a_run_no_step_reports_on(
     wait_for(lambda: run.status() != "running", timeout=30, what="the recovery pass to stop the run")
     assert run.wait(timeout=60) == "timed_out"  # the held charge saw ctx.cancelled and reported
     assert "timeout" in (run.error() or "")
+
+
+def test_ended_runs_are_forgotten_after_the_retention_period(worker: Worker, conn: redis.Redis, tmp_path: Path) -> None:
+    old = Diamond.start(notes=str(tmp_path / "old"))
+    worker.start()
+    assert old.wait(timeout=60) == "succeeded"
+    fresh = Diamond.start(notes=str(tmp_path / "fresh"))
+    assert fresh.wait(timeout=60) == "succeeded"
+    # make the first run look 8 days old: started and ended before the 7-day retention
+    conn.zadd("forgejobs:workflows", {old.id: 1})
+    conn.hset(f"forgejobs:{{wf:{old.id}}}:run", "t1", "1")
+    worker.workflows.recover()
+    assert conn.exists(f"forgejobs:{{wf:{old.id}}}:run") == 0
+    assert conn.zscore("forgejobs:workflows", old.id) is None
+    assert fresh.status() == "succeeded"  # kept

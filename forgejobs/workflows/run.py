@@ -141,13 +141,20 @@ class WorkflowRun:
     def plan(self) -> Plan:
         return self.engine.plan(self.name)
 
+    def _field(self, name: str) -> str | None:
+        found = self.engine.store.fields(self.id, name, "wf")
+        if found is None:
+            raise NoSuchRun(f"no workflow run {self.id!r}")
+        return found.get(name)
+
     def status(self) -> str:
         """running, stopping (ended, waiting for running steps to report), compensating, then succeeded,
         failed, cancelled or timed_out."""
-        return self.refresh()["st"]
+        return self._field("st") or "?"
 
     def error(self) -> str | None:
-        return self.refresh().get("err") or None
+        """Why the run stopped: the step, instance and error that failed it, "cancelled", or the timeout."""
+        return self._field("err") or None
 
     def input(self) -> dict[str, Any]:
         import json
