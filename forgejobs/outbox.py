@@ -51,7 +51,7 @@ try:
     from sqlalchemy.orm import Session
 except ModuleNotFoundError as exc:  # pragma: no cover - the extra is missing
     raise ModuleNotFoundError(
-        "forgejobs.outbox needs SQLAlchemy 2: pip install 'sqlalchemy>=2,<3'", name=exc.name
+        "forgejobs.outbox needs SQLAlchemy 2: pip install 'forgejobs[sqlalchemy]'", name=exc.name
     ) from exc
 
 from pydantic import ValidationError

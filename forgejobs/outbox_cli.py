@@ -36,7 +36,7 @@ def _open(database_url: str, table: str, schema: str | None, *, existing: bool =
 
         from .outbox import Outbox
     except ModuleNotFoundError as exc:
-        _fail(f"the outbox needs SQLAlchemy ({exc.name} is missing): pip install 'sqlalchemy>=2,<3'")
+        _fail(f"the outbox needs SQLAlchemy ({exc.name} is missing): pip install 'forgejobs[sqlalchemy]'")
     try:
         engine = sa.create_engine(database_url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:

@@ -48,7 +48,7 @@ try:
     from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 except ModuleNotFoundError as exc:  # pragma: no cover - the extra is missing
     raise ModuleNotFoundError(
-        "forgejobs.sqlalchemy needs SQLAlchemy 2: pip install 'sqlalchemy>=2,<3'", name=exc.name
+        "forgejobs.sqlalchemy needs SQLAlchemy 2: pip install 'forgejobs[sqlalchemy]'", name=exc.name
     ) from exc
 
 from .aftercommit import HeldEnqueue, HeldHandle, drop_held, hold, send_soon

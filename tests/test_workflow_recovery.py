@@ -21,7 +21,7 @@ from forgejobs.runtime.worker import Worker
 from forgejobs.workflows.engine import Engine, job_id
 from forgejobs.workflows.worker import WorkerWorkflows
 from tests.conftest import wait_for
-from tests.test_workflow_redis import Diamond, FanIn, notes, specs, wf_client, wf_settings, whats
+from tests.test_workflow_redis import Diamond, FanIn, Lenient, notes, specs, wf_client, wf_settings, whats
 
 pytestmark = pytest.mark.redis
 __all__ = ["specs", "wf_client", "wf_settings"]  # fixtures shared with test_workflow_redis
@@ -113,3 +113,12 @@ def test_ended_runs_are_forgotten_after_the_retention_period(worker: Worker, con
     assert conn.exists(f"forgejobs:{{wf:{old.id}}}:run") == 0
     assert conn.zscore("forgejobs:workflows", old.id) is None
     assert fresh.status() == "succeeded"  # kept
+
+
+def test_a_step_job_removed_by_hand_is_not_waited_for(worker: Worker, wf_client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "notes"
+    run = Lenient.start(notes=str(path), org_ids=["org_1", "org_2"])
+    assert wf_client.backend.remove_waiting(job_id(run.id, "charge", 0)) == "removed"
+    worker.start()
+    assert run.wait(timeout=60) == "succeeded"  # on_failure: continue: the fan-in goes on without it
+    assert [n["value"] for n in notes(path) if n["what"] == "sum"] == [[None, 2]]

@@ -115,18 +115,21 @@ class WorkerWorkflows:
                 continue
             if self.engine.check_deadline(run_id, run):
                 continue
-            for step in self.store.ready(run_id):
+            ready = self.store.ready(run_id)
+            for step in ready:
                 if (run_id, step) in self._seen_ready:  # ready for a whole pass: its releaser died
                     self.engine.release(run_id, step)
                 seen_ready.add((run_id, step))
             if run["st"] in (RUNNING, STOPPING, COMPENSATING):
-                self._reconcile(run_id, run)
+                self._reconcile(run_id, run, set(ready))
         self._seen_ready = seen_ready
         self._expire(now)
 
-    def _reconcile(self, run_id: str, run: dict[str, str]) -> None:
+    def _reconcile(self, run_id: str, run: dict[str, str], ready: set[str]) -> None:
         """Step jobs that ended without reporting (cancelled while waiting, dead-lettered by stall
-        recovery, or whose report was lost with its outbox entry): record them from the job's own record."""
+        recovery): record them from the job's own record. A step job that no longer exists at all (removed
+        from its queue by hand, or never stored because the run stopped first) and whose step is not waiting
+        to be enqueued will not come: it is recorded as cancelled."""
         plan = self.engine.plan(run["wf"])
         pending: list[tuple[str, int, str]] = []
         for field, count in run.items():
@@ -147,8 +150,8 @@ class WorkerWorkflows:
         for (step, i, _queue), (status, result, error) in zip(pending, pipe.execute(), strict=True):
             state = status.decode() if isinstance(status, bytes) else status
             mode = {"succeeded": "done", "failed": "failed", "cancelled": "cancelled"}.get(state or "")
-            if state is None and run["st"] == STOPPING:
-                mode = "cancelled"  # never stored (its release was cut short by the stop): it will not come
+            if state is None and step not in ready:
+                mode = "cancelled"  # gone (removed, or never stored because the run stopped first)
             key = f"{run_id}|{step}|{i}"
             if mode is None:
                 self._seen_ended.discard(key)
