@@ -6,10 +6,8 @@ import inspect
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,12 +19,12 @@ from forgejobs import Client, Registry, Settings, set_client
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.keys import QueueKeys
 from forgejobs.specs import load_specs
+from tests.helpers import ROOT, SAMPLE_JOBS, SAMPLE_SPECS, cli_env, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "SAMPLE_JOBS", "SAMPLE_SPECS", "WorkerProcess", "free_port", "wait_for"]  # older imports
+
 REDIS_HOST = os.environ.get("FORGEJOBS_TEST_REDIS", "redis://127.0.0.1:6379")
 CLAIM_KEY = "forgejobs-test:claimed-by"
-SAMPLE_JOBS = "tests.samplejobs"
-SAMPLE_SPECS = ROOT / "tests" / "samplespecs"
 # Set by `./dev mutate`: run only the tests that stay in this process (mutmut runs them once per mutant).
 UNIT_ONLY = bool(os.environ.get("FORGEJOBS_TEST_UNIT_ONLY"))
 _OUT_OF_PROCESS = ("start_worker", "start_cli")
@@ -53,20 +51,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = 0.01
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
 
 
 @pytest.fixture
@@ -156,9 +140,7 @@ class WorkerProcess:
 def _sample_env(redis_url: str, extra: dict[str, str] | None) -> dict[str, str]:
     return {
         **os.environ,
-        "FORGEJOBS_REDIS_URL": redis_url,
-        "FORGEJOBS_JOBS": SAMPLE_JOBS,
-        "FORGEJOBS_SPECS": str(SAMPLE_SPECS),
+        **cli_env(redis_url),
         "FORGEJOBS_SCHEDULER_INTERVAL": "0.1",
         "PYTHONUNBUFFERED": "1",
         **(extra or {}),
@@ -219,12 +201,6 @@ def sample_specs() -> Path:
 
 def loaded_specs() -> object:
     return load_specs(SAMPLE_SPECS)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -27,7 +27,8 @@ from forgejobs.metrics import MetricsReader
 from forgejobs.runtime.cancel import CannotCancel, cancel
 from forgejobs.runtime.worker import Worker
 from forgejobs.status import Status
-from tests.conftest import ROOT, WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import ROOT, cli_env, notes, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -83,8 +84,9 @@ class Ignores(Job, queue="cancels", attempts=1, timeout=120):
         return "slept"
 
 
-def notes(path: Path) -> list[str]:
-    return [json.loads(line)["what"] for line in path.read_text().splitlines()] if path.exists() else []
+def seen(path: Path) -> list[str]:
+    """What a `Waits` job noted, in order ("start", "saw cancel", "end")."""
+    return [note["what"] for note in notes(path)]
 
 
 @pytest.fixture
@@ -110,42 +112,28 @@ def cancel_client(conn: redis.Redis, cancel_settings: Settings) -> Iterator[Clie
 
 @pytest.fixture
 def worker_env(redis_url: str, specs: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FORGEJOBS_REDIS_URL": redis_url,
-        "FORGEJOBS_JOBS": "tests.test_cancel",
-        "FORGEJOBS_SPECS": str(specs),
-        "FORGEJOBS_STALL_TIMEOUT": "2",  # a heartbeat every 0.4 s: cancels are noticed that often
-        "PYTHONUNBUFFERED": "1",
-    }
+    """This module's jobs and specs, for `forgejobs` subprocesses on the test's database."""
+    # a heartbeat every 0.4 s: cancels are noticed that often
+    return cli_env(redis_url, jobs="tests.test_cancel", specs=specs, FORGEJOBS_STALL_TIMEOUT="2")
 
 
 @pytest.fixture
-def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start() -> WorkerProcess:
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        with log_path.open("w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "forgejobs.cli", "worker"],
-                cwd=ROOT,
-                env=worker_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        started.append(WorkerProcess(process, log_path))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
+def start_cancel_worker(
+    start_worker: Callable[..., WorkerProcess], worker_env: dict[str, str]
+) -> Callable[[], WorkerProcess]:
+    """A worker on every queue of this module's specs, started and registered."""
+    return lambda: start_worker(env=worker_env)
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`forgejobs ARGS...` as a process of its own, its output and errors apart."""
     return subprocess.run(
-        [sys.executable, "-m", "forgejobs.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "forgejobs.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -172,19 +160,19 @@ def test_a_waiting_and_a_delayed_job_are_taken_off_their_queue_and_never_run(
     assert {j.id for j in listed} == {waiting.id, delayed.id}
 
     Worker(cancel_settings, cancel_client.registry, connection=conn).run(burst=True, horizon=0)
-    assert notes(tmp_path / "w") == [] and notes(tmp_path / "d") == []
+    assert seen(tmp_path / "w") == [] and seen(tmp_path / "d") == []
     assert MetricsReader(conn, queues=["cancels"]).snapshot().total("cancelled", "cancels") == 2
 
 
 def test_running_jobs_see_ctx_cancelled_and_end_cancelled_whether_they_return_or_raise(
-    cancel_client: Client, conn: redis.Redis, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+    cancel_client: Client, conn: redis.Redis, start_cancel_worker: Callable[[], WorkerProcess], tmp_path: Path
 ) -> None:
-    worker = start_worker()
+    worker = start_cancel_worker()
     returns = Waits.enqueue(path=str(tmp_path / "returns"))
     raises = Waits.enqueue(path=str(tmp_path / "raises"), raise_on_cancel=True)
     awaits = WaitsAsync.enqueue(path=str(tmp_path / "awaits"))
     jobs = {"returns": returns, "raises": raises, "awaits": awaits}
-    wait_for(lambda: all(notes(tmp_path / name) == ["start"] for name in jobs), timeout=30, what="all three to start")
+    wait_for(lambda: all(seen(tmp_path / name) == ["start"] for name in jobs), timeout=30, what="all three to start")
 
     for handle in jobs.values():
         result = cancel(cancel_client.backend, cancel_client.registry, handle.id)
@@ -197,7 +185,7 @@ def test_running_jobs_see_ctx_cancelled_and_end_cancelled_whether_they_return_or
         what=f"every job to end cancelled; worker log:\n{worker.log()}",
     )
     for name in jobs:
-        assert notes(tmp_path / name) == ["start", "saw cancel"], name
+        assert seen(tmp_path / name) == ["start", "saw cancel"], name
     assert cancel_client.backend.dead_letters.count() == 0
     assert kinds(conn, raises.id) == ["enqueued", "started", "cancelled"]
     assert conn.scard(QUEUE.cancels) == 0 and conn.hlen(QUEUE.active) == 0
@@ -208,14 +196,14 @@ def test_running_jobs_see_ctx_cancelled_and_end_cancelled_whether_they_return_or
 
 
 def test_a_handler_that_never_looks_still_ends_cancelled(
-    cancel_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+    cancel_client: Client, start_cancel_worker: Callable[[], WorkerProcess], tmp_path: Path
 ) -> None:
-    start_worker()
+    start_cancel_worker()
     handle = Ignores.enqueue(path=str(tmp_path / "i"), seconds=4)
-    wait_for(lambda: notes(tmp_path / "i") == ["start"], timeout=30, what="the job to start")
+    wait_for(lambda: seen(tmp_path / "i") == ["start"], timeout=30, what="the job to start")
     assert cancel(cancel_client.backend, cancel_client.registry, handle.id).outcome == "requested"
     wait_for(lambda: handle.status() is Status.CANCELLED, timeout=30, what="the job to end cancelled")
-    assert notes(tmp_path / "i") == ["start", "end"]  # it ran to its end: nothing interrupts a handler
+    assert seen(tmp_path / "i") == ["start", "end"]  # it ran to its end: nothing interrupts a handler
 
 
 def test_cancel_refuses_a_finished_or_unknown_job_and_the_cli_says_what_it_did(

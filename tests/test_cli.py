@@ -10,22 +10,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from click.testing import CliRunner
 
 from forgejobs import Client, DeadLetter, Reason, Status
-from forgejobs.cli import cli
-from tests.conftest import ROOT, SAMPLE_JOBS, SAMPLE_SPECS
+from tests.helpers import ROOT, SAMPLE_JOBS, cli_env, run_cli
 
 pytestmark = pytest.mark.redis
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    return result.exit_code, result.output
-
-
-def sample_env(redis_url: str) -> dict[str, str]:
-    return {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": SAMPLE_JOBS, "FORGEJOBS_SPECS": str(SAMPLE_SPECS)}
 
 
 def test_check_prints_the_effective_table_of_the_project() -> None:
@@ -52,7 +41,7 @@ def test_check_fails_when_a_job_is_on_an_undeclared_queue(tmp_path: Path) -> Non
 
 def test_enqueue_validates_and_stores_a_job(redis_url: str, client: Client) -> None:
     code, out = run_cli(
-        "enqueue", "fast.echo", "--data", '{"text": "from the cli"}', "--priority", "2", env=sample_env(redis_url)
+        "enqueue", "fast.echo", "--data", '{"text": "from the cli"}', "--priority", "2", env=cli_env(redis_url)
     )
     assert code == 0, out
     job_id = out.split(" as ")[1].split()[0]
@@ -70,7 +59,7 @@ def test_enqueue_validates_and_stores_a_job(redis_url: str, client: Client) -> N
     ],
 )
 def test_enqueue_refuses_bad_input_with_a_clear_error(redis_url: str, args: list[str], message: str) -> None:
-    code, out = run_cli("enqueue", *args, env=sample_env(redis_url))
+    code, out = run_cli("enqueue", *args, env=cli_env(redis_url))
     assert code == 1 and message in out
     assert redis.Redis.from_url(redis_url).dbsize() == 1  # only the test's claim key
 
@@ -80,7 +69,7 @@ def test_info_counts_per_queue(redis_url: str, client: Client) -> None:
 
     Echo.enqueue_many([{"text": str(i)} for i in range(3)])
     Echo.with_options(delay=60).enqueue(text="later")
-    code, out = run_cli("info", env=sample_env(redis_url))
+    code, out = run_cli("info", env=cli_env(redis_url))
     assert code == 0, out
     fast = next(line for line in out.splitlines() if "fast" in line)
     assert [cell.strip() for cell in fast.split("│")[1:-1]] == ["fast", "3", "1", "0", "0", "0", "active"]
@@ -91,7 +80,7 @@ def test_dead_letters_from_the_command_line(redis_url: str, client: Client) -> N
         id="dead-1", name="fast.echo", queue="fast", reason=Reason.EXHAUSTED, error="boom", payload={"text": "again"}
     )
     client.backend.dead_letters.add(record)
-    env = sample_env(redis_url)
+    env = cli_env(redis_url)
     code, out = run_cli("dead", "list", env=env)
     assert code == 0 and "dead-1" in out and "exhausted" in out
     code, out = run_cli("dead", "show", "dead-1", env=env)
@@ -110,7 +99,7 @@ def test_worker_burst_drains_and_exits(redis_url: str, client: Client) -> None:
     from tests.samplejobs.basic import Echo
 
     handles = Echo.enqueue_many([{"text": str(i)} for i in range(10)])
-    env = {**os.environ, **sample_env(redis_url)}
+    env = {**os.environ, **cli_env(redis_url)}
     done = subprocess.run(
         [sys.executable, "-m", "forgejobs.cli", "worker", "--queues", "fast", "--burst", "--horizon", "0"],
         cwd=ROOT,
@@ -125,11 +114,11 @@ def test_worker_burst_drains_and_exits(redis_url: str, client: Client) -> None:
 
 
 def test_worker_refuses_an_unknown_queue(redis_url: str) -> None:
-    code, out = run_cli("worker", "--queues", "nope", env=sample_env(redis_url))
+    code, out = run_cli("worker", "--queues", "nope", env=cli_env(redis_url))
     assert code == 1 and "unknown queue(s): nope" in out
 
 
 def test_cli_errors_name_the_field_without_pydantic_internals(redis_url: str) -> None:
-    code, out = run_cli("enqueue", "fast.echo", "--data", "{}", env=sample_env(redis_url))
+    code, out = run_cli("enqueue", "fast.echo", "--data", "{}", env=cli_env(redis_url))
     assert code == 1 and "--data does not fit fast.echo: field text: Field required" in out
     assert "[type=" not in out

@@ -6,25 +6,18 @@ import json
 
 import pytest
 import redis
-from click.testing import CliRunner
 
 from forgejobs import Client, DeadLetter, Reason, Settings
-from forgejobs.cli import cli
 from forgejobs.worker import Worker
-from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS
+from tests.helpers import cli_env, run_cli
 from tests.samplejobs.basic import Doomed, Echo
 
 pytestmark = pytest.mark.redis
 
 
-def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    return result.exit_code, result.output
-
-
 @pytest.fixture
 def env(redis_url: str) -> dict[str, str]:
-    return {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": SAMPLE_JOBS, "FORGEJOBS_SPECS": str(SAMPLE_SPECS)}
+    return cli_env(redis_url)
 
 
 def test_job_shows_everything_kept_and_json_for_scripts(

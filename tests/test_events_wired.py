@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from forgejobs import Client, Status
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.cli import cli
-from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import cli_env, wait_for
 from tests.samplejobs.basic import Doomed, Echo, Flaky, Progressing
 
 pytestmark = pytest.mark.redis
@@ -64,7 +65,7 @@ def test_explicit_job_id_duplicates_are_reported(client: Client) -> None:
 def test_events_command_prints_and_filters(client: Client, redis_url: str) -> None:
     Echo.enqueue(text="a")
     Flaky.enqueue(path="/dev/null", failures=0)
-    env = {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": SAMPLE_JOBS, "FORGEJOBS_SPECS": str(SAMPLE_SPECS)}
+    env = cli_env(redis_url)
     out = CliRunner().invoke(cli, ["events", "--job", "fast.echo"], env=env).output
     lines = out.strip().splitlines()
     assert len(lines) == 1 and "enqueued" in lines[0] and "fast.echo" in lines[0]

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from forgejobs import Client, ForgeJobsError, Status, UnknownJob
 from forgejobs.cli import cli
-from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import cli_env, wait_for
 from tests.samplejobs.basic import Doomed, Echo, Mark, Slow
 
 pytestmark = pytest.mark.redis
@@ -22,12 +23,11 @@ pytestmark = pytest.mark.redis
 def test_a_paused_queue_keeps_accepting_jobs_and_workers_take_none_until_resumed(
     client: Client, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    start_worker("--queues", "fast")
     client.pause("fast")
     assert client.paused() == {"fast"}
-    # A slot reads the flag at most once a second and may be in a 1 s wait for work: give them 2 s, plus margin,
-    # to see the pause before the job exists.
-    time.sleep(2.5)
+    # A worker reads the paused queues before its slots start (and about once a second after that), so one
+    # started now has seen the pause before the job exists: no waiting for it to notice.
+    start_worker("--queues", "fast")
     path = tmp_path / "marks.jsonl"
     handle = Mark.enqueue(path=str(path), label="held")
     deadline = time.monotonic() + 2.5
@@ -69,7 +69,7 @@ def test_obliterate_removes_everything_the_queue_holds_and_refuses_while_jobs_ru
 
 
 def test_queue_commands(client: Client, redis_url: str) -> None:
-    env = {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": SAMPLE_JOBS, "FORGEJOBS_SPECS": str(SAMPLE_SPECS)}
+    env = cli_env(redis_url)
     runner = CliRunner()
     assert "paused fast" in runner.invoke(cli, ["queue", "pause", "fast"], env=env).output
     info = runner.invoke(cli, ["info"], env=env).output

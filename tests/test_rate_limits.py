@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -12,12 +11,9 @@ import pytest
 from forgejobs import Client, Context, Job, OptionsError, Status
 from forgejobs.ratelimit import RateLimit
 from forgejobs.testing import FakeQueue
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import notes, wait_for
 from tests.samplejobs.basic import CallEndpoint, LimitedMark
-
-
-def notes(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 class Ping(Job, queue="hooks", rate_limit=RateLimit(max=2, per=1), rate_limit_key="endpoint"):

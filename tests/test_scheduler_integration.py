@@ -19,7 +19,8 @@ from forgejobs.cli import cli
 from forgejobs.schedule import ScheduleSpec
 from forgejobs.scheduling import Repeater
 from forgejobs.specs import Specs
-from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import cli_env, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -108,7 +109,7 @@ def test_a_changed_schedule_is_rewritten_in_redis_and_a_disabled_one_taken_out(
 
 
 def test_schedules_command_lists_and_runs(client: Client, conn: redis.Redis, redis_url: str) -> None:
-    env = {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": SAMPLE_JOBS, "FORGEJOBS_SPECS": str(SAMPLE_SPECS)}
+    env = cli_env(redis_url)
     Repeater(client, RQSchedulerStore(conn)).sync()
     listing = CliRunner().invoke(cli, ["schedules"], env=env)
     assert listing.exit_code == 0, listing.output

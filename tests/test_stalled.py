@@ -24,16 +24,13 @@ from forgejobs.runtime.scripts import Scripts
 from forgejobs.runtime.upkeep import Upkeep
 from forgejobs.runtime.worker import Worker, slot_pid
 from forgejobs.settings import Settings
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import notes, wait_for
 from tests.samplejobs.basic import Slow, SlowFirstAttempt
 
 pytestmark = pytest.mark.redis
 
 SLOW = QueueKeys("forgejobs", "slow")
-
-
-def notes(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def fetch(scripts: Scripts, slot: str, lease_ms: int = 10_000, finish: tuple[str, str, str, int] | None = None) -> Any:

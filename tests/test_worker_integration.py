@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -19,7 +18,8 @@ from forgejobs import Client, PayloadTooLarge, Reason, Status
 from forgejobs.cli import cli
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.worker import slot_pid
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess
+from tests.helpers import notes, wait_for
 from tests.samplejobs.basic import Doomed, Echo, EchoResult, Flaky, Mark, Progressing, Slow, Snooze, TimesOut
 
 pytestmark = pytest.mark.redis
@@ -30,12 +30,6 @@ StartWorker = Callable[..., WorkerProcess]
 def client_url(client: Client) -> str:
     kwargs = client.backend.connection.connection_pool.connection_kwargs  # type: ignore[attr-defined]
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
-
-
-def notes(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_enqueued_job_runs_in_a_worker_and_returns_a_typed_result(client: Client, start_worker: StartWorker) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import ssl
-import threading
 from datetime import timedelta
 from email import policy
 from email.header import decode_header, make_header
@@ -63,15 +62,10 @@ from jobs.store import (
     utcnow,
     webhook_endpoints,
 )
+from tests.catalog.smtp_server import Server, free_port, parse, start_server
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "jobs" / "templates" / "email"
 BASICS = {"product_name": "ForgeStack", "app_url": "https://app.forgestack.test"}
-
-
-def parse(raw: bytes) -> EmailMessage:
-    message = BytesParser(policy=policy.default).parsebytes(raw)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def outbox(settings: CatalogSettings) -> list[EmailMessage]:
@@ -159,62 +153,6 @@ def test_build_mailer_follows_the_settings(tmp_path: Path) -> None:
 
 
 # -- a real SMTP server ---------------------------------------------------------------------
-
-
-class Recorder:
-    """An aiosmtpd handler: keeps what it receives; refuses or defers recipients by their local part.
-
-    `refused@...` gets 550; `deferred@...` gets 451 `defer_times` times, then 250.
-    """
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], bytes, bool]] = []  # (mail from, rcpt tos, data, over TLS)
-        self.defer_times = 1_000_000
-        self.deferred = 0
-        self.lock = threading.Lock()
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if address.startswith("refused@"):
-            return "550 5.1.1 no such mailbox here"
-        if address.startswith("deferred@"):
-            with self.lock:
-                if self.deferred < self.defer_times:
-                    self.deferred += 1
-                    return "451 4.3.0 try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            self.received.append(
-                (envelope.mail_from, list(envelope.rcpt_tos), envelope.content, session.ssl is not None)
-            )
-        return "250 2.0.0 accepted"
-
-    def messages(self) -> list[EmailMessage]:
-        with self.lock:
-            return [parse(data) for _, _, data, _ in self.received]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclasses.dataclass
-class Server:
-    port: int
-    recorder: Recorder
-
-
-def start_server(request: pytest.FixtureRequest, **smtp_options: Any) -> Server:
-    recorder = Recorder()
-    port = free_port()
-    controller = Controller(recorder, hostname="127.0.0.1", port=port, ready_timeout=5, **smtp_options)
-    controller.start()
-    request.addfinalizer(controller.stop)
-    return Server(port, recorder)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from jobs.store import new_id
 from jobs.stripe import build_event, receive_stripe_event, sign_stripe_payload
 from jobs.webhooks import create_endpoint, publish_event
 from tests.catalog.conftest import POSTGRES_URL
-from tests.catalog.test_email import Server, start_server
+from tests.catalog.smtp_server import Server, start_server
 from tests.conftest import ROOT, WorkerProcess
 
 STRIPE_SECRET = "whsec_end_to_end"

@@ -1,0 +1,65 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py, which re-exports the older names).
+
+Import them from here: `from tests.helpers import notes, wait_for`. A test module never imports another
+test module for its helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_JOBS = "tests.samplejobs"
+SAMPLE_SPECS = ROOT / "tests" / "samplespecs"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def notes(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects a sample job wrote to `path`, one per line, oldest first ([] before the first)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cli_env(
+    redis_url: str, *, jobs: str = SAMPLE_JOBS, specs: Path | str = SAMPLE_SPECS, **extra: str
+) -> dict[str, str]:
+    """The settings of a `forgejobs` command run against the test's Redis database: the sample jobs and
+    specs unless told otherwise, plus `extra` (FORGEJOBS_... names). For CliRunner as it is; a subprocess
+    gets it on top of os.environ (see the `start_cli` fixture)."""
+    return {"FORGEJOBS_REDIS_URL": redis_url, "FORGEJOBS_JOBS": jobs, "FORGEJOBS_SPECS": str(specs), **extra}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`forgejobs ARGS...` in this process (click's CliRunner): its exit code and output."""
+    from forgejobs.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
