@@ -156,12 +156,20 @@ class MemoryStore:
                 return self._compensated(run_id, int(step[1:]), now)
             if h["st"] not in (RUNNING, STOPPING):
                 return "ignored", []
+            stopped = False
+            deadline = int(h.get("dl", "0") or 0)
+            if h["st"] == RUNNING and deadline and now > deadline:  # past its timeout: stop first
+                seconds = (deadline - int(h["t0"])) / 1000
+                self._stop(run_id, "timed_out", f"the workflow's timeout ({seconds:g}s) passed", now)
+                stopped = True
             if mode == "done":
                 self.orders[run_id].append(f"{step}:{index}")
             left = int(h[f"l:{step}"]) - 1
             h[f"l:{step}"] = str(left)
             if h["st"] == STOPPING:
-                return self._compensate(run_id, now) if self._outstanding(h) == 0 else ("ignored", [])
+                if self._outstanding(h) == 0:
+                    return self._compensate(run_id, now)
+                return (STOPPING if stopped else "ignored"), []
             if mode != "done" and h.get(f"f:{step}") != "continue":
                 return self._stop(run_id, "failed", f"step {step}[{index}] {mode}: {error}", now)
             released = self._step_done(run_id, step, now) if left == 0 else []

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .engine import TAG, Engine, job_id, parse_tag
+from .engine import TAG, Engine, job_id
 from .store import COMPENSATING, RUNNING, STOPPING, TERMINAL
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ class WorkerWorkflows:
 
     def apply(self, value: str | bytes) -> None:
         entry = json.loads(value)
-        self.engine.check_deadline(parse_tag(entry["tag"])[0])
         self.engine.finished(entry["tag"], entry["mode"], entry["out"], entry["err"])
 
     def report(self, keys: QueueKeys, job: bytes | str, value: str) -> None:

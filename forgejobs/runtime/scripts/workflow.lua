@@ -10,7 +10,8 @@
 --   enqueued step                -> 1
 --   finish  step, index, mode (done, failed, cancelled), output JSON, error
 --           -> {verdict, released...}: "dup" (recorded before: nothing happens twice), "ok", "ignored"
---              (the run no longer runs), or the run's new status when this outcome ended it
+--              (the run no longer runs), or the run's new status when this outcome ended it. A run past
+--              its deadline (`dl`) is stopped as timed_out before the outcome is counted.
 --   stop    status, reason       -> {"not running"}, {"stopping"} (instances still running: they report
 --           first), {status} or {"compensating", "~0"}
 local run, ready, order = KEYS[1], KEYS[2], KEYS[3]
@@ -104,10 +105,18 @@ elseif op == 'finish' then
         return {final}
     end
     if status ~= 'running' and status ~= 'stopping' then return {'ignored'} end
+    local stopped = false
+    local deadline = tonumber(redis.call('HGET', run, 'dl') or '0') or 0
+    if status == 'running' and deadline > 0 and tonumber(now) > deadline then  -- past its timeout: stop first
+        local seconds = (deadline - tonumber(redis.call('HGET', run, 't0'))) / 1000
+        stop('timed_out', "the workflow's timeout (" .. string.format('%g', seconds) .. 's) passed')
+        status, stopped = redis.call('HGET', run, 'st'), true
+    end
     if mode == 'done' then redis.call('RPUSH', order, step .. ':' .. index) end
     local left = redis.call('HINCRBY', run, 'l:' .. step, -1)
     if status == 'stopping' then
         if outstanding() == 0 then return compensate() end
+        if stopped then return {'stopping'} end
         return {'ignored'}
     end
     if mode ~= 'done' and redis.call('HGET', run, 'f:' .. step) ~= 'continue' then
