@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -229,3 +230,24 @@ def test_a_yaml_workflow_runs_on_a_fake_queue_built_on_a_registry_that_knows_its
         assert run.status() == "succeeded" and run.output("welcome") == "welcomed usr_9@example.com"
         with pytest.raises(WorkflowError, match="no workflow named 'nope'"):
             start_workflow("nope")
+
+
+class Loose(Job, queue="wf"):
+    user_id: str
+
+    def perform(self, ctx: Context) -> dict[str, Any]:  # fields not declared: references to them are unchecked
+        return {"email": 42}
+
+
+class LooseSignup(Workflow, input=SignUp, name="fake_loose"):
+    load = Step(Loose, {"user_id": "input.user_id"})
+    welcome = Step(Welcome, {"email": "steps.load.output.email"}, after=[load])
+
+
+def test_a_step_whose_input_does_not_validate_at_run_time_fails_the_run(fake_queue: FakeQueue) -> None:
+    run = LooseSignup.start(user_id="usr_1")
+    fake_queue.drain()
+    assert run.status() == "failed"
+    assert run.error() == "step welcome: its input does not validate: email: Input should be a valid string"
+    assert fake_queue.enqueued(Welcome) == []
+    assert run.steps()["welcome"].status == "cancelled"

@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from ..errors import PayloadError
 from ..events import Event, EventKind
 from ..options import EnqueueOptions
 from .plan import Binding, Plan, StepPlan, WorkflowError
@@ -61,6 +64,14 @@ def output_of(run: dict[str, str], step: str, index: int) -> Any:
     """One instance's output as stored (None when it has none: failed and continued, or not finished)."""
     raw = run.get(f"o:{step}:{index}")
     return json.loads(raw) if raw is not None and run.get(f"d:{step}:{index}") == "done" else None
+
+
+def _first_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return str(exc).splitlines()[0]
 
 
 class Bound:
@@ -211,7 +222,14 @@ class Engine:
         if todo:
             bound = Bound(plan, run)
             items = [(i, bound.payload(step, i, dict(step.inputs))) for i in todo]
-            self._enqueue(plan.job_type(step.job), run_id, step_name, items)
+            try:
+                self._enqueue(plan.job_type(step.job), run_id, step_name, items)
+            except (ValidationError, PayloadError) as exc:
+                # the data does not fit although the types did (an Any output, a value out of a field's
+                # range): the step cannot start, so the run fails, naming it; nothing of the step was stored
+                self.store.enqueued(run_id, step_name)
+                self.stop(run_id, "failed", f"step {step_name}: its input does not validate: {_first_line(exc)}")
+                return
         self.store.enqueued(run_id, step_name)
         for other in released:
             self.release(run_id, other)
