@@ -25,7 +25,9 @@ from pydantic import BaseModel
 from forgejobs import Client, Context, Job, Registry, Settings, Unrecoverable, set_client
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.events import EventStream
+from forgejobs.keys import QueueKeys
 from forgejobs.workflows import Step, Workflow, chain, group
+from forgejobs.workflows.engine import job_id
 from forgejobs.workflows.run import WorkflowRun
 from tests.conftest import ROOT, WorkerProcess, wait_for
 
@@ -270,14 +272,14 @@ def test_fan_out_of_200_fans_in_once_with_every_output(
 
 
 def test_fail_stops_the_run_and_never_releases_the_fan_in(
-    wf_client: Client, start_worker: Callable[[], WorkerProcess], tmp_path: Path
+    wf_client: Client, conn: redis.Redis, start_worker: Callable[[], WorkerProcess], tmp_path: Path
 ) -> None:
     path = tmp_path / "notes"
     run = FanIn.start(notes=str(path), org_ids=["org_1", "org_2", "org_3"], fail_org="org_2")
     start_worker()
     assert finished(run) == "failed"
     assert "step charge[1] failed" in (run.error() or "") and "card declined for org_2" in (run.error() or "")
-    time.sleep(0.5)  # nothing is pending to wait for: the fan-in must simply never appear
+    assert not conn.exists(QueueKeys("forgejobs", "wfr").job(job_id(run.id, "total", 0)))  # never enqueued
     assert whats(path)["strict"] == 0
     assert run.steps()["total"].status == "cancelled"
 
