@@ -20,7 +20,7 @@ from forgejobs.registry import Registry
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.workflows import Step, Workflow, WorkflowError, chain, group
 from forgejobs.workflows.spec import load_file
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 class SignupInput(BaseModel):

@@ -1,5 +1,7 @@
 """Workflows on Redis with real worker subprocesses: a diamond, fan-out and fan-in, each failure policy,
-cancel mid-run, a second start with the same key, and workers SIGKILLed while a wide fan-out runs.
+cancel mid-run, a second start with the same key, and workers SIGKILLed while a wide fan-out runs; then
+the recovery pass, which repairs each half-done state a killed worker can leave (an outcome left in the
+outbox, a released step never enqueued, a step job that ended or vanished without reporting, a timeout).
 
 The job and workflow classes are this module's own (FORGEJOBS_JOBS=tests.test_workflow_redis), on queues
 the test's own spec folder declares. Each job appends a line to a notes file, so a test counts runs.
@@ -26,10 +28,14 @@ from forgejobs import Client, Context, Job, Registry, Settings, Unrecoverable, s
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.events import EventStream
 from forgejobs.keys import QueueKeys
+from forgejobs.runtime.cancel import cancel
+from forgejobs.runtime.worker import Worker
 from forgejobs.workflows import Step, Workflow, chain, group
-from forgejobs.workflows.engine import job_id
+from forgejobs.workflows.engine import Engine, job_id
 from forgejobs.workflows.run import WorkflowRun
-from tests.conftest import ROOT, WorkerProcess, wait_for
+from forgejobs.workflows.worker import WorkerWorkflows
+from tests.conftest import WorkerProcess
+from tests.helpers import ROOT, notes, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -37,10 +43,6 @@ pytestmark = pytest.mark.redis
 def note(path: str, what: str, value: object = None) -> None:
     with Path(path).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"what": what, "value": value, "pid": os.getpid()}) + "\n")
-
-
-def notes(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 class Order(BaseModel):
@@ -438,3 +440,103 @@ def test_the_workflows_command_starts_lists_shows_and_cancels_runs(
     cancelled = cli("cancel", held.id)
     assert cancelled.returncode == 0 and cancelled.stdout.startswith(f"cancelled {held.id}")
     assert finished(held) == "cancelled"
+
+
+# -- the recovery pass (decision 0009): each test cuts the normal path at one point, in-process ---------
+
+
+@pytest.fixture
+def worker(wf_settings: Settings, wf_client: Client, conn: redis.Redis) -> Iterator[Worker]:
+    w = Worker(wf_settings, Registry.load(wf_settings), connection=redis.Redis.from_url(wf_settings.redis_url or ""))
+    yield w
+    w.stop()
+    w.join(10)
+
+
+def test_an_outcome_left_in_the_outbox_is_applied_by_recovery(
+    worker: Worker, conn: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def killed_before_reporting(self: WorkerWorkflows, keys: QueueKeys, job: bytes | str, value: str) -> None:
+        seen.append(json.loads(value)["tag"])  # the worker "dies" here: the outcome stays in the outbox
+
+    monkeypatch.setattr(WorkerWorkflows, "report", killed_before_reporting)
+    path = tmp_path / "notes"
+    run = Diamond.start(notes=str(path))
+    worker.start()
+    assert run.wait(timeout=60) == "succeeded"
+    assert len(seen) == 4  # every outcome took the recovery path
+    assert whats(path) == {"open": 1, "greet": 1, "count": 1, "close": 1}
+    outboxes = [QueueKeys("forgejobs", q).workflow_outbox for q in ("wfr", "wfr-mail")]
+    # each entry is removed right after it is applied (the run may end just before the last removal)
+    wait_for(lambda: sum(conn.hlen(k) for k in outboxes) == 0, timeout=10, what="the outboxes to empty")
+
+
+def test_a_released_step_never_enqueued_is_enqueued_by_recovery(
+    worker: Worker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Engine._enqueue
+    cut: list[str] = []
+
+    def dies_once(self: Engine, job_type: object, run_id: str, step: str, items: list[tuple[int, dict]]) -> None:
+        if step == "total" and not cut:
+            cut.append(step)
+            raise ConnectionError("killed between the release and the enqueue")
+        original(self, job_type, run_id, step, items)
+
+    monkeypatch.setattr(Engine, "_enqueue", dies_once)
+    path = tmp_path / "notes"
+    run = FanIn.start(notes=str(path), org_ids=["org_1", "org_2", "org_3"])
+    worker.start()
+    assert run.wait(timeout=60) == "succeeded"
+    assert cut == ["total"]
+    assert [n["value"] for n in notes(path) if n["what"] == "strict"] == [3]  # released once, run once
+    assert run.output("total") == 1 + 2 + 3
+
+
+def test_a_step_job_cancelled_while_waiting_stops_its_run(worker: Worker, wf_client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "notes"
+    run = FanIn.start(notes=str(path), org_ids=["org_1"])
+    # cancelled behind the workflow's back (forgejobs job cancel): no worker ever reports it
+    cancel(wf_client.backend, wf_client.registry, job_id(run.id, "charge", 0))
+    worker.start()
+    assert run.wait(timeout=60) == "failed"
+    assert "step charge[0] cancelled" in (run.error() or "")
+    assert whats(path)["charge"] == 0 and whats(path)["strict"] == 0
+
+
+def test_recovery_times_out_a_run_no_step_reports_on(
+    worker: Worker, wf_client: Client, conn: redis.Redis, tmp_path: Path
+) -> None:
+    path = tmp_path / "notes"
+    run = FanIn.start(notes=str(path), org_ids=["org_1"], hold=60)
+    conn.hset(f"forgejobs:{{wf:{run.id}}}:run", "dl", "1")  # its deadline passed long ago
+    worker.start()
+    wait_for(lambda: run.status() != "running", timeout=30, what="the recovery pass to stop the run")
+    assert run.wait(timeout=60) == "timed_out"  # the held charge saw ctx.cancelled and reported
+    assert "timeout" in (run.error() or "")
+
+
+def test_ended_runs_are_forgotten_after_the_retention_period(worker: Worker, conn: redis.Redis, tmp_path: Path) -> None:
+    old = Diamond.start(notes=str(tmp_path / "old"))
+    worker.start()
+    assert old.wait(timeout=60) == "succeeded"
+    fresh = Diamond.start(notes=str(tmp_path / "fresh"))
+    assert fresh.wait(timeout=60) == "succeeded"
+    # make the first run look 8 days old: started and ended before the 7-day retention
+    conn.zadd("forgejobs:workflows", {old.id: 1})
+    conn.hset(f"forgejobs:{{wf:{old.id}}}:run", "t1", "1")
+    worker.workflows.recover()
+    assert conn.exists(f"forgejobs:{{wf:{old.id}}}:run") == 0
+    assert conn.zscore("forgejobs:workflows", old.id) is None
+    assert fresh.status() == "succeeded"  # kept
+
+
+def test_a_step_job_removed_by_hand_is_not_waited_for(worker: Worker, wf_client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "notes"
+    run = Lenient.start(notes=str(path), org_ids=["org_1", "org_2"])
+    assert wf_client.backend.remove_waiting(job_id(run.id, "charge", 0)) == "removed"
+    worker.start()
+    assert run.wait(timeout=60) == "succeeded"  # on_failure: continue: the fan-in goes on without it
+    assert [n["value"] for n in notes(path) if n["what"] == "sum"] == [[None, 2]]
