@@ -161,3 +161,11 @@ def test_ticks_are_in_utc_whatever_the_process_zone(monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize("tz", ["Europe/London", "Atlantic/Azores"])
+def test_a_wildcard_pattern_asked_inside_a_repeated_hour_keeps_its_pace_where_an_offset_is_zero(tz: str) -> None:
+    # 25 Oct 2026, 01:00Z: London goes from +1 to 0, the Azores from 0 to -1; one of the two passes of the
+    # repeated hour has a zero offset, which must count as an offset like any other
+    ticks = cron("*/15 * * * *", tz=tz).upcoming(utc(2026, 10, 25, 0, 20), 6)
+    assert ticks == [utc(2026, 10, 25, h, m) for h, m in ((0, 30), (0, 45), (1, 0), (1, 15), (1, 30), (1, 45))]
