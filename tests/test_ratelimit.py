@@ -66,6 +66,19 @@ def test_exactly_max_acquisitions_fit_in_one_window() -> None:
     assert limiter.acquire("k", rate) == pytest.approx(1.0), "a refused call takes no slot"
 
 
+def test_time_is_counted_in_whole_microseconds_down_to_a_one_microsecond_window() -> None:
+    clock = FakeClock(0.0)
+    limiter = MemoryRateLimiter(clock)
+    tiny = RateLimit(max=1, per=timedelta(microseconds=1))
+    short = RateLimit(max=1, per=timedelta(microseconds=10))
+
+    assert limiter.acquire("tiny", tiny) == 0.0 and limiter.acquire("short", short) == 0.0
+    clock.now = 0.000_001
+    assert limiter.acquire("tiny", tiny) == 0.0  # one microsecond later the window has moved on
+    clock.now = 0.000_009
+    assert limiter.acquire("short", short) == 1e-6  # the slot frees in the next microsecond: wait exactly that
+
+
 def test_the_wait_is_until_the_oldest_acquisition_leaves_the_window() -> None:
     clock = FakeClock(0.0)
     limiter = MemoryRateLimiter(clock)
@@ -147,6 +160,15 @@ def test_redis_allows_exactly_max_in_a_window(conn: redis.Redis) -> None:
     assert 9.0 < wait <= 10.0
     assert conn.zcard("forgejobs:ratelimit:k") == 5, "a refused call takes no slot"
     assert 19_000 < conn.pttl("forgejobs:ratelimit:k") <= 20_000, "idle state expires after about 2 x per"
+    assert wait * 1_000_000 == pytest.approx(round(wait * 1_000_000), abs=1e-3), "whole microseconds of server time"
+
+
+@pytest.mark.redis
+def test_redis_idle_state_expires_after_twice_the_window(conn: redis.Redis) -> None:
+    RedisRateLimiter(conn).acquire("k", limit("{max: 1, per: 1000s}"))
+
+    # 2 x 1000 s to the millisecond, less the moments between the call and the reading (well under a second)
+    assert 1_999_000 < conn.pttl("forgejobs:ratelimit:k") <= 2_000_000
 
 
 @pytest.mark.redis
