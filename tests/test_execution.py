@@ -6,13 +6,14 @@ parts, so each outcome (success, retry, dead letter, abort, cancel, rate limit, 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 
-from forgejobs import Context, Job, Reason, RetryLater, Unrecoverable, backoff
+from forgejobs import Context, Job, Reason, RetryLater, Secret, Unrecoverable, backoff
 from forgejobs.deadletter import MemoryDeadLetters
 from forgejobs.envelope import AttemptRecord, Envelope
 from forgejobs.events import Event
@@ -27,9 +28,11 @@ from forgejobs.execution import (
     Runtime,
     Succeeded,
     WorkerShutdown,
+    _traced,
     execute,
     execute_cancellable,
     outcome_events,
+    result_json,
     retry_counter,
     stalled,
 )
@@ -335,3 +338,153 @@ def test_outcome_events_name_each_outcome(harness: Harness) -> None:
         ("retrying", 2),
     ]
     assert events(Retry(1, envelope.next_attempt(STALL_ERROR, 1), STALL_ERROR)) == [("stalled", 2), ("retrying", 2)]
+
+
+# -- what the job's log, the process log and the trace span are told ---------------------------------
+
+
+class Login(Job, queue=QUEUE, attempts=2, backoff=backoff.fixed(1)):
+    user: str
+    password: Annotated[str, Secret]
+
+    def perform(self, ctx: Context) -> None:
+        ctx.log(f"logging in as {self.user} with {self.password}")
+        raise RuntimeError(f"login refused for {self.user}:{self.password}")
+
+
+def test_secrets_are_masked_in_the_retry_the_job_log_and_the_dead_letter_but_kept_in_the_payload() -> None:
+    harness = Harness()
+    harness.registry = Registry([Login], Specs(queues={QUEUE: QueueSpec()}))
+    lines: list[tuple[str, str]] = []
+    harness.runtime = Runtime(harness.registry, MemoryDeadLetters(), report_log=lambda i, line: lines.append((i, line)))
+    payload = {"user": "ada", "password": "hunter2"}
+
+    retry = execute(harness.envelope(Login, **payload).encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+    dead = execute(harness.envelope(Login, attempt=2, **payload).encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(retry, Retry) and retry.error == "RuntimeError: login refused for ada:***"
+    assert retry.envelope.history[-1].error == retry.error
+    assert retry.envelope.payload == payload  # a retry runs with the real value
+    assert all(i == "job-1" and "hunter2" not in line for i, line in lines)
+    assert any(line.endswith("logging in as ada with ***") for _, line in lines)
+    assert isinstance(dead, DeadLettered)
+    record = harness.runtime.dead_letters.get("job-1")
+    assert record is not None and record.payload == payload
+    assert "hunter2" not in record.error + record.traceback + "".join(a.error for a in record.attempts)
+    assert record.error == "RuntimeError: login refused for ada:***"
+
+
+def test_the_job_log_says_when_an_attempt_failed_and_will_be_retried(harness: Harness) -> None:
+    lines: list[str] = []
+    harness.runtime.report_log = lambda job_id, line: lines.append(line)
+
+    harness.run(Boom)
+
+    (line,) = lines
+    assert line.endswith(" #1 WARNING attempt 1/3 failed, retrying in 5s: RuntimeError: boom")
+
+
+def test_the_job_log_says_when_a_run_was_cancelled(harness: Harness) -> None:
+    lines: list[str] = []
+    harness.runtime.report_log = lambda job_id, line: lines.append(line)
+    cancel = threading.Event()
+    cancel.set()
+
+    execute_cancellable(
+        harness.envelope(Cancellable, raises=False).encode(),
+        harness.runtime,
+        job_id="job-1",
+        queue=QUEUE,
+        cancel=cancel,
+    )
+
+    (line,) = lines
+    assert line.endswith(" #1 INFO cancelled while running; recorded as cancelled")
+
+
+def test_the_process_log_names_each_dead_letter_and_each_stall(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="forgejobs")
+
+    harness.run(Boom, attempt=3)
+    stall(harness, harness.envelope(Add, attempt=1, a=1, b=2))
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "forgejobs.execution"]
+    assert messages == [
+        "dead-lettered job-1 (work.boom): exhausted: RuntimeError: boom",
+        "work.add job-1 stalled on attempt 1; retrying in 5s",
+    ]
+
+
+def test_a_dead_letter_records_the_final_attempt_only_when_the_job_ran() -> None:
+    harness = Harness()
+    earlier = [AttemptRecord(attempt=1, at="2026-01-01T00:00:00Z", error="RuntimeError: boom", delay=5)]
+    ran = harness.envelope(Boom, attempt=3, history=earlier, kind="runtime").model_copy(
+        update={"options": {"priority": 2}}
+    )
+    did_not_run = harness.envelope(Add, attempt=2, history=earlier, a="x", b=1)
+
+    exhausted = execute(ran.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+    invalid = execute(did_not_run.encode(), harness.runtime, job_id="job-2", queue=QUEUE)
+
+    assert isinstance(exhausted, DeadLettered) and isinstance(invalid, DeadLettered)
+    assert [(a.attempt, a.error) for a in exhausted.record.attempts] == [
+        (1, "RuntimeError: boom"),
+        (3, "RuntimeError: boom"),
+    ]
+    assert exhausted.record.attempts[-1].delay == 0
+    assert (exhausted.record.priority, exhausted.record.queue, exhausted.record.name) == (2, QUEUE, "work.boom")
+    assert exhausted.record.payload == {"kind": "runtime"}
+    assert [a.attempt for a in invalid.record.attempts] == [1]  # the payload never ran: no attempt is added
+    assert invalid.record.priority is None
+
+
+def test_rate_limit_waits_do_not_count_toward_the_retry_later_limit(harness: Harness) -> None:
+    waits = [
+        AttemptRecord(attempt=1, at="2026-01-01T00:00:00Z", error=error)
+        for error in ["rate limited (queue:work: 1/60s)", "RateLimited: retry in 30s"] * MAX_RETRY_LATER
+    ]
+    envelope = harness.envelope(Boom, history=waits, kind="later")
+
+    outcome = execute(envelope.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, Retry) and outcome.envelope.attempt == 1
+
+
+def test_a_stalled_job_waits_what_its_backoff_says_for_a_stall_capped_at_thirty_days(harness: Harness) -> None:
+    outcome = stall(harness, harness.envelope(Forever))
+    assert isinstance(outcome, Retry) and outcome.delay == MAX_DELAY
+    assert outcome.envelope.history[-1].delay == MAX_DELAY
+
+    broken = stall(harness, harness.envelope(BadBackoff).model_copy(update={"id": "other-id"}))
+    assert isinstance(broken, Retry) and broken.delay == 0.0  # a backoff that raises: retried at once
+    assert broken.envelope.id == "job-1"  # the id it is stored under, not the one inside
+
+
+def test_a_stalled_job_of_an_unknown_type_is_dead_lettered_as_unknown(harness: Harness) -> None:
+    raw = '{"id": "job-1", "name": "work.gone", "payload": {}}'
+
+    outcome = stalled(raw, harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.reason is Reason.UNKNOWN_JOB
+
+
+def test_trace_spans_name_how_each_attempt_ended(harness: Harness) -> None:
+    envelope = harness.envelope(Add, a=1, b=2)
+    failed = envelope.next_attempt("RuntimeError: x", 1)
+    deferred = envelope.next_attempt("RetryLater: later", 1, counts=False)
+    record = harness.runtime.dead_letters  # any DeadLetter will do
+    dead = harness.run(Boom, attempt=3)
+    assert isinstance(dead, DeadLettered) and record.count() == 1
+
+    assert _traced(Succeeded(1, "work.add")) == ("succeeded", None)
+    assert _traced(Retry(1, failed, "RuntimeError: x")) == ("retry", "RuntimeError: x")
+    assert _traced(Retry(1, deferred, "RetryLater: later")) == ("deferred", None)
+    assert _traced(dead) == ("dead_lettered", "RuntimeError: boom")
+    assert _traced(Cancelled("work.add")) == ("cancelled", None)
+    assert _traced(Aborted(envelope)) == ("aborted", None)
+
+
+def test_a_stored_result_is_compact_json() -> None:
+    assert result_json({"a": [1, 2], "b": "c"}) == '{"a":[1,2],"b":"c"}'
