@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import BaseModel
 
 from forgejobs import Client, Context, Job, Registry, Settings, Unrecoverable, set_client
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.status import Status
+from forgejobs.workflows import Step, Workflow, chain, group
 from tests.conftest import ROOT, WorkerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.redis
@@ -100,6 +102,62 @@ class HoldsKey(Job, queue="billing", attempts=1, timeout=120, concurrency_key="o
     def perform(self, ctx: Context) -> None:
         _note(self.path, "start")
         ctx.wait_cancelled(self.seconds)
+
+
+class NewOrg(BaseModel):
+    org: str
+    users: list[str]
+
+
+class Org(BaseModel):
+    id: str
+    name: str
+
+
+class CreateOrg(Job, queue="billing", attempts=1):
+    """Store an organisation (the workflow test's first step)."""
+
+    org: str
+
+    def perform(self, ctx: Context) -> Org:
+        return Org(id=f"org_{len(self.org)}", name=self.org)
+
+
+class Welcome(Job, queue="email", attempts=1):
+    """Welcome one user of a new organisation."""
+
+    org_id: str
+    user: str
+
+    def perform(self, ctx: Context) -> str:
+        return f"welcomed {self.user}"
+
+
+class AuditOrg(Job, queue="audit", attempts=1):
+    """Write the audit entry of a new organisation."""
+
+    org_id: str
+
+    def perform(self, ctx: Context) -> int:
+        return 1
+
+
+class Report(Job, queue="activity", attempts=1):
+    """Sum up an onboarding."""
+
+    org_id: str
+    welcomed: list[str]
+
+    def perform(self, ctx: Context) -> str:
+        return f"{self.org_id}: {len(self.welcomed)} welcomed"
+
+
+class BrowserOnboarding(Workflow, input=NewOrg, name="browser_onboarding"):
+    create = Step(CreateOrg, {"org": "input.org"})
+    welcome = Step(Welcome, {"org_id": "steps.create.output.id", "user": "item"}, for_each="input.users")
+    audit = Step(AuditOrg, {"org_id": "steps.create.output.id"})
+    report = Step(Report, {"org_id": "steps.create.output.id", "welcomed": "steps.welcome.output"})
+    flow = chain(create, group(welcome, audit), report)
 
 
 def notes(path: Path) -> list[dict[str, Any]]:
@@ -292,6 +350,35 @@ def test_an_operator_logs_in_requeues_a_dead_letter_pauses_cancels_and_enqueues(
     page.click("nav >> text=Schedules")
     assert "daily-digest" in page.inner_text("#schedules") and "07:30:00 CE" in page.inner_text("#schedules")
     shoot(page, "schedules", tmp_path)
+
+
+def test_a_workflow_run_shows_its_step_tree(
+    bclient: Client,
+    browser: Any,
+    start_worker: Callable[..., WorkerProcess],
+    start_dashboard: Callable[..., tuple[str, WorkerProcess]],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    worker = start_worker(env=env)
+    base, _ = start_dashboard()
+    run = BrowserOnboarding.start(org="acme", users=["ada@acme.test", "bob@acme.test", "cy@acme.test"], key="acme")
+    wait_for(lambda: run.done(), timeout=60, what=f"the onboarding run to end\n{worker.log()}")
+    assert run.status() == "succeeded"
+    page = log_in(browser, base)
+    page.click("nav >> text=Workflows")
+    page.click(f"#runs tr[data-run='{run.id}'] a")
+    page.wait_for_selector("#steps")
+    assert page.locator("#steps li.step").evaluate_all("els => els.map(e => e.dataset.step)") == [
+        "create",
+        "welcome",
+        "audit",
+        "report",
+    ]
+    welcome = page.inner_text("#steps li[data-step=welcome]")
+    assert "3 instance(s), 3 reported, 0 failed" in welcome and "welcomed bob@acme.test" in welcome
+    assert page.locator("#steps li[data-step=report] .step-output").inner_text() == '"org_4: 3 welcomed"'
+    shoot(page, "workflow", tmp_path)
 
 
 def _succeeded(client: Client, queue: str) -> int:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..client import Client
     from ..deadletter import DeadLetter
 
-__all__ = ["ActionError", "cancel_job", "delete_job", "promote_job", "retry_job", "run_schedule"]
+__all__ = ["ActionError", "cancel_job", "cancel_run", "delete_job", "promote_job", "retry_job", "run_schedule"]
 
 RETRYABLE = (State.FAILED, State.DEAD, State.CANCELLED)
 
@@ -117,3 +117,18 @@ def run_schedule(client: Client, name: str) -> str:
     except KeyError as exc:
         raise ActionError(str(exc.args[0])) from None
     return f"enqueued {name} now as {handle.id}"
+
+
+def cancel_run(client: Client, run_id: str) -> str:
+    """Cancel a workflow run through its handle (`WorkflowRun.cancel`): steps not started never start,
+    running step jobs are asked to stop, completed steps with a compensation are compensated."""
+    from ..workflows.run import run
+    from ..workflows.store import TERMINAL
+
+    handle = run(run_id, client)  # NoSuchRun when unknown
+    if not handle.cancel():
+        raise ActionError(f"workflow run {run_id} has already ended ({handle.status()}): nothing to cancel")
+    status = handle.status()
+    if status in TERMINAL:
+        return f"cancelled workflow run {run_id}: {status}"
+    return f"cancelled workflow run {run_id}: {status} (running steps are asked to stop; compensations follow)"

@@ -29,7 +29,8 @@ from ..errors import ForgeJobsError, NoSuchJob, UnknownJob
 from ..inspection import State, parse_state
 from ..logs import secret_fields
 from ..options import EnqueueOptions
-from . import actions
+from ..workflows.run import NoSuchRun
+from . import actions, runs
 from .auth import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, SESSION_SECONDS, BasicAuth, Signer, TokenAuth, authenticate
 from .charts import minute_bars
 from .data import STATE_TABS, TAB_COUNT, Reader
@@ -327,6 +328,45 @@ def build(config: Config) -> Starlette:
             request, "enqueue.html", status=422, entry=entry, fields=fields, general=general, options=options_form
         )
 
+    def workflows_page(request: Request) -> Response:
+        params = request.query_params
+        status = params.get("status") or None
+        if status is not None and status not in runs.STATUSES:
+            raise HTTPException(400, f"no run status {status!r} (one of {', '.join(runs.STATUSES)})")
+        name = params.get("name") or None
+        page = _page(params.get("page"))
+        found, more, names = runs.list_runs(
+            config.client, status=status, name=name, page=page, per_page=config.per_page
+        )
+        fragment = "/_/" in request.url.path
+        return render(
+            request,
+            "_runs.html" if fragment else "workflows.html",
+            runs=found,
+            more=more,
+            page=page,
+            run_status=status,
+            name=name,
+            names=sorted({*names, *([name] if name else [])}),
+            statuses=runs.STATUSES,
+            query=lambda **kw: _query(**{"status": status, "name": name, "page": page, **kw}),
+        )
+
+    def workflow_page(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            view = runs.run_view(config.client, run_id)
+        except NoSuchRun as exc:
+            raise HTTPException(404, str(exc)) from None
+        fragment = "/_/" in request.url.path
+        return render(request, "_run.html" if fragment else "run.html", r=view)
+
+    async def workflow_cancel(request: Request) -> Response:
+        await checked_form(request)
+        run_id = request.path_params["run_id"]
+        back = f"/workflows/{quote(run_id, safe='')}"
+        return await act(request, back, lambda: actions.cancel_run(config.client, run_id))
+
     async def login_page(request: Request) -> Response:
         error = None
         next_path = _safe_next(request.query_params.get("next") or "/")
@@ -457,6 +497,11 @@ def build(config: Config) -> Starlette:
         Route("/dead/purge", dead_purge, methods=["POST"]),
         Route("/schedules", schedules_page),
         Route("/schedules/{name}/run", schedule_run, methods=["POST"]),
+        Route("/workflows", workflows_page),
+        Route("/_/workflows", workflows_page),
+        Route("/workflows/{run_id}", workflow_page),
+        Route("/_/workflows/{run_id}", workflow_page),
+        Route("/workflows/{run_id}/cancel", workflow_cancel, methods=["POST"]),
         Route("/enqueue", enqueue_list),
         Route("/enqueue/{name}", enqueue_form, methods=["GET"]),
         Route("/enqueue/{name}", enqueue_submit, methods=["POST"]),

@@ -195,6 +195,12 @@ class WorkflowRun:
         """Every step's output so far (steps that have not finished are left out)."""
         return {name: self.output(name) for name, state in self.steps().items() if state.status == "done"}
 
+    def errors(self, step: str) -> dict[int, str]:
+        """The errors of a step's instances that failed or were cancelled, by instance index."""
+        data = self.refresh()
+        count = int(data.get(f"n:{step}", "0") or 0)
+        return {i: data[f"e:{step}:{i}"] for i in range(count) if f"e:{step}:{i}" in data}
+
     def compensations(self) -> list[tuple[str, str]]:
         """The compensations run (or to run), in order: (step:instance, outcome or "pending")."""
         data = self.refresh()
