@@ -392,10 +392,12 @@ def test_read_only_mode_has_no_action_anywhere(
     tmp_path: Path,
 ) -> None:
     waiting = SendEmail.with_options(delay=3600).enqueue(to="later@example.com")
+    running = BrowserOnboarding.start(org="ro", users=["a@ro.test"])  # no worker: it stays running
     base, _ = start_dashboard("--read-only")
     page = log_in(browser, base)
     assert page.locator("#read-only").count() == 1
-    for path in ["/", "/queues/email?state=delayed", f"/jobs/{waiting.id}", "/dead", "/schedules"]:
+    paths = ["/", "/queues/email?state=delayed", f"/jobs/{waiting.id}", "/dead", "/schedules", "/workflows"]
+    for path in [*paths, f"/workflows/{running.id}"]:
         page.goto(f"{base}{path}")
         assert page.locator("button[data-action]").count() == 0, path
         assert page.locator("form[method=post]").count() == 1, path  # the logout button only

@@ -81,6 +81,36 @@ class DashSignup(Workflow, input=Signup, name="dash_signup"):
     )
 
 
+class Stock(BaseModel):
+    item: str
+
+
+class Reserve(Job, queue="dwf", attempts=1):
+    item: str
+
+    def perform(self, ctx: Context) -> str:
+        return f"reserved {self.item}"
+
+
+class Release(Job, queue="dwf", attempts=1):
+    item: str
+
+    def perform(self, ctx: Context) -> None:
+        return None
+
+
+class Ship(Job, queue="dwf", attempts=1):
+    item: str
+
+    def perform(self, ctx: Context) -> int:
+        raise Unrecoverable(f"no stock for {self.item}")
+
+
+class DashSaga(Workflow, input=Stock, name="dash_saga"):
+    reserve = Step(Reserve, {"item": "input.item"}, compensate=Release)
+    ship = Step(Ship, {"item": "input.item"}, after=[reserve])
+
+
 @pytest.fixture
 def specs(tmp_path: Path) -> Path:
     folder = tmp_path / "specs"
@@ -208,6 +238,8 @@ def test_cancel_stops_a_running_run_and_read_only_refuses_it(wf_client: Client, 
     page = read_only.get(f"/workflows/{run.id}")
     assert 'data-poll="/_/workflows/' in page.text  # running: refreshed live
     assert 'data-action="cancel"' not in page.text
+    fragment = read_only.get(f"/_/workflows/{run.id}").text  # what the refresh fetches
+    assert 'data-step="register"' in fragment and "<html" not in fragment
     refused = read_only.post(f"/workflows/{run.id}/cancel", data={"csrf_token": csrf_of(page.text)})
     assert refused.status_code == 403 and "read-only" in refused.text
     assert run.status() == "running"
@@ -229,3 +261,22 @@ def test_cancel_stops_a_running_run_and_read_only_refuses_it(wf_client: Client, 
     assert "has already ended" not in shown and "nothing to cancel" in browser.get(again.headers["location"]).text
     unknown = browser.post("/workflows/nope/cancel", data={"csrf_token": csrf_of(shown)})
     assert "no workflow run" in browser.get(unknown.headers["location"]).text
+
+
+def test_a_failed_saga_shows_why_it_stopped_and_its_compensations(
+    wf_client: Client, wf_settings: Settings, conn: redis.Redis
+) -> None:
+    run = DashSaga.start(item="lamp")
+    assert run_to_end(wf_settings, wf_client, conn, run) == "failed"
+    browser = logged_in(create_app(client=wf_client, auth=TokenAuth(TOKEN)))
+    text = browser.get(f"/workflows/{run.id}").text
+    why = re.search(r'id="run-error">(.*?)<', text, re.S)
+    assert why and "step ship[0] failed" in why.group(1) and "no stock for lamp" in why.group(1)
+    assert "compensated by dwf.release" in text
+    table = re.search(r'<table id="compensations">(.*?)</table>', text, re.S)
+    assert table, "no compensations table"
+    assert "reserve:0" in table.group(1) and "state-done" in table.group(1)
+    assert f'href="/jobs/wf-{run.id}-c0"' in table.group(1)
+    listed = browser.get("/workflows?status=failed&name=dash_saga").text
+    assert re.findall(r'data-run="([^"]+)"', listed) == [run.id]
+    assert ">1/2<" in listed  # reserve done, ship not

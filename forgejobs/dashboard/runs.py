@@ -94,20 +94,21 @@ class RunView:
 def list_runs(
     client: Client, *, status: str | None, name: str | None, page: int, per_page: int
 ) -> tuple[list[RunRow], bool, list[str]]:
-    """One page of runs, newest first, filtered by status and workflow name; whether there is a next page;
-    the workflow names seen among the newest RUNS_SCAN runs (for the filter)."""
+    """One page of runs, newest first, filtered by status and workflow name (among the newest RUNS_SCAN
+    runs); whether there is a next page; the workflow names this process knows (for the filter)."""
+    from ..workflows.define import defined
+
     store = engine_for(client).store
     ids = store.runs()[::-1][:RUNS_SCAN]
     offset = (page - 1) * per_page
     rows: list[RunRow] = []
-    names: set[str] = set()
+    names = set(client.registry.workflows) | set(defined())
     matched = 0
     more = False
     for run_id in ids:
         data = store.fields(run_id, "wf", "st", "key", "t0", "t1", "steps", "sl")
         if data is None:
             continue
-        names.add(data.get("wf", "?"))
         if (status is not None and data.get("st") != status) or (name is not None and data.get("wf") != name):
             continue
         matched += 1
@@ -115,7 +116,7 @@ def list_runs(
             continue
         if len(rows) >= per_page:
             more = True
-            continue
+            break
         total = len(data.get("steps", "").split())
         left = int(data.get("sl") or 0)
         rows.append(
