@@ -207,3 +207,12 @@ def test_a_killed_worker_s_job_is_finished_by_another_within_the_lease(
     # a worker ignoring FORGEJOBS_STALL_TIMEOUT would wait out; the rest is margin for a loaded machine.
     assert recovery < 10
     assert [n["attempt"] for n in notes(path)] == [1, 2]
+
+
+def test_the_runtime_package_gives_its_worker_on_first_use_and_nothing_else() -> None:
+    import forgejobs.runtime as runtime
+
+    assert runtime.Worker is Worker
+    assert runtime.WorkerStats.__module__ == "forgejobs.runtime.worker"
+    with pytest.raises(AttributeError, match="Nothing"):
+        runtime.Nothing  # noqa: B018
