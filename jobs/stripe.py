@@ -47,6 +47,7 @@ from .billing import (
 )
 from .resources import Resources
 from .store import Store, organisations, stripe_events, utcnow
+from .workflows import Checkout
 
 EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,60}$")
 """What an event id must look like: it becomes part of job ids (`stripe-<id>`, `dunning-<id>-<user>`),
@@ -216,7 +217,9 @@ class ProcessStripeEvent(
     - `customer.subscription.created|updated|deleted|paused|resumed` -> `billing.SyncSubscription`
     - `invoice.paid`, `invoice.payment_failed` -> `billing.RecordInvoice`
     - `checkout.session.completed` -> sets `organisations.stripe_customer_id` of the organisation named
-      by the session's `client_reference_id` to the session's `customer`, if the organisation has none
+      by the session's `client_reference_id` to the session's `customer`, if the organisation has none;
+      then, for a subscription checkout, starts the `checkout` workflow keyed by the event id
+      (`jobs.workflows.Checkout`: sync the subscription, then receipts, audit and activity)
     - anything else -> `skipped`, logged
 
     Billing jobs get job id `billing-<event id>`, so running this again enqueues nothing twice; an event
@@ -241,7 +244,11 @@ class ProcessStripeEvent(
             _mark(store, event.id, "processed")
             return {"event": event.id, "type": event.type, "outcome": f"routed to {billing_job.job_name()}"}
         if event.type == CHECKOUT_COMPLETED:
-            return {"event": event.id, "type": event.type, "outcome": link_customer(ctx, event)}
+            outcome = link_customer(ctx, event)
+            if not outcome.startswith("skipped") and object_id(event.object.get("subscription")) is not None:
+                run = Checkout.start(key=event.id, event_id=event.id)
+                return {"event": event.id, "type": event.type, "outcome": outcome, "workflow": run.id}
+            return {"event": event.id, "type": event.type, "outcome": outcome}
         ctx.logger.info("Stripe event %s: no handler for type %s; skipped", event.id, event.type)
         _mark(store, event.id, "skipped")
         return {"event": event.id, "type": event.type, "outcome": "skipped"}

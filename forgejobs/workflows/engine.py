@@ -165,7 +165,17 @@ class Engine:
     # -- starting --------------------------------------------------------------------------
 
     def start(self, plan: Plan, data: dict[str, Any], key: str | None) -> tuple[str, bool]:
-        """Validate the input and store the run (unless its key's run exists); release its first steps."""
+        """Validate the input and store the run (unless its key's run exists); release its first steps.
+
+        Refused inside a transaction that holds enqueues until its commit (`forgejobs.sqlalchemy`,
+        `forgejobs.django`): the run would be stored at once, and outlive a rollback. Start it after the commit."""
+        from ..client import enqueue_hook
+
+        if enqueue_hook.get() is not None:
+            raise WorkflowError(
+                f"workflow {plan.name!r}: not started inside a transaction whose enqueues wait for its commit "
+                "(the run would be stored now and survive a rollback); start it after the commit"
+            )
         model = plan.input_model.model_validate(data)
         run_id = run_id_for(plan.name, key)
         now = self.now()

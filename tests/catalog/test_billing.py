@@ -325,7 +325,8 @@ def test_from_webhook_to_rows_and_notifications(
 
     result = queue.drain()
 
-    assert (result.succeeded, result.failed, result.retried) == (5 + 4 + 3, 0, 0)
+    # + the checkout workflow: sync, the owner's receipt, audit, activity
+    assert (result.succeeded, result.failed, result.retried) == (5 + 4 + 3 + 4, 0, 0)
     assert all(h is not None and h.status() is Status.SUCCEEDED for h in handles)
     assert subscription_row(store)["status"] == "canceled"
     assert (invoice_row(store)["status"], invoice_row(store)["paid_at"]) == ("paid", datetime.fromtimestamp(103, UTC))
