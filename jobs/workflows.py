@@ -313,6 +313,8 @@ class StartMonthlyInvoicing(Job, queue="billing", attempts=3):
     def perform(self, ctx: Context[Resources]) -> dict[str, str]:
         month = self.month or previous_month(datetime.now(UTC))
         with ctx.resources.db.begin() as conn:
-            org_ids = [str(o) for o in conn.execute(sa.select(organisations.c.id).order_by(organisations.c.id))]
+            org_ids = [
+                str(o) for o in conn.execute(sa.select(organisations.c.id).order_by(organisations.c.id)).scalars()
+            ]
         run = MonthlyInvoicing.start(key=f"invoicing:{month}", month=month, org_ids=org_ids)
         return {"run": run.id, "month": month, "organisations": str(len(org_ids)), "existing": str(run.existing)}
