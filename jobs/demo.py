@@ -6,12 +6,13 @@ temporary: a SQLite catalog database, an email outbox folder, a storage
 folder, and a webhook receiver on 127.0.0.1 that checks every signature and
 whose endpoints succeed, fail once, or answer 410 Gone.
 
-The flows: sign-ups (welcome email, audit, activity), an invitation, signed
-Stripe events (checkout, subscription, a paid and a failed invoice) through
-billing to email, webhook deliveries, usage aggregation (and the declared cron
-job's next tick), a soft-deleted file purged after a shortened delay and a
-restored one kept. Then a summary per queue, the outbox, what the receiver
-got, and the rows the jobs wrote.
+The flows: sign-ups (workflows of welcome email, audit, activity), an
+invitation, signed Stripe events (checkout, subscription, a paid and a failed
+invoice) through billing to email (the checkout a workflow), webhook
+deliveries, usage aggregation (and the declared cron job's next tick), the
+month's invoicing workflow, a soft-deleted file purged after a shortened delay
+and a restored one kept. Then a summary per queue, the workflow runs with two
+step trees, the outbox, what the receiver got, and the rows the jobs wrote.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ from forgejobs.options import JobOverride
 from forgejobs.scheduling import MemoryRepeatStore, Repeater
 from forgejobs.settings import DEFAULT_REDIS_URL
 from forgejobs.worker import Worker
+from forgejobs.workflows import workflow_run
+from forgejobs.workflows.cli import run_tree
+from forgejobs.workflows.run import store_for
 
 from . import store as tables
 from .audit import RecordAuditEvent
@@ -61,6 +65,7 @@ from .store import Store, new_id, utcnow
 from .stripe import InvalidStripeEvent, build_event, receive_stripe_event, sign_stripe_payload
 from .usage import record_usage
 from .webhooks import create_endpoint, publish_event
+from .workflows import StartMonthlyInvoicing
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +172,7 @@ def _fire_flows(
     resources: Resources, ids: dict[str, str], base_url: str, stripe_secret: str, n: int, console: Console
 ) -> None:
     store, acme = resources.db, ids["acme"]
-    # Sign-ups: each enqueues a welcome email, an audit event and an activity entry.
+    # Sign-ups: each starts a workflow of a welcome email, an audit event and an activity entry.
     for i in range(n):
         sign_up(store, email=f"user{i + 1}@acme.example.com", name=f"User {i + 1}", org_id=acme)
     invite(store, org_id=acme, email="linus@example.com", invited_by=ids["ada"])
@@ -256,6 +261,8 @@ def _fire_flows(
     now_utc = utcnow()
     for org, metric, quantity in ((acme, "api.requests", 120), (acme, "api.requests", 80), (ids["globex"], "seats", 3)):
         record_usage(store, org_id=org, metric=metric, quantity=quantity, at=now_utc)
+    # This month's invoicing run so far: a workflow, one step per organisation, then the summary.
+    StartMonthlyInvoicing.enqueue(month=f"{now_utc:%Y-%m}")
 
     # Files: one soft-deleted and purged after the (shortened) delay, one deleted then restored.
     purged, kept = new_id("fil"), new_id("fil")
@@ -418,6 +425,7 @@ def _work(
             quiet.setLevel(previous_level)
         elapsed = time.monotonic() - started
         _cron_phase(console, settings, client, choice.connection, resources)
+        _workflow_phase(console, client)
         pending = worker.pending(horizon=3600)
         return _summary(console, display, elapsed, resources, pending)
     finally:
@@ -486,6 +494,22 @@ def _cron_phase(console: Console, settings: Settings, client: Client, connection
         result = handle.result(timeout=10)
         shown = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
         console.print(f"  {handle.id}: {handle.status().value}: {shown}")
+
+
+SHOWN_WORKFLOWS = ("checkout", "monthly_invoicing")
+
+
+def _workflow_phase(console: Console, client: Client) -> None:
+    """The workflow runs the demo started, and the step trees of the checkout's and the invoicing's
+    (as `forgejobs workflows show RUN` prints them)."""
+    handles = [workflow_run(run_id, client) for run_id in store_for(client).runs()]
+    kinds = Counter(f"{h.name} {h.status()}" for h in handles)
+    console.print(
+        f"\n[bold]workflows:[/] {len(handles)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    )
+    for name in SHOWN_WORKFLOWS:
+        for handle in (h for h in handles if h.name == name):
+            console.print(run_tree(handle))
 
 
 def _count(resources: Resources, table: sa.Table, *where: Any) -> int:

@@ -55,9 +55,18 @@ def test_demo_runs_the_catalog_on_the_configured_redis(redis_url: str, tmp_path:
     assert f"configured Redis at {redis_url}" in out
     # with --jobs 2: 2 sign-ups (welcome email, audit, activity each), an invitation, 4 Stripe events (the
     # checkout one handled in place) to 3 billing jobs and 2 notifications, 3 webhook deliveries (one retried,
-    # one dead-lettered on 410) and a disabled-endpoint notification, 2 file cleanups
-    assert "succeeded 21, retried 1, dead-lettered 1" in out
-    assert "outbox: 6 messages" in out
+    # one dead-lettered on 410) and a disabled-endpoint notification, 2 file cleanups; the checkout workflow
+    # (sync, a receipt, audit, activity) and the monthly invoicing (its start, 2 organisations, the summary)
+    assert "succeeded 29, retried 1, dead-lettered 1" in out
+    assert "outbox: 7 messages" in out
+    # the workflows, and the step trees of two of them as `forgejobs workflows show` prints them
+    assert "4 runs: 1 checkout succeeded, 2 member_sign_up succeeded, 1 monthly_invoicing succeeded" in out
+    assert re.search(r"checkout [0-9a-f]{24}: succeeded\n└── sync billing.sync-checkout done → ", out), out
+    for step in ("receipt email.checkout-receipt done", "audit audit.record-audit-event done"):
+        assert f"    ├── {step} → " in out
+    assert "    └── activity activity.create-activity done → " in out
+    assert "└── invoice billing.invoice-organisation done ×2 (2 reported, 0 failed) → " in out
+    assert '    └── summary billing.invoicing-summary done → {"month":' in out
     assert "webhook receiver got 2 deliveries with valid signatures (/flaky 1, /ok 1); 0 bad signatures" in out
     assert "duplicate=True" in out and "stripe refused (bad signature)" in out
     assert "Payment failed for Acme: USD 49.00 due" in out
@@ -108,7 +117,9 @@ def test_demo_completes_on_fakeredis(monkeypatch: pytest.MonkeyPatch, own_tmp: P
     text = out.getvalue()
     assert code == 0, text
     assert "embedded: fakeredis" in text
-    assert "succeeded 18, retried 1, dead-lettered 1" in text  # one sign-up fewer than with --jobs 2
+    assert "succeeded 26, retried 1, dead-lettered 1" in text  # one sign-up fewer than with --jobs 2
+    assert "4 runs" not in text and "3 runs: 1 checkout succeeded, 1 member_sign_up succeeded" in text
+    assert "└── summary billing.invoicing-summary done → " in text
     assert demo_folders(own_tmp) == []
 
 
@@ -135,7 +146,7 @@ def test_demo_leaves_other_jobs_on_a_shared_redis_alone(
 
     text = out.getvalue()
     assert code == 0, text
-    assert f"Redis: configured Redis at {redis_url}" in text and "succeeded 18, retried 1, dead-lettered 1" in text
+    assert f"Redis: configured Redis at {redis_url}" in text and "succeeded 26, retried 1, dead-lettered 1" in text
     assert sorted(conn.keys("*")) == sorted([CLAIM_KEY.encode(), b"forgejobs:{email}:wait:p05"])
     assert conn.lrange("forgejobs:{email}:wait:p05", 0, -1) == [b"someone-elses-job"]
     assert demo_folders(own_tmp) == []
@@ -157,8 +168,8 @@ def test_demo_keep_keeps_the_outbox_and_the_jobs_and_says_how_to_inspect_them(
     assert code == 0, text
     (folder,) = demo_folders(own_tmp)
     outbox = folder / "outbox"
-    assert f"kept: the outbox, 5 sent emails as .eml files, in {outbox}" in text
-    assert len(list(outbox.glob("*.eml"))) == 5 and (folder / "catalog.db").exists()
+    assert f"kept: the outbox, 6 sent emails as .eml files, in {outbox}" in text
+    assert len(list(outbox.glob("*.eml"))) == 6 and (folder / "catalog.db").exists()
     prefix = folder.name  # the keys share the folder's name
     conn = redis.Redis.from_url(redis_url)
     kept = [k.decode() for k in conn.keys("*") if k != CLAIM_KEY.encode()]

@@ -95,7 +95,8 @@ def list_runs(settings: Settings, status: str | None, limit: int, as_json: bool)
     base.console.print(table)
 
 
-def _tree(handle: WorkflowRun) -> Tree:
+def run_tree(handle: WorkflowRun) -> Tree:
+    """A run as a rich `Tree`: each step under the last step it waits for, with its status and output."""
     data = handle.refresh()
     colour = _COLOURS.get(data["st"], "cyan")
     root = Tree(
@@ -163,7 +164,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
                 )
             )
             return
-        base.console.print(_tree(handle))
+        base.console.print(run_tree(handle))
 
 
 @workflows.command("start")
