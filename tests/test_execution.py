@@ -488,3 +488,84 @@ def test_trace_spans_name_how_each_attempt_ended(harness: Harness) -> None:
 
 def test_a_stored_result_is_compact_json() -> None:
     assert result_json({"a": [1, 2], "b": "c"}) == '{"a":[1,2],"b":"c"}'
+
+
+class Tenant(Job, queue=QUEUE, rate_limit=RateLimit(max=1, per=60), rate_limit_key="tenant"):  # type: ignore[arg-type]
+    tenant: str
+
+    def perform(self, ctx: Context) -> str:
+        ctx.progress({"done": 1, "total": 2})
+        return self.tenant
+
+
+def by_region(job: Any) -> str:
+    return f"region-{job.tenant[:2]}"
+
+
+class Regional(Job, queue="limited", rate_limit=RateLimit(max=1, per=60), rate_limit_key=by_region):  # type: ignore[arg-type]
+    tenant: str
+
+    def perform(self, ctx: Context) -> str:
+        return self.tenant
+
+
+def test_rate_limits_are_kept_per_key_and_per_queue_and_the_wait_is_recorded() -> None:
+    registry = Registry(
+        [Tenant, Regional],
+        Specs(queues={QUEUE: QueueSpec(), "limited": QueueSpec(rate_limit=RateLimit(max=2, per=60))}),  # type: ignore[arg-type]
+    )
+    runtime = Runtime(registry, MemoryDeadLetters(), limiter=MemoryRateLimiter(clock=lambda: 100.0))
+
+    def run(job: type[Job], queue: str, tenant: str) -> Any:
+        name = next(e.options.name for e in registry if e.job_type is job)
+        raw = Envelope(id=f"{tenant}-job", name=name, payload={"tenant": tenant}).encode()
+        return execute(raw, runtime, job_id=f"{tenant}-job", queue=queue)
+
+    assert isinstance(run(Tenant, QUEUE, "acme"), Succeeded)
+    assert isinstance(run(Tenant, QUEUE, "blue"), Succeeded)  # another key: a limit of its own
+    again = run(Tenant, QUEUE, "acme")
+    assert isinstance(again, Retry) and again.error == "rate limited (job:work.tenant:acme: 1/60s)"
+    assert again.envelope.history[-1].delay == again.delay == 60  # the wait is recorded with the attempt
+    assert again.envelope.attempt == 1
+
+    assert isinstance(run(Regional, "limited", "eu-1"), Succeeded)
+    regional = run(Regional, "limited", "eu-2")  # same region: the function's key
+    assert isinstance(regional, Retry) and regional.error == "rate limited (job:limited.regional:region-eu: 1/60s)"
+    assert isinstance(run(Regional, "limited", "us-1"), Succeeded)
+    queue_full = run(Regional, "limited", "ap-1")  # a third region, but the queue allows two a minute
+    assert isinstance(queue_full, Retry) and queue_full.error == "rate limited (queue:limited: 2/60s)"
+
+
+def test_progress_goes_to_the_reporter_and_the_event_stream(harness: Harness) -> None:
+    reported: list[tuple[str, Any]] = []
+    harness.runtime.report_progress = lambda job_id, value: reported.append((job_id, value))
+    harness.registry = Registry([Tenant], Specs(queues={QUEUE: QueueSpec()}))
+    harness.runtime.registry = harness.registry
+
+    harness.run(Tenant, tenant="acme")
+
+    assert reported == [("job-1", {"done": 1, "total": 2})]
+    (progress,) = [e for e in harness.events if e.kind.value == "progress"]
+    assert progress.data == {"progress": {"done": 1, "total": 2}} and progress.job_id == "job-1"
+
+
+def test_a_corrupt_record_is_kept_as_text_in_its_dead_letter(harness: Harness) -> None:
+    outcome = execute(b"{not json \xff", harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, DeadLettered) and outcome.record.raw == "{not json \ufffd"
+
+
+def test_masking_a_retry_keeps_its_wait_and_the_earlier_attempts() -> None:
+    harness = Harness()
+    harness.registry = Registry([Login], Specs(queues={QUEUE: QueueSpec()}))
+    harness.runtime = Runtime(harness.registry, MemoryDeadLetters())
+    earlier = [
+        AttemptRecord(attempt=1, at="2026-01-01T00:00:00Z", error="first"),
+        AttemptRecord(attempt=1, at="2026-01-01T00:01:00Z", error="second"),
+    ]
+    envelope = harness.envelope(Login, history=earlier, user="ada", password="hunter2")
+
+    retry = execute(envelope.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(retry, Retry) and retry.delay == 1
+    assert [a.error for a in retry.envelope.history] == ["first", "second", "RuntimeError: login refused for ada:***"]
