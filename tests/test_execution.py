@@ -569,3 +569,103 @@ def test_masking_a_retry_keeps_its_wait_and_the_earlier_attempts() -> None:
 
     assert isinstance(retry, Retry) and retry.delay == 1
     assert [a.error for a in retry.envelope.history] == ["first", "second", "RuntimeError: login refused for ada:***"]
+
+
+class Whoami(Job, queue=QUEUE, attempts=4, timeout=90):
+    def perform(self, ctx: Context) -> dict[str, Any]:
+        return {
+            "name": ctx.name,
+            "queue": ctx.queue,
+            "attempt": ctx.attempt,
+            "max_attempts": ctx.max_attempts,
+            "enqueued_at": ctx.enqueued_at.isoformat(),
+            "timeout": ctx.timeout.total_seconds(),
+        }
+
+
+class Patient(Job, queue=QUEUE, attempts=5, max_stalled=2, backoff=backoff.exponential(1)):
+    def perform(self, ctx: Context) -> None: ...
+
+
+def test_the_handler_s_context_describes_the_job_and_its_attempt() -> None:
+    harness = Harness()
+    harness.registry = Registry([Whoami], Specs(queues={QUEUE: QueueSpec()}))
+    harness.runtime.registry = harness.registry
+    envelope = harness.envelope(Whoami, attempt=2)
+
+    outcome = execute(envelope.encode(), harness.runtime, job_id="job-1", queue=QUEUE)
+
+    assert isinstance(outcome, Succeeded)
+    assert outcome.value == {
+        "name": "work.whoami",
+        "queue": QUEUE,
+        "attempt": 2,
+        "max_attempts": 4,
+        "enqueued_at": envelope.enqueued_at.isoformat(),
+        "timeout": 90.0,
+    }
+
+
+def test_waits_are_recorded_with_the_attempt_that_asked_for_them(harness: Harness) -> None:
+    later = harness.run(Boom, kind="later")
+    counted = execute(
+        harness.envelope(Boom, history=snoozed(MAX_RETRY_LATER, 1), kind="later").encode(),
+        harness.runtime,
+        job_id="job-1",
+        queue=QUEUE,
+    )
+
+    assert isinstance(later, Retry) and later.envelope.history[-1].delay == 30
+    assert isinstance(counted, Retry) and counted.delay == 30 and counted.envelope.history[-1].delay == 30
+
+
+def test_a_dead_letter_keeps_the_queue_and_the_outcome_keeps_the_exception(harness: Harness) -> None:
+    exhausted = harness.run(Boom, attempt=3)
+    broken = harness.run(BadBackoff)
+    bad_result = harness.run(NotJson)
+    snoozing = execute(
+        harness.envelope(Boom, attempt=3, history=snoozed(MAX_RETRY_LATER, 3), kind="later").encode(),
+        harness.runtime,
+        job_id="job-1",
+        queue=QUEUE,
+    )
+    stalled_out = stall(harness, harness.envelope(Add, attempt=3, a=1, b=2))
+
+    outcomes = [exhausted, broken, bad_result, snoozing, stalled_out]
+    assert all(isinstance(o, DeadLettered) and o.record.queue == QUEUE for o in outcomes)
+    assert isinstance(exhausted.exception, RuntimeError) and str(exhausted.exception) == "boom"
+    assert isinstance(broken.exception, RuntimeError) and str(broken.exception) == "failed"
+    assert "ZeroDivisionError: no wait" in broken.record.traceback
+    assert isinstance(snoozing.exception, RetryLater)
+
+
+def test_a_cancelled_run_keeps_its_attempt_number(harness: Harness) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    raw = harness.envelope(Cancellable, attempt=2, raises=False).encode()
+
+    assert execute_cancellable(raw, harness.runtime, job_id="job-1", queue=QUEUE, cancel=cancel) == Cancelled(
+        "work.cancellable", 2
+    )
+
+
+def test_max_stalled_counts_each_earlier_stall_once_and_a_stall_waits_by_its_attempt() -> None:
+    harness = Harness()
+    harness.registry = Registry([Patient], Specs(queues={QUEUE: QueueSpec()}))
+    harness.runtime.registry = harness.registry
+    once = [AttemptRecord(attempt=2, at="2026-01-01T00:00:00Z", error=STALL_ERROR)]
+
+    outcome = stall(harness, harness.envelope(Patient, attempt=3, history=once))
+
+    assert isinstance(outcome, Retry)  # one earlier stall of two allowed
+    assert outcome.delay == 4  # exponential(1) after attempt 3: 1 s, 2 s, 4 s
+
+
+def test_a_dead_letter_without_a_job_name_is_logged_with_a_question_mark(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="forgejobs.execution")
+
+    execute("{not json", harness.runtime, job_id="job-9", queue=QUEUE)
+
+    assert caplog.records[-1].getMessage().startswith("dead-lettered job-9 (?): corrupt: ")
