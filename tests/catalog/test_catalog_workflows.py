@@ -1,5 +1,5 @@
-"""The catalog's workflows (jobs/workflows.py): each on the fake queue, step inputs and outputs; the checkout on
-real Redis with a worker subprocess, SMTP and a SQLite file."""
+"""The catalog's workflows (jobs/workflows.py): each on the fake queue, step inputs and outputs; the checkout and
+the monthly invoicing on real Redis with a worker subprocess, SMTP and a SQLite file."""
 
 from __future__ import annotations
 
@@ -199,10 +199,10 @@ def test_a_checkout_syncs_then_sends_receipts_audits_and_logs_activity(
     assert rows(store, sa.select(subscriptions.c.status).where(subscriptions.c.id == "sub_wf")) == ["active"]
     # the same event again: the run under its key is found, nothing runs twice
     assert fake_queue.perform(ProcessStripeEvent(event_id=event_id))["outcome"] == "already processed"
-    assert Checkout_run_count(fake_queue) == 1
+    assert checkout_runs(fake_queue) == 1
 
 
-def Checkout_run_count(fake_queue: FakeQueue) -> int:  # noqa: N802 - reads as what it counts
+def checkout_runs(fake_queue: FakeQueue) -> int:
     store = store_for(fake_queue.client)
     return sum(1 for r in store.runs() if (store.read(r) or {}).get("wf") == "checkout")
 
@@ -268,7 +268,7 @@ def test_monthly_invoicing_over_no_organisation_still_summarises(
 
 
 @pytest.mark.redis
-def test_a_checkout_workflow_runs_on_redis_with_a_worker_process(
+def test_the_checkout_and_invoicing_workflows_run_on_redis_with_a_worker_process(
     redis_url: str, tmp_path: Path, request: pytest.FixtureRequest, start_cli: Callable[..., WorkerProcess]
 ) -> None:
     smtp: Server = start_server(request)
@@ -279,11 +279,21 @@ def test_a_checkout_workflow_runs_on_redis_with_a_worker_process(
         conn.execute(users.insert().values(id=owner, email="owner@example.com", name="Ada Owner"))
         conn.execute(organisations.insert().values(id=org_id, name="Acme"))
         conn.execute(memberships.insert().values(org_id=org_id, user_id=owner, role="owner"))
+        conn.execute(
+            usage_events.insert().values(
+                id=new_id("use"),
+                org_id=org_id,
+                metric="seats",
+                quantity=7,
+                occurred_at=datetime(2026, 9, 9, tzinfo=UTC),
+            )
+        )
     connection = redis.Redis.from_url(redis_url)
     client = Client(RedisBackend(connection), Registry.load(Settings(jobs="jobs", specs=ROOT / "specs")))
     previous = set_client(client)
     try:
         event_id = deliver(store, checkout_event(org_id, customer), secret="whsec_wf")
+        StartMonthlyInvoicing.enqueue(month="2026-09")
         worker = start_cli(
             "worker",
             "--burst",
@@ -312,6 +322,10 @@ def test_a_checkout_workflow_runs_on_redis_with_a_worker_process(
         assert rows(store, sa.select(audit_log.c.action)) == ["billing.checkout_completed"]
         assert rows(store, sa.select(activity_feed.c.verb)) == ["subscription.started"]
         assert rows(store, sa.select(organisations.c.stripe_customer_id)) == [customer]
+        invoicing = workflow_run(run_id_for("monthly_invoicing", "invoicing:2026-09"))
+        assert invoicing.wait(timeout=60) == "succeeded", worker.log()
+        assert invoicing.output("invoice") == [{"org_id": org_id, "month": "2026-09", "quantity": 7, "events": 1}]
+        assert invoicing.output("summary") == {"month": "2026-09", "organisations": 1, "quantity": 7, "largest": org_id}
         assert client.dead_letters() == []
     finally:
         set_client(previous)
