@@ -96,7 +96,8 @@ class Release(Job, queue="dwf", attempts=1):
     item: str
 
     def perform(self, ctx: Context) -> None:
-        return None
+        if self.item.startswith("broken"):
+            raise Unrecoverable(f"could not release {self.item}")
 
 
 class Ship(Job, queue="dwf", attempts=1):
@@ -280,3 +281,13 @@ def test_a_failed_saga_shows_why_it_stopped_and_its_compensations(
     listed = browser.get("/workflows?status=failed&name=dash_saga").text
     assert re.findall(r'data-run="([^"]+)"', listed) == [run.id]
     assert ">1/2<" in listed  # reserve done, ship not
+
+
+def test_a_compensation_that_fails_shows_its_error(wf_client: Client, wf_settings: Settings, conn: redis.Redis) -> None:
+    run = DashSaga.start(item=f"broken {XSS}")
+    assert run_to_end(wf_settings, wf_client, conn, run) == "failed"
+    browser = logged_in(create_app(client=wf_client, auth=TokenAuth(TOKEN)))
+    text = browser.get(f"/workflows/{run.id}").text
+    table = re.search(r'<table id="compensations">(.*?)</table>', text, re.S)
+    assert table and "state-failed" in table.group(1)
+    assert "could not release broken &lt;script&gt;" in table.group(1) and "<script>" not in text

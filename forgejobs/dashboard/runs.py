@@ -209,7 +209,12 @@ def run_view(client: Client, run_id: str) -> RunView:
         parent = by_name.get(s.after[-1]) if s.after else None
         (parent.children if parent is not None else roots).append(s)
     compensations = [
-        {"target": target, "outcome": outcome, "job_id": job_id(run_id, f"~{k}", 0)}
+        {
+            "target": target,
+            "outcome": outcome,
+            "job_id": job_id(run_id, f"~{k}", 0),
+            "error": text(handle.errors(f"~{k}").get(0, "")),
+        }
         for k, (target, outcome) in enumerate(handle.compensations())
     ]
     return RunView(
