@@ -245,7 +245,10 @@ def test_what_cannot_run_is_dead_lettered_with_the_reason(
     outcome = execute(raw, harness.runtime, job_id="job-1", queue=QUEUE)
 
     assert isinstance(outcome, DeadLettered) and outcome.record.reason is reason
-    assert error in outcome.record.error
+    assert error in outcome.record.error and outcome.record.error != "None"
+    assert outcome.record.queue == QUEUE
+    assert outcome.record.traceback == ""  # nothing ran, so there is no traceback to keep
+    assert outcome.record.raw == (raw if reason is Reason.CORRUPT else None)
     assert harness.kinds() == [("dead_lettered", 1)]
 
 
