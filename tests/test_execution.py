@@ -16,7 +16,7 @@ import pytest
 from forgejobs import Context, Job, Reason, RetryLater, Secret, Unrecoverable, backoff
 from forgejobs.deadletter import MemoryDeadLetters
 from forgejobs.envelope import AttemptRecord, Envelope
-from forgejobs.events import Event
+from forgejobs.events import Event, EventKind, Hooks
 from forgejobs.execution import (
     MAX_DELAY,
     MAX_RETRY_LATER,
@@ -672,3 +672,17 @@ def test_a_dead_letter_without_a_job_name_is_logged_with_a_question_mark(
     execute("{not json", harness.runtime, job_id="job-9", queue=QUEUE)
 
     assert caplog.records[-1].getMessage().startswith("dead-lettered job-9 (?): corrupt: ")
+
+
+def test_hooks_and_the_outcome_callback_hear_each_outcome(harness: Harness) -> None:
+    heard: list[tuple[str, Any]] = []
+    outcomes: list[tuple[str, Any]] = []
+    hooks = Hooks()
+    hooks.on(EventKind.FAILED, lambda event: heard.append((event.kind.value, event.data)))
+    harness.runtime.hooks = hooks
+    harness.runtime.on_outcome = lambda name, outcome: outcomes.append((name, outcome))
+
+    retry = harness.run(Boom)
+
+    assert heard == [("failed", {"error": "RuntimeError: boom"})]
+    assert outcomes == [("work.boom", retry)]
