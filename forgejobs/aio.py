@@ -46,7 +46,16 @@ from redis.sentinel import SentinelConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 from .backends.base import JobState, Prepared
-from .backends.redis import BATCH, SENTINEL_SCHEME, RedisBackend, enqueue_script_call, epoch_ms
+from .backends.redis import (
+    BATCH,
+    SENTINEL_SCHEME,
+    STATE_FIELDS,
+    RedisBackend,
+    enqueue_script_call,
+    epoch_ms,
+    state_from,
+    state_needs_dead_letter,
+)
 from .client import Client, current_client, dedupe_key, enqueue_hook
 from .deadletter import DeadLetter
 from .errors import BackendError, BackendUnavailable
@@ -70,14 +79,6 @@ __all__ = [
     "set_async_client",
     "use_async_client",
 ]
-
-_STATUS = {
-    b"queued": Status.QUEUED,
-    b"scheduled": Status.SCHEDULED,
-    b"succeeded": Status.SUCCEEDED,
-    b"failed": Status.FAILED,
-    b"cancelled": Status.CANCELLED,
-}
 
 # Connection settings carried over from a sync connection; timeouts are set from enqueue_timeout.
 _COPIED = {"host", "port", "path", "db", "username", "password", "client_name", "protocol"}
@@ -303,23 +304,14 @@ class AsyncRedisBackend:
             return JobState(Status.UNKNOWN)
         qk = self.keys.queue(queue)
         async with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hmget(qk.job(job_id), ["s", "r", "e", "pg"])
+            pipe.hmget(qk.job(job_id), STATE_FIELDS)
             pipe.hexists(qk.active, job_id)
-            (status, result, error, progress), running = await pipe.execute()
-        if status is None:
-            return JobState(Status.UNKNOWN)
-        progress_value = json.loads(progress) if progress else None
-        if running:
-            return JobState(Status.RUNNING, progress=progress_value, extra={"queue": queue})
-        kind = _STATUS.get(status, Status.UNKNOWN)
-        if kind is Status.SUCCEEDED:
-            return JobState(kind, result=json.loads(result) if result else None, progress=progress_value)
-        if kind is Status.FAILED:
+            fields, running = await pipe.execute()
+        record = None
+        if state_needs_dead_letter(fields, running):
             raw = await self.connection.get(self.keys.dead_record(job_id))
             record = DeadLetter.model_validate_json(raw) if raw else None
-            text = record.error if record else (error.decode("utf-8", "replace") if error else None)
-            return JobState(kind, error=text, progress=progress_value)
-        return JobState(kind, progress=progress_value, extra={"queue": queue})
+        return state_from(queue, fields, running, record)
 
     async def logs(self, job_id: str) -> list[str]:
         queue = await self.find_queue(job_id)

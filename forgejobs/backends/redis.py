@@ -54,6 +54,33 @@ _STATUS = {
 }
 
 
+STATE_FIELDS = ["s", "r", "e", "pg"]
+"""The job-hash fields `state_from` reads: status, result, error, progress."""
+
+
+def state_needs_dead_letter(fields: Sequence[bytes | None], running: object) -> bool:
+    """Whether `state_from` needs the job's dead letter (a failed job shows the dead letter's error)."""
+    return not running and fields[0] is not None and _STATUS.get(fields[0]) is Status.FAILED
+
+
+def state_from(queue: str, fields: Sequence[bytes | None], running: object, record: DeadLetter | None) -> JobState:
+    """A job's state from its hash's `STATE_FIELDS`, whether the active hash holds it, and its dead letter
+    (read only when `state_needs_dead_letter`); shared by the sync and asyncio backends."""
+    status, result, error, progress = fields
+    if status is None:
+        return JobState(Status.UNKNOWN)
+    progress_value = json.loads(progress) if progress else None
+    if running:
+        return JobState(Status.RUNNING, progress=progress_value, extra={"queue": queue})
+    kind = _STATUS.get(status, Status.UNKNOWN)
+    if kind is Status.SUCCEEDED:
+        return JobState(kind, result=json.loads(result) if result else None, progress=progress_value)
+    if kind is Status.FAILED:
+        text = record.error if record else (error.decode("utf-8", "replace") if error else None)
+        return JobState(kind, error=text, progress=progress_value)
+    return JobState(kind, progress=progress_value, extra={"queue": queue})
+
+
 SENTINEL_SCHEME = "redis+sentinel"
 
 
@@ -329,22 +356,11 @@ class RedisBackend(Backend):
             return JobState(Status.UNKNOWN)
         qk = self.keys.queue(queue)
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hmget(qk.job(job_id), ["s", "r", "e", "pg"])
+            pipe.hmget(qk.job(job_id), STATE_FIELDS)
             pipe.hexists(qk.active, job_id)
-            (status, result, error, progress), running = pipe.execute()
-        if status is None:
-            return JobState(Status.UNKNOWN)
-        progress_value = json.loads(progress) if progress else None
-        if running:
-            return JobState(Status.RUNNING, progress=progress_value, extra={"queue": queue})
-        kind = _STATUS.get(status, Status.UNKNOWN)
-        if kind is Status.SUCCEEDED:
-            return JobState(kind, result=json.loads(result) if result else None, progress=progress_value)
-        if kind is Status.FAILED:
-            record = self.dead_letters.get(job_id)
-            text = record.error if record else (error.decode("utf-8", "replace") if error else None)
-            return JobState(kind, error=text, progress=progress_value)
-        return JobState(kind, progress=progress_value, extra={"queue": queue})
+            fields, running = pipe.execute()
+        record = self.dead_letters.get(job_id) if state_needs_dead_letter(fields, running) else None
+        return state_from(queue, fields, running, record)
 
     def _parked(self, queue: str) -> list[bytes]:
         """The parked-job lists of the queue's concurrency keys."""
