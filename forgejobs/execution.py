@@ -30,7 +30,7 @@ from .envelope import Envelope, EnvelopeError, decode
 from .errors import JobStalled, RateLimited, RetryLater, UnknownJob, Unrecoverable, describe, describe_with_cause
 from .events import Event, EventKind, Hooks
 from .job import Job
-from .logs import job_model, mask_text, secret_values
+from .logs import job_model, mask_text, mask_value, secret_values
 from .options import JobOptions
 from .ratelimit import RateLimiter
 from .registry import Registry
@@ -304,7 +304,7 @@ def _perform(
         scheduled_for=envelope.scheduled_for(),
         timeout=options.timeout,
         resources=runtime.resources,
-        _report_progress=_progress_reporter(runtime, envelope, queue),
+        _report_progress=_progress_reporter(runtime, envelope, queue, hidden),
         _report_log=_log_reporter(runtime, envelope.id, hidden),
         _cancel=cancel,
     )
@@ -444,8 +444,12 @@ def _event(kind: EventKind, envelope: Envelope, queue: str, **data: Any) -> Even
     return Event(kind=kind, job_id=envelope.id, name=envelope.name, queue=queue, attempt=envelope.attempt, data=data)
 
 
-def _progress_reporter(runtime: Runtime, envelope: Envelope, queue: str) -> Callable[[ProgressValue], None]:
+def _progress_reporter(
+    runtime: Runtime, envelope: Envelope, queue: str, hidden: list[str] | None = None
+) -> Callable[[ProgressValue], None]:
     def report(value: ProgressValue) -> None:
+        if hidden:  # stored and announced with the payload's secret values masked
+            value = mask_value(value, hidden)
         if runtime.report_progress is not None:
             runtime.report_progress(envelope.id, value)
         runtime.emit([_event(EventKind.PROGRESS, envelope, queue, progress=value)])

@@ -13,7 +13,6 @@ registry, adds the options this process declares for the job, and merges states.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .deadletter import DeadLetter
 from .envelope import AttemptRecord
 from .errors import ForgeJobsError, NoSuchJob, UnknownJob
-from .logs import MASK, has_secrets, job_model, mask_dead_letter, mask_payload, mask_text, secret_values
+from .logs import has_secrets, job_model, mask_dead_letter, mask_payload, mask_text, mask_value, secret_values
 from .status import Status
 
 if TYPE_CHECKING:
@@ -181,7 +180,7 @@ def declared_options(options: JobOptions) -> dict[str, Any]:
 
 def masked(detail: JobDetail, model: type[BaseModel] | None) -> JobDetail:
     """`detail` with the payload's secret fields shown as `***`, and their values masked wherever they appear in
-    its errors, traceback, log, result and dead letter (see forgejobs.logs)."""
+    its errors, traceback, log, result, progress and dead letter (see forgejobs.logs)."""
     if model is None or not has_secrets(model):
         return detail
     payload = detail.payload
@@ -195,12 +194,7 @@ def masked(detail: JobDetail, model: type[BaseModel] | None) -> JobDetail:
     letter = detail.dead_letter
     if letter is not None:
         letter = mask_dead_letter(letter, model)
-    result = detail.result
-    if hidden and result is not None:
-        try:
-            result = json.loads(mask_text(json.dumps(result), [json.dumps(v)[1:-1] for v in hidden]))
-        except ValueError:  # a secret that spans JSON syntax: hide the whole result
-            result = MASK
+
     return detail.model_copy(
         update={
             "payload": mask_payload(model, detail.payload),
@@ -209,7 +203,8 @@ def masked(detail: JobDetail, model: type[BaseModel] | None) -> JobDetail:
             "raw": text(detail.raw),
             "logs": [mask_text(line, hidden) for line in detail.logs],
             "attempts": [a.model_copy(update={"error": mask_text(a.error, hidden)}) for a in detail.attempts],
-            "result": result,
+            "result": mask_value(detail.result, hidden),
+            "progress": mask_value(detail.progress, hidden),
             "dead_letter": letter,
         }
     )

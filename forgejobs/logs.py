@@ -38,6 +38,7 @@ __all__ = [
     "configure_logging",
     "job_line",
     "mask_dead_letter",
+    "mask_value",
     "mask_payload",
     "mask_text",
     "secret_fields",
@@ -222,6 +223,18 @@ def mask_text(text: str, values: Iterable[str]) -> str:
         if value:
             text = text.replace(value, MASK)
     return text
+
+
+def mask_value(value: Any, values: Iterable[str]) -> Any:
+    """A JSON value (a result, a progress report) with each of `values` masked inside its strings; `MASK`
+    alone when a value spans JSON syntax so that masking would break it."""
+    hidden = [json.dumps(v)[1:-1] for v in values if v]
+    if not hidden or value is None:
+        return value
+    try:
+        return json.loads(mask_text(json.dumps(value, default=str), hidden))
+    except ValueError:
+        return MASK
 
 
 def mask_dead_letter(record: DeadLetter, model: type[BaseModel] | None) -> DeadLetter:

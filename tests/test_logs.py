@@ -104,6 +104,7 @@ def test_secret_fields_are_masked_in_every_message_but_reach_the_job(
     assert detail.error is not None and "card *** declined" in detail.error
     assert any("token was ***" in line for line in detail.logs)
     assert any("charging 5 with ***" in line for line in detail.logs)
+    assert detail.progress == {"using": "***"}
     assert TOKEN not in detail.model_dump_json()
     shown = subprocess.run(
         [sys.executable, "-m", "forgejobs.cli", "dead", "show", failing.id],

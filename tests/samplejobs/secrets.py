@@ -17,6 +17,7 @@ class Charge(Job, queue="fast", attempts=1):
     def perform(self, ctx: Context) -> dict[str, str]:
         ctx.logger.info("charging %d with %s", self.amount, self.card_token)
         ctx.log(f"token was {self.card_token}")
+        ctx.progress({"using": self.card_token})
         if not self.ok:
             raise Unrecoverable(f"card {self.card_token} declined")
         return {"receipt": f"paid with {self.card_token}"}
