@@ -1,5 +1,5 @@
 """The `forgejobs` command line: check, enqueue, info, jobs, job, schema, worker, metrics, dashboard, scheduler,
-dead, outbox, demo.
+dead, outbox, workflows, demo.
 
 Every error is printed as one sentence on stderr, starting with `error:` and naming the option, setting,
 field or name that is wrong (never a Pydantic error dump), with exit status 1.
@@ -11,8 +11,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import click
@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .client import Client
+from .cliutil import _client, _errors, _fail, _registry, _settings, explain
 from .errors import ForgeJobsError
 from .logs import configure_logging, job_model, mask_dead_letter
 from .options import EnqueueOptions
@@ -31,74 +32,6 @@ from .settings import Settings
 console = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
-    sys.exit(code)
-
-
-def explain(exc: ValidationError, names: Mapping[str, str] | None = None, subject: str | None = None) -> str:
-    """A Pydantic error as sentences: `<what>: <problem> (got <input>)`, one per problem, joined by "; ".
-
-    `names` maps a field's dotted location to what the user typed (`delay` -> `--delay`); `subject` (default:
-    the model's name) leads when a location is not in `names`."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"])
-        label = (names or {}).get(where)
-        if label is None:
-            label = f"{subject or exc.title}: {where}" if where else subject or exc.title
-        message = str(error["msg"])
-        for prefix in ("Value error, ", "Assertion failed, "):
-            message = message.removeprefix(prefix)
-        shown = error.get("input")
-        if error["type"] != "missing" and not error["type"].startswith("value_error") and _short(shown):
-            message += f" (got {shown!r})"
-        parts.append(f"{label}: {message}")
-    return "; ".join(parts)
-
-
-def _short(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn forgejobs, validation and Redis errors into one clear message and a non-zero exit."""
-    import redis
-
-    try:
-        yield
-    except ForgeJobsError as exc:
-        _fail(str(exc))
-    except ValidationError as exc:
-        _fail(explain(exc))
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        _fail(f"cannot reach Redis: {exc}")
-    except redis.RedisError as exc:
-        _fail(f"Redis refused a command: {exc}")
-
-
-def _settings() -> Settings:
-    """Settings from the environment; a bad FORGEJOBS_* value is named as the variable."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        names = {name: f"FORGEJOBS_{name.upper()}" for name in Settings.model_fields}
-        _fail(explain(exc, names, "settings"))
-        raise AssertionError("unreachable") from None  # _fail exits
-
-
-def _registry(settings: Settings) -> Registry:
-    sys.path.insert(0, ".")  # the job package lives in the project directory
-    return Registry.load(settings)
-
-
-def _client(settings: Settings) -> Client:
-    from .backends.redis import RedisBackend
-
-    return Client(RedisBackend.from_settings(settings), _registry(settings))
 
 
 @click.group()

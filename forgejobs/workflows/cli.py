@@ -12,23 +12,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from ..cliutil import _client, _errors, _fail
 from ..settings import Settings
 from .run import NoSuchRun, WorkflowRun, engine_for, run, start
 from .store import TERMINAL
 
 
-class _Base:
-    """forgejobs.cli's error handling and client, looked up when a command runs (that module imports this)."""
+def _console() -> Console:
+    """A console for stdout; piped output gets wide lines instead of rich's 80-column default."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 
-    def __getattr__(self, name: str) -> Any:
-        from .. import cli
-
-        if name == "console":
-            return Console(width=None if sys.stdout.isatty() else 200)
-        return getattr(cli, name)
-
-
-base = _Base()
 
 _COLOURS = {"done": "green", "succeeded": "green", "failed": "red", "timed_out": "red", "cancelled": "yellow"}
 
@@ -56,8 +49,8 @@ def workflows() -> None:
 @click.pass_obj
 def list_runs(settings: Settings, status: str | None, limit: int, as_json: bool) -> None:
     """The newest runs, newest first."""
-    with base._errors():
-        engine = engine_for(base._client(settings))
+    with _errors():
+        engine = engine_for(_client(settings))
         ids = engine.store.runs()[::-1]
         rows = []
         for run_id in ids:
@@ -92,7 +85,7 @@ def list_runs(settings: Settings, status: str | None, limit: int, as_json: bool)
             str(row["started"]),
             str(row["ended"]),
         )
-    base.console.print(table)
+    _console().print(table)
 
 
 def run_tree(handle: WorkflowRun) -> Tree:
@@ -131,11 +124,11 @@ def run_tree(handle: WorkflowRun) -> Tree:
 @click.pass_obj
 def show(settings: Settings, run_id: str, as_json: bool) -> None:
     """One run as a tree of its steps, with each finished step's output. Exit 1 if unknown."""
-    with base._errors():
+    with _errors():
         try:
-            handle = run(run_id, base._client(settings))
+            handle = run(run_id, _client(settings))
         except NoSuchRun as exc:
-            base._fail(str(exc))
+            _fail(str(exc))
             return
         if as_json:
             steps = {
@@ -164,7 +157,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
                 )
             )
             return
-        base.console.print(run_tree(handle))
+        _console().print(run_tree(handle))
 
 
 @workflows.command("start")
@@ -174,14 +167,14 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 @click.pass_obj
 def start_run(settings: Settings, name: str, data: str, key: str | None) -> None:
     """Start workflow NAME and print its run id."""
-    with base._errors():
+    with _errors():
         try:
             fields = json.loads(data)
         except json.JSONDecodeError as exc:
-            base._fail(f"--data is not JSON: {exc}")
+            _fail(f"--data is not JSON: {exc}")
         if not isinstance(fields, dict):
-            base._fail("--data must be a JSON object")
-        client = base._client(settings)
+            _fail("--data must be a JSON object")
+        client = _client(settings)
         plan = engine_for(client).plan(name)
         handle = start(plan, fields, key=key, client=client)
     click.echo(f"{handle.id}{' (already started with this key)' if handle.existing else ''}")
@@ -192,14 +185,14 @@ def start_run(settings: Settings, name: str, data: str, key: str | None) -> None
 @click.pass_obj
 def cancel(settings: Settings, run_id: str) -> None:
     """Cancel a run: nothing more starts, running steps are asked to stop, completed steps are compensated."""
-    with base._errors():
+    with _errors():
         try:
-            handle = run(run_id, base._client(settings))
+            handle = run(run_id, _client(settings))
         except NoSuchRun as exc:
-            base._fail(str(exc))
+            _fail(str(exc))
             return
         if not handle.cancel():
-            base._fail(f"workflow run {run_id} has already ended ({handle.status()}): nothing to cancel")
+            _fail(f"workflow run {run_id} has already ended ({handle.status()}): nothing to cancel")
     status = handle.status()
     ending = "" if status in TERMINAL else " (running steps are asked to stop; compensations follow)"
     click.echo(f"cancelled {run_id}: {status}{ending}")
