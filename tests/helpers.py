@@ -63,3 +63,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token of a dashboard page's form."""
+    import re
+
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, "no CSRF field in the page"
+    return found.group(1)
+
+
+def dashboard_login(app: object, token: str, base: str = "") -> Any:
+    """A Starlette TestClient logged in to the dashboard `app` (mounted at `base`) with `token`."""
+    from starlette.testclient import TestClient
+
+    browser = TestClient(app, follow_redirects=False)  # type: ignore[arg-type]
+    page = browser.get(f"{base}/login")
+    assert page.status_code == 200
+    reply = browser.post(f"{base}/login", data={"csrf_token": csrf_of(page.text), "secret": token, "next": "/"})
+    assert reply.status_code == 303, reply.text
+    return browser

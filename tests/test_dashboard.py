@@ -28,6 +28,7 @@ from forgejobs.logs import Secret
 from forgejobs.runtime.worker import Worker
 from forgejobs.status import Status
 from tests.conftest import ROOT
+from tests.helpers import csrf_of, dashboard_login
 
 pytestmark = pytest.mark.redis
 
@@ -92,19 +93,8 @@ def no_dashboard_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, "no CSRF field in the page"
-    return found.group(1)
-
-
 def logged_in(app: object, base: str = "") -> TestClient:
-    browser = TestClient(app, follow_redirects=False)  # type: ignore[arg-type]
-    page = browser.get(f"{base}/login")
-    assert page.status_code == 200
-    reply = browser.post(f"{base}/login", data={"csrf_token": csrf_of(page.text), "secret": TOKEN, "next": "/"})
-    assert reply.status_code == 303, reply.text
-    return browser
+    return dashboard_login(app, TOKEN, base)
 
 
 def work(settings: Settings, client: Client, conn: redis.Redis) -> None:

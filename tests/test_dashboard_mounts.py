@@ -3,7 +3,6 @@ ASGI application, as docs/dashboard.md shows: login, pages, static files and an 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import redis
 from forgejobs import Client, Registry, Settings, set_client
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.dashboard import TokenAuth, create_app
+from tests.helpers import csrf_of
 
 pytestmark = pytest.mark.redis
 
@@ -25,12 +25,6 @@ def dash_client(conn: redis.Redis, settings: Settings) -> Iterator[Client]:
     previous = set_client(c)
     yield c
     set_client(previous)
-
-
-def csrf_of(text: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', text)
-    assert found, "no CSRF field in the page"
-    return found.group(1)
 
 
 def test_mounted_in_flask_through_a2wsgi(dash_client: Client) -> None:

@@ -28,7 +28,7 @@ from forgejobs.logs import Secret
 from forgejobs.runtime.worker import Worker
 from forgejobs.workflows import Step, Workflow
 from forgejobs.workflows.run import WorkflowRun
-from tests.helpers import wait_for
+from tests.helpers import csrf_of, dashboard_login, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -140,18 +140,8 @@ def no_dashboard_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def csrf_of(page: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, "no CSRF field in the page"
-    return found.group(1)
-
-
 def logged_in(app: object) -> TestClient:
-    browser = TestClient(app, follow_redirects=False)  # type: ignore[arg-type]
-    page = browser.get("/login")
-    reply = browser.post("/login", data={"csrf_token": csrf_of(page.text), "secret": TOKEN, "next": "/"})
-    assert reply.status_code == 303, reply.text
-    return browser
+    return dashboard_login(app, TOKEN)
 
 
 def run_to_end(settings: Settings, client: Client, conn: redis.Redis, run: WorkflowRun) -> str:
