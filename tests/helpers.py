@@ -20,8 +20,14 @@ SAMPLE_JOBS = "tests.samplejobs"
 SAMPLE_SPECS = ROOT / "tests" / "samplespecs"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 10.0,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
+) -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds (the failure then
+    carries what `explain` returns, e.g. the log of the process that was waited on)."""
     deadline = time.monotonic() + timeout
     pause = 0.01
     while True:
@@ -29,7 +35,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            detail = f":\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
 

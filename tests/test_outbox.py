@@ -289,12 +289,13 @@ def test_relays_killed_at_random_points_give_exactly_one_job_per_row(
             lambda: len(waiting(conn)) >= target or relay.process.poll() is not None,  # noqa: B023
             60,
             "the relay to make progress",
+            explain=lambda: f"{len(waiting(conn))} of {target} jobs in Redis, relay log:\n{relay.log()}",  # noqa: B023
         )
         relay.signal(signal.SIGKILL)
         relay.wait()
         kills += 1
     final = started(start_cli(*db.relay_args("--batch", "50", "--interval", "0.01")))
-    wait_for(lambda: db.rows() == 0, 120, "the table to empty")
+    wait_for(lambda: db.rows() == 0, 120, "the table to empty", explain=final.log)
     final.signal(signal.SIGTERM)
     final.wait()
 
