@@ -7,10 +7,13 @@ database test works in a table (SQLite file) or schema (PostgreSQL) of its own, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pydantic
 import pytest
@@ -20,10 +23,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy.orm import Session, sessionmaker
 
-from forgejobs import Client, Registry, use_client
-from forgejobs.aftercommit import HeldHandle
+from forgejobs import Client, Context, Job, Registry, use_client
+from forgejobs.aftercommit import HeldEnqueue, HeldHandle, hold, send_soon
+from forgejobs.aio import AsyncClient
 from forgejobs.backends.redis import RedisBackend
-from forgejobs.errors import BackendUnavailable, ForgeJobsError, NoSuchJob
+from forgejobs.errors import BackendError, BackendUnavailable, ForgeJobsError, NoSuchJob, ResultTimeout
+from forgejobs.handle import JobHandle
+from forgejobs.options import EnqueueOptions
+from forgejobs.specs import QueueSpec, Specs
 from forgejobs.sqlalchemy import begin, enqueue_after_commit, install
 from forgejobs.status import Status
 from forgejobs.testing import FakeQueue
@@ -90,10 +97,14 @@ def postgres() -> Iterator[sa.Engine]:
         yield made
 
 
-def stored(conn: redis.Redis, handle: HeldHandle | object) -> bool:
+def stored(conn: redis.Redis, handle: JobHandle[Any]) -> bool:
     """Whether Redis holds the job (its hash in the sample registry's `fast` queue)."""
-    job_id = handle.id  # type: ignore[attr-defined]
-    return bool(conn.exists(f"forgejobs:{{fast}}:job:{job_id}"))
+    return bool(conn.exists(f"forgejobs:{{fast}}:job:{handle.id}"))
+
+
+def waiting(conn: redis.Redis) -> list[str]:
+    """The ids in the `fast` queue's wait list, first out first."""
+    return [i.decode() for i in cast(list[bytes], conn.lrange("forgejobs:{fast}:wait:p05", 0, -1))]
 
 
 def rows(engine: sa.Engine) -> list[str]:
@@ -158,7 +169,7 @@ def test_jobs_go_out_in_the_order_they_were_enqueued(engine: sa.Engine, client: 
         session.execute(notes.insert().values(text="x"))
         handles = [Echo.enqueue(text=str(i)) for i in range(3)] + Echo.enqueue_many([{"text": "3"}, {"text": "4"}])
         session.commit()
-    assert [i.decode() for i in conn.lrange("forgejobs:{fast}:wait:p05", 0, -1)] == [h.id for h in handles]
+    assert waiting(conn) == [h.id for h in handles]
 
 
 def test_a_bad_payload_raises_at_the_call_and_holds_nothing(
@@ -166,7 +177,7 @@ def test_a_bad_payload_raises_at_the_call_and_holds_nothing(
 ) -> None:
     with Session(engine) as session, enqueue_after_commit(session):
         with pytest.raises(pydantic.ValidationError, match="text"):
-            Echo.enqueue(text=42)  # type: ignore[arg-type]
+            Echo.enqueue(text=42)
         session.execute(notes.insert().values(text="x"))
         session.commit()
     assert list(conn.scan_iter("forgejobs:{fast}:job:*")) == []
@@ -402,9 +413,9 @@ def _search_path(engine: sa.Engine) -> str:
 @pytest.fixture
 def django_table() -> Iterator[str]:
     """Django configured in this process on an in-memory SQLite database, and a table of this test's own."""
-    import django
-    from django.conf import settings as django_settings
-    from django.db import connection
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings as django_settings  # type: ignore[import-untyped]
+    from django.db import connection  # type: ignore[import-untyped]
 
     if not django_settings.configured:
         django_settings.configure(
@@ -477,3 +488,129 @@ def test_django_middleware_holds_each_requests_enqueues(django_table: str, clien
     handle = AfterCommitMiddleware(view)(object())
     assert seen == [False] and handle.sent and stored(conn, handle)
     assert not isinstance(Echo.enqueue(text="after the request"), HeldHandle)
+
+
+# -- the core, without a database: debounced and unique jobs, asyncio stores, failures -----------------
+
+
+class HeldReindex(Job, queue="fast", debounce=timedelta(seconds=30), dedupe_key=("document",)):
+    document: str
+    revision: int
+
+    def perform(self, ctx: Context[None]) -> int:
+        return self.revision
+
+
+class HeldInvoice(Job, queue="fast", unique_for=timedelta(minutes=5), dedupe_key=("account",)):
+    account: str
+
+    def perform(self, ctx: Context[None]) -> str:
+        return self.account
+
+
+@pytest.fixture
+def own_client(conn: redis.Redis) -> Iterator[Client]:
+    """A client whose registry also holds this module's debounced and unique jobs; current while the test runs."""
+    made = Client(RedisBackend(conn), Registry([Echo, HeldReindex, HeldInvoice], Specs(queues={"fast": QueueSpec()})))
+    with use_client(made):
+        yield made
+
+
+def test_a_held_debounced_job_is_debounced_when_stored_at_the_commit(
+    tmp_path: Path, own_client: Client, conn: redis.Redis
+) -> None:
+    engine = _sqlite_engine(tmp_path / "debounce.db")
+    metadata.create_all(engine)
+    with Session(engine) as session, enqueue_after_commit(session):
+        session.execute(notes.insert().values(text="a"))
+        first = HeldReindex.enqueue(document="d1", revision=1)
+        with pytest.raises(ValueError, match="fast.held-reindex is debounced: its start is set by debounce"):
+            HeldReindex.with_options(delay=5).enqueue(document="d1", revision=2)
+        second = HeldReindex.enqueue(document="d1", revision=3)
+        assert isinstance(first, HeldHandle) and first.held and conn.zcard("forgejobs:{fast}:delayed") == 0
+        session.commit()
+    assert isinstance(second, HeldHandle) and first.sent and second.sent
+    assert second.id == first.id and second.existing and not first.existing  # one job, the newer payload
+    assert conn.zrange("forgejobs:{fast}:delayed", 0, -1) == [first.id.encode()]
+    assert b'"revision":3' in (conn.hget(f"forgejobs:{{fast}}:job:{first.id}", "d") or b"")
+    assert rows(engine) == ["a"]
+    engine.dispose()
+
+
+def test_an_async_store_keeps_the_order_across_async_and_sync_clients_and_debounces(
+    own_client: Client, conn: redis.Redis
+) -> None:
+    async def scenario() -> list[HeldEnqueue]:
+        aclient = AsyncClient.for_client(own_client)
+        try:
+            batches = [
+                hold(aclient, Echo, [{"text": "async"}], EnqueueOptions()),
+                hold(own_client, Echo, [{"text": "sync"}], EnqueueOptions()),
+                hold(aclient, HeldReindex, [{"document": "a", "revision": 1}], EnqueueOptions()),
+                hold(own_client, HeldReindex, [{"document": "b", "revision": 1}], EnqueueOptions()),
+            ]
+            tasks: list[asyncio.Task[None]] = []
+            send_soon(batches, tasks)  # a loop runs: stored by a task, not at once
+            assert len(tasks) == 1 and all(b.handles[0].held for b in batches)
+            await tasks[0]
+            echo = batches[0].handles[0]
+            with pytest.raises(ResultTimeout, match="is still queued"):  # read back from Redis like any handle
+                await echo.aresult(timeout=0)
+            return batches
+        finally:
+            await aclient.aclose()
+
+    batches = asyncio.run(scenario())
+    handles = [b.handles[0] for b in batches]
+    assert all(h.sent and not h.held for h in handles)
+    assert waiting(conn) == [handles[0].id, handles[1].id]
+    assert set(conn.zrange("forgejobs:{fast}:delayed", 0, -1)) == {handles[2].id.encode(), handles[3].id.encode()}
+
+
+def test_without_a_running_loop_jobs_held_for_an_async_client_go_through_its_sync_client(
+    own_client: Client, conn: redis.Redis
+) -> None:
+    aclient = AsyncClient.for_client(own_client)
+    try:
+        batch = hold(aclient, Echo, [{"text": "no loop"}], EnqueueOptions())
+        tasks: list[asyncio.Task[None]] = []
+        send_soon([batch], tasks)
+        assert tasks == []  # stored at once: nothing to await
+        assert batch.handles[0].sent and stored(conn, batch.handles[0])
+        with pytest.raises(ResultTimeout, match="is still queued"):  # read from Redis, like any handle
+            batch.handles[0].result(timeout=0)
+    finally:
+        asyncio.run(aclient.aclose())
+
+
+def test_an_async_store_that_fails_drops_every_batch_logs_the_error_and_releases_unique_claims(
+    own_client: Client, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.set("forgejobs:{fast}:wait:p05", "not a list")  # every enqueue script on the queue now fails
+
+    async def scenario() -> tuple[list[HeldHandle], BaseException]:
+        aclient = AsyncClient.for_client(own_client)
+        try:
+            batches = [
+                hold(aclient, HeldInvoice, [{"account": "acme"}], EnqueueOptions()),
+                hold(own_client, Echo, [{"text": "never tried"}], EnqueueOptions()),
+            ]
+            tasks: list[asyncio.Task[None]] = []
+            send_soon(batches, tasks)
+            with pytest.raises(BackendError, match="could not enqueue 1 job") as failure:
+                await tasks[0]
+            handles = [b.handles[0] for b in batches]
+            with pytest.raises(NoSuchJob, match="never enqueued: storing it after the commit failed: could not"):
+                await handles[0].aresult(timeout=30)  # raised at once
+            return handles, failure.value
+        finally:
+            await aclient.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="forgejobs.aftercommit"):
+        handles, error = asyncio.run(scenario())
+    assert all(h.dropped and not h.sent and h.error is error for h in handles)
+    assert list(conn.scan_iter("forgejobs:unique:*")) == []  # the claim went with the failed store
+    assert not stored(conn, handles[1])  # the batch after the failed one was never tried
+    logged = [r for r in caplog.records if r.name == "forgejobs.aftercommit"]
+    assert [r.getMessage() for r in logged] == ["storing jobs held until a commit failed"]
+    assert logged[0].exc_info is not None and logged[0].exc_info[1] is error
