@@ -1,0 +1,203 @@
+"""The worker's upkeep passes when Redis answers with an error, and the stalled jobs that have no runnable record.
+
+In this process, on a real Redis: a key of the wrong type makes Redis refuse a command (WRONGTYPE), as a
+damaged database or another program writing under the prefix would; one test wraps the settle script so
+that it fails for one job only. No worker threads are started: the upkeep's steps are called directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from forgejobs import Client, Reason, Registry, Settings
+from forgejobs.keys import QueueKeys
+from forgejobs.runtime.state import Slot
+from forgejobs.runtime.worker import Worker
+from tests.samplejobs.basic import Echo, Slow
+
+pytestmark = pytest.mark.redis
+
+FAST = QueueKeys("forgejobs", "fast")
+SLOW = QueueKeys("forgejobs", "slow")
+
+
+@pytest.fixture
+def worker(settings: Settings, registry: Registry, conn: redis.Redis) -> Iterator[Worker]:
+    """A worker of the fast and slow queues on the test database, none of its threads started."""
+    yield Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object())
+
+
+def strand(conn: redis.Redis, keys: QueueKeys, job_id: str) -> None:
+    """Make `job_id` look taken by a slot that died: off its wait list, in the active hash under a slot with no
+    lease (recover.lua takes such a job back)."""
+    conn.lrem(keys.wait(5), 0, job_id)
+    conn.hset(keys.active, job_id, "a-slot-that-died|0")
+
+
+def envelope(conn: redis.Redis, keys: QueueKeys, job_id: str) -> dict[str, Any]:
+    stored = conn.hget(keys.job(job_id), "d")
+    assert isinstance(stored, bytes), f"no envelope stored for {job_id}"
+    return dict(json.loads(stored))
+
+
+def events_of(client: Client, job_id: str) -> list[str]:
+    return [e.kind.value for e in client.backend.events.read() if e.job_id == job_id]  # type: ignore[attr-defined]
+
+
+def test_a_queue_whose_recovery_redis_refuses_does_not_hold_up_the_other_queues(
+    worker: Worker, client: Client, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.set(FAST.stalled, "not a list")  # recover.lua's LLEN on it fails with WRONGTYPE
+    handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
+    strand(conn, SLOW, handle.id)
+    caplog.set_level(logging.ERROR, "forgejobs.worker")
+
+    worker.upkeep.tick()
+
+    assert "fast: recover failed; trying again" in caplog.text and "WRONGTYPE" in caplog.text
+    # slow's dead slot was still recovered and its job settled: back on its wait list as attempt 2 (Slow has
+    # attempts=2 and backoff fixed(0))
+    assert conn.lrange(SLOW.wait(5), 0, -1) == [handle.id.encode()]
+    assert not conn.hexists(SLOW.active, handle.id) and conn.llen(SLOW.stalled) == 0
+    assert envelope(conn, SLOW, handle.id)["attempt"] == 2
+    assert worker.outage.since is None  # an answer from Redis is no outage
+
+
+def test_an_upkeep_pass_that_redis_refuses_is_logged_and_the_next_pass_runs(
+    worker: Worker, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.set(worker.keys.paused, "not a set")  # refresh's SMEMBERS fails with WRONGTYPE
+    caplog.set_level(logging.ERROR, "forgejobs.worker")
+
+    worker.upkeep.tick()  # does not raise: the upkeep thread must go on
+
+    assert "worker upkeep failed; trying again" in caplog.text and "WRONGTYPE" in caplog.text
+    assert worker.outage.since is None
+    conn.delete(worker.keys.paused)
+    conn.sadd(worker.keys.paused, "slow")
+    worker.upkeep.refresh()
+    assert worker.states["slow"].paused and not worker.states["fast"].paused
+
+
+def test_a_clean_stop_gives_up_only_this_worker_s_leases(worker: Worker, conn: redis.Redis) -> None:
+    """final() skips a queue where this worker holds no slot, and leaves other workers' leases alone."""
+    worker.states["slow"].slots.append(Slot("slow", 0, "this-worker/slow/0/1"))
+    worker.states["slow"].retired_idents.append("this-worker/slow/0/0")
+    conn.zadd(SLOW.workers, {"this-worker/slow/0/1": 1, "this-worker/slow/0/0": 1, "another/slow/0/1": 1})
+    conn.zadd(FAST.workers, {"another/fast/0/1": 1})
+
+    worker.upkeep.final()
+
+    assert conn.zrange(SLOW.workers, 0, -1) == [b"another/slow/0/1"]
+    assert conn.zrange(FAST.workers, 0, -1) == [b"another/fast/0/1"]
+
+
+def test_a_clean_stop_without_redis_says_so_and_does_not_raise(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    unreachable = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    worker = Worker(settings, registry, queues=["slow"], connection=unreachable, resources=object())
+    worker.states["slow"].slots.append(Slot("slow", 0, "this-worker/slow/0/1"))
+    caplog.set_level(logging.WARNING, "forgejobs.worker")
+
+    worker.upkeep.final()
+
+    assert "could not write the last events or release the leases" in caplog.text
+
+
+def test_one_stalled_job_redis_refuses_to_settle_does_not_hold_up_the_jobs_behind_it(
+    worker: Worker, client: Client, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = (Slow.enqueue(path="/nonexistent/never-run", seconds=0) for _ in range(2))
+    for handle in (first, second):
+        conn.lrem(SLOW.wait(5), 0, handle.id)
+        conn.rpush(SLOW.stalled, handle.id)
+    real = worker.scripts.settle
+
+    def refuse_the_first(*, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        if args[1] == first.id.encode():
+            raise redis.ResponseError("ERR injected: settle refused")
+        return real(keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(worker.scripts, "settle", refuse_the_first)
+    caplog.set_level(logging.ERROR, "forgejobs.worker")
+
+    worker.upkeep.settle(worker.states["slow"])
+
+    assert f"slow: could not settle stalled job {first.id.encode()!r}; going on" in caplog.text
+    assert conn.lrange(SLOW.stalled, 0, -1) == [first.id.encode()]  # kept for the next pass
+    assert conn.lrange(SLOW.wait(5), 0, -1) == [second.id.encode()]  # settled: retried as attempt 2
+    assert envelope(conn, SLOW, second.id)["attempt"] == 2
+
+
+def test_a_corrupt_stalled_record_is_dead_lettered_once_when_two_workers_settle_it(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    conn.set(FAST.job("garbled"), "not a hash")
+    conn.rpush(FAST.stalled, "garbled")
+    state = worker.states["fast"]
+
+    worker.upkeep.settle_one(state, b"garbled")
+    worker.upkeep.settle_one(state, b"garbled")  # a second worker, too late: settle.lua finds it gone
+
+    assert client.backend.dead_letters.count() == 1
+    letter = client.dead_letter("garbled")
+    assert letter.reason is Reason.CORRUPT and letter.error == "corrupt record: a string, not a hash"
+    assert conn.llen(FAST.stalled) == 0
+
+
+def test_a_stalled_job_whose_record_is_gone_is_dropped_without_a_dead_letter(
+    worker: Worker, client: Client, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.rpush(FAST.stalled, "expired-meanwhile")
+    caplog.set_level(logging.WARNING, "forgejobs.worker")
+
+    worker.upkeep.settle(worker.states["fast"])
+
+    assert conn.llen(FAST.stalled) == 0
+    assert client.backend.dead_letters.count() == 0
+    assert "fast: stalled job expired-meanwhile has no record left; dropped" in caplog.text
+
+
+def test_a_stalled_job_whose_hash_holds_no_envelope_is_dead_lettered_as_corrupt(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    conn.hset(FAST.job("hollow"), mapping={"s": "active", "p": "3"})
+    conn.rpush(FAST.stalled, "hollow")
+
+    worker.upkeep.settle(worker.states["fast"])
+    worker.upkeep.settle_one(worker.states["fast"], b"hollow")  # a second worker, too late
+
+    assert conn.llen(FAST.stalled) == 0
+    assert client.backend.dead_letters.count() == 1
+    letter = client.dead_letter("hollow")
+    assert letter.reason is Reason.CORRUPT and letter.error == "corrupt record: no envelope"
+    assert letter.raw is not None and "active" in letter.raw
+
+
+def test_a_stalled_job_of_an_unknown_type_goes_back_to_its_queue_for_execution_to_dead_letter(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    """Upkeep does not decide about a job type it does not know: the job is requeued as it is (no stall
+    counted, no `stalled` event), and the slot that takes it dead-letters it as an unknown job."""
+    handle = Echo.enqueue(text="renamed")
+    renamed = {**envelope(conn, FAST, handle.id), "name": "fast.no-such-job"}
+    conn.hset(FAST.job(handle.id), "d", json.dumps(renamed))
+    strand(conn, FAST, handle.id)
+
+    worker.upkeep.recover(worker.states["fast"])
+
+    assert conn.llen(FAST.stalled) == 0
+    assert conn.lrange(FAST.wait(5), 0, -1) == [handle.id.encode()]
+    stored = envelope(conn, FAST, handle.id)
+    assert stored["name"] == "fast.no-such-job" and stored["attempt"] == 1 and not stored["history"]
+    assert client.backend.dead_letters.count() == 0
+    worker.events.flush()
+    assert "stalled" not in events_of(client, handle.id)
