@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -801,10 +802,14 @@ def test_list_shows_a_table_filters_by_status_and_keeps_the_newest(
     code, out = run_cli("workflows", "list", env=cli)
     assert code == 0, out
     assert "2 workflow run(s)" in out
-    rows = [line for line in out.splitlines() if first.id in line or second.id in line]
-    assert [second.id in rows[0], first.id in rows[1]] == [True, True]  # newest first
-    assert "k-first" in rows[1] and "cancelled" in rows[1]
-    assert "running" in rows[0] and rows[0].count(" - ") >= 2  # no key, not ended
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+    assert [row[:4] for row in rows] == [
+        [second.id, "edges_chain", "running", "-"],  # newest first; no key
+        [first.id, "edges_chain", "cancelled", "k-first"],
+    ]
+    assert stamp.match(rows[0][4]) and rows[0][5] == "-"  # not ended
+    assert stamp.match(rows[1][4]) and stamp.match(rows[1][5])
 
     code, out = run_cli("workflows", "list", "--status", "cancelled", "--json", env=cli)
     listed = json.loads(out)
@@ -832,7 +837,9 @@ def test_show_draws_pending_steps_without_output_and_the_compensations(
     engine.finished(f"{run.id}|charge|1", "failed", error="card declined")
     engine.finished(f"{run.id}|~0|0", "done", '"refunded a"')
     code, out = run_cli("workflows", "show", run.id, env=cli)
-    assert f"edges_saga {run.id}: failed (step charge[1] failed" in out and "card declined" in out
+    assert f"edges_saga {run.id}: failed (step charge[1] failed: card declined)" in out
+    assert "charge edges.charge failed ×2 (2 reported, 1 failed)" in out
+    assert "total edges.total cancelled" in out
     assert "compensations (newest completed first)" in out and "charge:0 done" in out
     assert json.loads(run_cli("workflows", "show", run.id, "--json", env=cli)[1])["compensations"] == [
         ["charge:0", "done"]
