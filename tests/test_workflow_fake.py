@@ -30,21 +30,21 @@ class Stored(BaseModel):
 class StoreUser(Job, queue="wf"):
     user_id: str
 
-    def perform(self, ctx: Context) -> Stored:
+    def perform(self, ctx: Context[None]) -> Stored:
         return Stored(user_id=self.user_id, email=f"{self.user_id}@example.com")
 
 
 class Welcome(Job, queue="wf"):
     email: str
 
-    def perform(self, ctx: Context) -> str:
+    def perform(self, ctx: Context[None]) -> str:
         return f"welcomed {self.email}"
 
 
 class Audit(Job, queue="wf"):
     user_id: str
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         return len(self.user_id)
 
 
@@ -52,7 +52,7 @@ class Report(Job, queue="wf"):
     greeting: str
     audit: int
 
-    def perform(self, ctx: Context) -> str:
+    def perform(self, ctx: Context[None]) -> str:
         return f"{self.greeting} / {self.audit}"
 
 
@@ -60,7 +60,7 @@ class Bill(Job, queue="wf", attempts=2):
     org_id: str
     fail_org: str = ""
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         if self.org_id == self.fail_org:
             raise Unrecoverable(f"cannot bill {self.org_id}")
         return 10 * len(self.org_id)
@@ -69,21 +69,21 @@ class Bill(Job, queue="wf", attempts=2):
 class Total(Job, queue="wf"):
     amounts: list[int | None]
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         return sum(a or 0 for a in self.amounts)
 
 
 class Unbill(Job, queue="wf"):
     org_id: str
 
-    def perform(self, ctx: Context) -> str:
+    def perform(self, ctx: Context[None]) -> str:
         return f"refunded {self.org_id}"
 
 
 class DeleteUser(Job, queue="wf"):
     user_id: str
 
-    def perform(self, ctx: Context) -> None:
+    def perform(self, ctx: Context[None]) -> None:
         return None
 
 
@@ -235,7 +235,7 @@ def test_a_yaml_workflow_runs_on_a_fake_queue_built_on_a_registry_that_knows_its
 class Loose(Job, queue="wf"):
     user_id: str
 
-    def perform(self, ctx: Context) -> dict[str, Any]:  # fields not declared: references to them are unchecked
+    def perform(self, ctx: Context[None]) -> dict[str, Any]:  # fields not declared: references to them are unchecked
         return {"email": 42}
 
 

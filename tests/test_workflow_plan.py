@@ -38,7 +38,7 @@ class Stored(BaseModel):
 class StoreUser(Job, queue="plan"):
     user_id: str
 
-    def perform(self, ctx: Context) -> Stored:
+    def perform(self, ctx: Context[None]) -> Stored:
         return Stored(user_id=self.user_id, email=f"{self.user_id}@example.com", seats=3)
 
 
@@ -46,39 +46,39 @@ class Welcome(Job, queue="plan"):
     email: str
     seats: int = 1
 
-    def perform(self, ctx: Context) -> str:
+    def perform(self, ctx: Context[None]) -> str:
         return f"sent to {self.email}"
 
 
 class Invoice(Job, queue="plan"):
     org_id: str
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         return 100
 
 
 class Summary(Job, queue="plan"):
     totals: list[int]
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         return sum(self.totals)
 
 
 class MaybeSummary(Job, queue="plan"):
     totals: list[int | None]
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         return sum(t or 0 for t in self.totals)
 
 
 class DeleteUser(Job, queue="plan"):
     user_id: str
 
-    def perform(self, ctx: Context) -> None:
+    def perform(self, ctx: Context[None]) -> None:
         return None
 
 
-JOBS = [StoreUser, Welcome, Invoice, Summary, MaybeSummary, DeleteUser]
+JOBS: list[type[Job]] = [StoreUser, Welcome, Invoice, Summary, MaybeSummary, DeleteUser]
 INPUT = "tests.test_workflow_plan:SignupInput"
 
 
