@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 import redis
@@ -15,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forgejobs import Client, Settings
 from forgejobs.inspection import Inspector
-from forgejobs.keys import QueueKeys
-from forgejobs.metrics import MetricsReader
+from forgejobs.keys import Keys, QueueKeys
+from forgejobs.metrics import MetricsReader, asgi_app, wsgi_app
 from forgejobs.runtime.scripts import METRIC_BUCKETS_MS, Scripts
 from forgejobs.runtime.upkeep import MINUTES_KEPT
 from forgejobs.runtime.worker import Worker
@@ -32,7 +34,11 @@ FAST = QueueKeys("forgejobs", "fast")
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of /metrics as (name, sorted labels) -> value."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+        return parse(reply.read().decode())
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition as (name, sorted labels) -> value."""
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -162,3 +168,95 @@ def test_per_minute_counts_older_than_the_window_are_trimmed(conn: redis.Redis) 
 def test_per_minute_refuses_a_window_longer_than_what_is_kept(conn: redis.Redis) -> None:
     with pytest.raises(ValueError, match="1..1440"):
         MetricsReader(conn, queues=["fast"]).per_minute("fast", minutes=2000)
+
+
+def test_a_metrics_hash_with_fields_it_does_not_know_is_read_without_them(conn: redis.Redis) -> None:
+    conn.hset(
+        FAST.metrics,
+        mapping={
+            "enqueued|fast.echo": 2,
+            "dead_lettered:exhausted|fast.echo": 1,
+            "run|fast.echo|1": 3,
+            f"run|fast.echo|{len(METRIC_BUCKETS_MS) + 1}": 1,  # the +Inf bucket
+            "run_ms|fast.echo": 1500,
+            "succeeded|fast.echo": "not a number",  # skipped, not an error
+            f"run|fast.echo|{len(METRIC_BUCKETS_MS) + 2}": 7,  # no such bucket
+            "wait|fast.echo|0": 7,  # buckets count from 1
+            "run|fast.echo|x": 7,
+            "bogus|fast.echo": 7,  # no such counter
+            "started|fast.echo": 7,  # derived when read, never taken from the hash
+            "junk": 7,
+            "a|b|c|d": 7,
+        },
+    )
+    snap = MetricsReader(conn, queues=["fast"]).snapshot()
+    assert sorted((c.name, c.job_name, c.reason, c.value) for c in snap.counters) == [
+        ("dead_lettered", "fast.echo", "exhausted", 1),
+        ("enqueued", "fast.echo", None, 2),
+        ("failed", "fast.echo", None, 1),
+    ]
+    [run] = snap.histograms
+    assert (run.name, run.count, run.sum_seconds) == ("run", 4, 1.5)
+    assert run.buckets[0] == (METRIC_BUCKETS_MS[0] / 1000, 3) and run.buckets[-1] == (float("inf"), 4)
+
+
+def test_without_a_queue_list_the_reader_finds_the_queues_with_metrics_or_workers_and_keeps_them_a_minute(
+    client: Client, conn: redis.Redis
+) -> None:
+    Echo.enqueue(text="counted")  # fast gets a metrics hash
+    conn.zadd("forgejobs:{reports}:workers", {"host-1/0": 1})
+    conn.hset("forgejobs:{}:metrics", "enqueued|x", 1)  # no queue name between the braces: not a queue
+    conn.hset("otherapp:{mail}:metrics", "enqueued|x", 1)  # another prefix
+    reader = MetricsReader(conn)
+    assert reader.queues() == ["fast", "reports"]
+    conn.hset("forgejobs:{late}:metrics", "enqueued|x", 1)
+    assert reader.queues() == ["fast", "reports"]  # found again only after a minute
+    assert MetricsReader(conn).queues() == ["fast", "late", "reports"]
+    snap = reader.snapshot()
+    assert snap.total("enqueued", "fast") == 1 and set(snap.jobs) == {"fast", "reports"}
+    assert MetricsReader(conn, Keys("otherapp")).queues() == ["mail"]
+
+
+def test_a_waiting_id_whose_job_is_gone_is_not_counted_in_the_oldest_wait(client: Client, conn: redis.Redis) -> None:
+    conn.rpush(FAST.wait(1), "ghost")  # at the head of priority 1's wait list, with no job hash
+    reader = MetricsReader(conn, queues=["fast"])
+    assert reader.snapshot().oldest_waiting == {"fast": None}
+    Echo.enqueue(text="real")  # the default priority's wait list: its head counts
+    oldest = reader.snapshot().oldest_waiting["fast"]
+    assert oldest is not None and oldest >= 0
+
+
+def call_asgi(app: Callable[..., Any], path: str = "/") -> tuple[int, bytes]:
+    """One GET of an ASGI app, as a server would make it: its status and body."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": b"", "headers": [], "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_the_wsgi_and_asgi_apps_serve_the_prometheus_text_of_the_configured_redis(
+    client: Client, conn: redis.Redis, settings: Settings
+) -> None:
+    Echo.enqueue(text="counted")
+    conn.sadd(Keys().paused, "fast")
+    started: list[str] = []
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    wsgi_body = b"".join(wsgi_app(settings, ["fast"])(environ, lambda status, headers: started.append(status)))
+    assert started == ["200 OK"]
+    status, asgi_body = call_asgi(asgi_app(settings, ["fast"]))
+    assert status == 200
+    for body in (wsgi_body, asgi_body):
+        samples = parse(body.decode())
+        assert value(samples, "forgejobs_jobs_enqueued_total", queue="fast", job_name="fast.echo") == 1
+        assert value(samples, "forgejobs_queue_jobs", queue="fast", state="waiting") == 1
+        assert value(samples, "forgejobs_queue_paused", queue="fast") == 1
+        assert value(samples, "forgejobs_workers_alive") == 0
