@@ -4,10 +4,12 @@ worker process."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -18,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from forgejobs import Client, Settings, tracing
+from forgejobs.envelope import Envelope
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.worker import Worker
 from forgejobs.status import Status
@@ -43,7 +46,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 def stored_envelope(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     raw = conn.hget(FAST.job(job_id), "d")
     assert raw is not None
-    return json.loads(raw)
+    return cast(dict[str, Any], json.loads(raw))
 
 
 def only(found: list[ReadableSpan], **where: Any) -> ReadableSpan:
@@ -94,7 +97,7 @@ def test_each_attempt_runs_in_a_consumer_span_of_the_enqueue_trace_current_while
 
     consumers = sorted(
         (s for s in spans.get_finished_spans() if s.kind is SpanKind.CONSUMER),
-        key=lambda s: (s.attributes or {})["forgejobs.job.attempt"],
+        key=lambda s: cast(int, (s.attributes or {})["forgejobs.job.attempt"]),
     )
     assert [s.name for s in consumers] == ["perform fast", "perform fast"]
     first, second = consumers
@@ -155,3 +158,74 @@ def test_the_trace_crosses_into_a_worker_process(
     assert span["links"] == [f"{producer.context.span_id:016x}"]
     assert span["attributes"]["messaging.message.id"] == handle.id
     assert span["attributes"]["forgejobs.outcome"] == "succeeded"
+
+
+# -- the consumer span on its own, and tracing switched off -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [None, {"traceparent": "not-a-traceparent"}, {"traceparent": f"00-{'0' * 32}-{'0' * 16}-01"}],
+    ids=["no trace", "unreadable trace", "invalid ids"],
+)
+def test_a_job_without_a_usable_trace_context_runs_in_a_root_span_without_links(
+    carrier: dict[str, str] | None, spans: InMemorySpanExporter
+) -> None:
+    envelope = Envelope(id="job-1", name="fast.echo", payload={}, attempt=3, trace=carrier)
+    before = trace.get_current_span()
+    with tracing.perform_span(envelope, "fast") as span:
+        assert trace.get_current_span() is span
+    assert trace.get_current_span() is before  # the extracted context, if any, was detached again
+    consumer = only(list(spans.get_finished_spans()), kind=SpanKind.CONSUMER)
+    assert consumer.parent is None and list(consumer.links) == []
+    assert (consumer.attributes or {})["forgejobs.job.attempt"] == 3
+
+
+@pytest.mark.parametrize(
+    ("word", "error", "status"),
+    [
+        ("succeeded", None, StatusCode.OK),
+        ("retry", "ValueError: boom", StatusCode.ERROR),
+        ("cancelled", None, StatusCode.UNSET),
+        ("rate_limited", None, StatusCode.UNSET),
+    ],
+)
+def test_the_outcome_sets_the_spans_status_only_for_success_and_errors(
+    word: str, error: str | None, status: StatusCode, spans: InMemorySpanExporter
+) -> None:
+    envelope = Envelope(id="job-1", name="fast.echo", payload={})
+    with tracing.perform_span(envelope, "fast") as span:
+        tracing.outcome(span, word, error)
+        tracing.record_exception(ValueError("seen"))
+    consumer = only(list(spans.get_finished_spans()), kind=SpanKind.CONSUMER)
+    assert (consumer.attributes or {})["forgejobs.outcome"] == word
+    assert consumer.status.status_code is status and consumer.status.description == error
+    assert [e.name for e in consumer.events] == ["exception"]  # record_exception went to the current span
+
+
+def test_with_no_tracer_provider_spans_are_none_and_reporting_on_them_does_nothing() -> None:
+    assert not tracing.enabled()
+    with tracing.perform_span(Envelope(id="job-1", name="fast.echo", payload={}), "fast") as span:
+        assert span is None
+        tracing.outcome(span, "retry", "ValueError: boom")
+        tracing.record_exception(ValueError("nowhere to go"))
+    assert tracing.enqueue_carrier("fast", "fast.echo", "job-1") == ""
+
+
+def test_without_opentelemetry_installed_tracing_is_off_even_with_a_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a copy of forgejobs.tracing imported as if opentelemetry-api were missing (the real module is untouched)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    spec = importlib.util.spec_from_file_location("forgejobs._tracing_without_otel", tracing.__file__)
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+
+    assert copy.trace is None
+    with copy.use_tracer_provider(TracerProvider()):
+        assert not copy.enabled()
+        assert copy.enqueue_carrier("fast", "fast.echo", "job-1") == ""
+        with copy.perform_span(Envelope(id="job-1", name="fast.echo", payload={}), "fast") as span:
+            assert span is None
+            copy.record_exception(ValueError("nowhere to go"))
