@@ -228,14 +228,27 @@ def test_field_type_names_what_has_no_such_field(tp: Any, name: str, problem: st
     assert wt.accepts_none(found)  # Any (or optional Any): nothing further is refused because of it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: forgejobs/workflows/types.py:76 takes every TypedDict for a plain Mapping (a TypedDict is a dict), "
-    "so field_type answers Any and the TypedDict branch at lines 79-83 never runs: its keys are not checked",
-)
 def test_field_type_reads_the_keys_of_a_typed_dict() -> None:
     assert wt.field_type(Keys, "seats") == (int, None)
     assert wt.field_type(Keys, "org_id") == (Any, "Keys has no key 'org_id' (keys: org, seats)")
+
+
+class Card(BaseModel):
+    id: str
+    last4: str
+
+
+class Invoice(BaseModel):
+    id: int
+
+
+def test_a_field_of_a_union_of_models_is_the_union_of_its_types_when_every_member_has_it() -> None:
+    assert wt.field_type(Card | Invoice, "id") == (str | int, None)
+    assert wt.field_type(Card | Invoice | None, "id") == (str | int | None, None)
+    assert wt.field_type(Card | Invoice, "last4") == (
+        Any,
+        "Card | Invoice: Invoice has no field 'last4' (fields: id)",
+    )
 
 
 @pytest.mark.parametrize(

@@ -72,21 +72,30 @@ def field_type(tp: Any, name: str) -> tuple[Any, str | None]:
         if name not in fields:
             return Any, f"{tp.__name__} has no field {name!r} (fields: {', '.join(fields) or 'none'})"
         return fields[name].annotation, None
-    origin = typing.get_origin(tp) or tp
-    if isinstance(origin, type) and issubclass(origin, Mapping):
-        args = typing.get_args(tp)
-        return (args[1] if len(args) == 2 else Any), None
-    hints = _typed_dict_hints(tp)
+    hints = _typed_dict_hints(tp)  # before Mapping: a TypedDict is a dict too, but its keys are known
     if hints is not None:
         if name not in hints:
             return Any, f"{tp.__name__} has no key {name!r} (keys: {', '.join(hints) or 'none'})"
         return hints[name], None
+    origin = typing.get_origin(tp) or tp
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        args = typing.get_args(tp)
+        return (args[1] if len(args) == 2 else Any), None
     if tp is NoneType:
         return Any, f"the output is None (perform returns nothing), so it has no field {name!r}"
-    if NoneType in members(tp) and len(members(tp)) > 1:
-        inner = [m for m in members(tp) if m is not NoneType]
+    union = members(tp)
+    if NoneType in union and len(union) > 1:
+        inner = [m for m in union if m is not NoneType]
         found, problem = field_type(inner[0] if len(inner) == 1 else typing.Union[tuple(inner)], name)  # noqa: UP007
         return optional(found), problem
+    if len(union) > 1:  # X | Y: the field must be on every member; its type is the union of theirs
+        found_types = []
+        for member in union:
+            found, problem = field_type(member, name)
+            if problem is not None:
+                return Any, f"{show(tp)}: {problem}"
+            found_types.append(found)
+        return typing.Union[tuple(found_types)], None  # noqa: UP007 - a runtime-built union
     return Any, f"{show(tp)} has no fields (only a model, TypedDict or mapping does)"
 
 
