@@ -79,6 +79,16 @@ def park(conn: redis.Redis, keys: QueueKeys, job_id: str, key: str) -> None:
         (["dead", "requeue"], "error: give one JOB_ID or --all"),
         (["dead", "requeue", "some-id", "--all"], "error: give one JOB_ID or --all"),
     ],
+    ids=[
+        "delay-nan",
+        "concurrency-0",
+        "processes-and-threads",
+        "interval-0",
+        "interval-61",
+        "after-not-an-id",
+        "requeue-nothing",
+        "requeue-one-and-all",
+    ],
 )
 def test_a_bad_option_is_refused_in_one_sentence_naming_it(
     env: dict[str, str], conn: redis.Redis, args: list[str], message: str
