@@ -24,7 +24,7 @@ from redis.retry import Retry
 from sqlalchemy.orm import Session, sessionmaker
 
 from forgejobs import Client, Context, Job, Registry, use_client
-from forgejobs.aftercommit import HeldEnqueue, HeldHandle, hold, send_soon
+from forgejobs.aftercommit import HeldEnqueue, HeldHandle, drop_held, hold, send_held, send_soon
 from forgejobs.aio import AsyncClient
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.errors import BackendError, BackendUnavailable, ForgeJobsError, NoSuchJob, ResultTimeout
@@ -614,3 +614,12 @@ def test_an_async_store_that_fails_drops_every_batch_logs_the_error_and_releases
     logged = [r for r in caplog.records if r.name == "forgejobs.aftercommit"]
     assert [r.getMessage() for r in logged] == ["storing jobs held until a commit failed"]
     assert logged[0].exc_info is not None and logged[0].exc_info[1] is error
+
+
+def test_a_held_handles_repr_names_the_job_and_its_state(own_client: Client) -> None:
+    sent, dropped = (hold(own_client, Echo, [{"text": t}], EnqueueOptions()) for t in ("sent", "dropped"))
+    assert repr(sent.handles[0]) == f"<HeldHandle fast.echo {sent.handles[0].id} held>"
+    send_held([sent])
+    drop_held([dropped], "rolled back")
+    assert repr(sent.handles[0]) == f"<HeldHandle fast.echo {sent.handles[0].id} sent>"
+    assert repr(dropped.handles[0]) == f"<HeldHandle fast.echo {dropped.handles[0].id} dropped>"
