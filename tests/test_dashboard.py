@@ -45,7 +45,7 @@ class Notify(Job, queue="email", attempts=1):
     count: int = 1
     fail: bool = False
 
-    def perform(self, ctx: Context) -> dict[str, str]:
+    def perform(self, ctx: Context[None]) -> dict[str, str]:
         ctx.log(f"sending to {self.to} with {self.api_key}")
         if self.fail:
             raise Unrecoverable(f"the provider refused key {self.api_key} for {self.to}")
@@ -57,7 +57,7 @@ class Ping(Job, queue="webhooks", attempts=1):
 
     url: str
 
-    def perform(self, ctx: Context) -> None:
+    def perform(self, ctx: Context[None]) -> None:
         return None
 
 
@@ -94,7 +94,8 @@ def no_dashboard_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def logged_in(app: object, base: str = "") -> TestClient:
-    return dashboard_login(app, TOKEN, base)
+    browser: TestClient = dashboard_login(app, TOKEN, base)
+    return browser
 
 
 def work(settings: Settings, client: Client, conn: redis.Redis) -> None:
@@ -244,7 +245,7 @@ def test_job_actions_delete_promote_cancel_retry_and_requeue(
     def post(path: str) -> str:
         reply = browser.post(path, data={"csrf_token": token})
         assert reply.status_code == 303, reply.text
-        return browser.get(reply.headers["location"]).text
+        return str(browser.get(reply.headers["location"]).text)
 
     assert "deleted" in post(f"/jobs/{waiting.id}/delete")
     assert waiting.status() is Status.UNKNOWN and conn.llen("forgejobs:{webhooks}:wait:p05") == 0

@@ -36,7 +36,7 @@ def test_mounted_in_flask_through_a2wsgi(dash_client: Client) -> None:
     app = Flask("shop")
     app.add_url_rule("/", "home", lambda: "the shop")
     dashboard = create_app(client=dash_client, auth=TokenAuth(TOKEN))
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/admin/queues": ASGIMiddleware(dashboard)})  # type: ignore[method-assign]
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/admin/queues": ASGIMiddleware(dashboard)})  # type: ignore[method-assign, dict-item, arg-type]
     browser = app.test_client()
 
     # then the app's own route still answers, and the dashboard asks for a login under its prefix
@@ -67,12 +67,12 @@ urlpatterns: list[Any] = []  # Django's URL conf for the test below: a single vi
 
 
 def test_mounted_in_front_of_a_django_asgi_application(dash_client: Client) -> None:
-    import django
-    from django.conf import settings as django_settings
-    from django.core.asgi import get_asgi_application
-    from django.http import HttpResponse
-    from django.test.utils import override_settings
-    from django.urls import path
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings as django_settings  # type: ignore[import-untyped]
+    from django.core.asgi import get_asgi_application  # type: ignore[import-untyped]
+    from django.http import HttpResponse  # type: ignore[import-untyped]
+    from django.test.utils import override_settings  # type: ignore[import-untyped]
+    from django.urls import path  # type: ignore[import-untyped]
     from starlette.applications import Starlette
     from starlette.routing import Mount
     from starlette.testclient import TestClient

@@ -52,14 +52,14 @@ class Register(Job, queue="dwf", attempts=1):
     who: str
     api_key: Annotated[str, Secret]
 
-    def perform(self, ctx: Context) -> Registered:
+    def perform(self, ctx: Context[None]) -> Registered:
         return Registered(greeting=f"hello {self.who}", note=f"registered with {self.api_key}")
 
 
 class Bill(Job, queue="dwf", attempts=1):
     org: str
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         if self.org == "org_bad":
             raise Unrecoverable(f"card declined for {self.org}")
         return len(self.org)
@@ -69,7 +69,7 @@ class Summary(Job, queue="dwf", attempts=1):
     amounts: list[int | None]
     greeting: str
 
-    def perform(self, ctx: Context) -> str:
+    def perform(self, ctx: Context[None]) -> str:
         return f"{self.greeting}: {sum(a or 0 for a in self.amounts)}"
 
 
@@ -88,14 +88,14 @@ class Stock(BaseModel):
 class Reserve(Job, queue="dwf", attempts=1):
     item: str
 
-    def perform(self, ctx: Context) -> str:
+    def perform(self, ctx: Context[None]) -> str:
         return f"reserved {self.item}"
 
 
 class Release(Job, queue="dwf", attempts=1):
     item: str
 
-    def perform(self, ctx: Context) -> None:
+    def perform(self, ctx: Context[None]) -> None:
         if self.item.startswith("broken"):
             raise Unrecoverable(f"could not release {self.item}")
 
@@ -103,7 +103,7 @@ class Release(Job, queue="dwf", attempts=1):
 class Ship(Job, queue="dwf", attempts=1):
     item: str
 
-    def perform(self, ctx: Context) -> int:
+    def perform(self, ctx: Context[None]) -> int:
         raise Unrecoverable(f"no stock for {self.item}")
 
 
@@ -141,7 +141,8 @@ def no_dashboard_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def logged_in(app: object) -> TestClient:
-    return dashboard_login(app, TOKEN)
+    browser: TestClient = dashboard_login(app, TOKEN)
+    return browser
 
 
 def run_to_end(settings: Settings, client: Client, conn: redis.Redis, run: WorkflowRun) -> str:
