@@ -69,7 +69,7 @@ def test_a_queue_whose_recovery_redis_refuses_does_not_hold_up_the_other_queues(
     assert worker.outage.since is None  # an answer from Redis is no outage
 
 
-def test_an_upkeep_pass_that_redis_refuses_is_logged_and_the_next_pass_runs(
+def test_an_upkeep_pass_redis_refuses_is_logged_without_raising_or_counting_as_an_outage(
     worker: Worker, conn: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn.set(worker.keys.paused, "not a set")  # refresh's SMEMBERS fails with WRONGTYPE
