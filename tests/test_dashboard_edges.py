@@ -388,7 +388,6 @@ def test_sessions_that_are_forged_malformed_or_expired_are_refused() -> None:
     good = signer.session("token", fingerprint)
     assert signer.session_user(good, fingerprint) == "token"
     assert signer.session_user(good, BasicAuth("ops", "correct horse").fingerprint()) is None
-    assert signer.session_user(good, fingerprint) == signer.session_user(good + "", fingerprint)
 
     def signed(body: str) -> str:
         return f"{body}.{signer.sign('session|' + fingerprint.hex(), body)}"
@@ -520,7 +519,11 @@ def test_an_enqueue_the_client_refuses_is_shown_on_the_form(edge_client: Client,
     reply = browser.post("/enqueue/edges.big", data={"csrf_token": token, "text": "x" * 200})
     assert reply.status_code == 422
     errors = re.search(r'id="form-errors">(.*?)</div>\s*<form', reply.text, re.S)
-    assert errors and "64" in errors.group(1) and "edges.big" in errors.group(1)
+    assert (
+        errors
+        and "edges.big: payload is 211 bytes, over the limit of 64 bytes; largest fields: text"
+        in html.unescape(errors.group(1))
+    )
     assert 'value="' + "x" * 200 + '"' in reply.text  # what was typed is kept to be shortened
     bad_delay = browser.post("/enqueue/edges.big", data={"csrf_token": token, "text": "ok", "delay": "soon"})
     assert bad_delay.status_code == 422 and "options: could not convert string to float" in bad_delay.text
@@ -716,7 +719,7 @@ def test_purge_with_a_filter_deletes_only_the_matching_dead_letters(
 
 def test_running_a_schedule_that_is_not_declared_is_refused(edge_client: Client) -> None:
     said = flash_after(logged_in(app_of(edge_client)), "/schedules/no-such-schedule/run")
-    assert "no-such-schedule" in said
+    assert said == "no schedule named 'no-such-schedule' (known: daily-note)"
     assert Inspector(edge_client.backend, edge_client.registry).jobs("edges", State.WAITING) == []
 
 
