@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -51,6 +53,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A CLI command run in this process (CliRunner) configures logging: the root level, a stderr handler, the
+    `forgejobs` logger's level. Undo it after each test, so no test's output depends on the tests before it."""
+    root, ours = logging.getLogger(), logging.getLogger("forgejobs")
+    levels, before = (root.level, ours.level), set(root.handlers)
+    yield
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -177,7 +193,11 @@ def start_worker(start_cli: Callable[..., WorkerProcess], conn: redis.Redis) -> 
 
     def slots() -> set[bytes]:
         """Every slot holding a lease on any queue (a dead worker's leave when another worker recovers them)."""
-        return {m for key in conn.scan_iter(match="forgejobs:{*}:workers") for m in conn.zrange(key, 0, -1)}
+        return {
+            m
+            for key in conn.scan_iter(match="forgejobs:{*}:workers")
+            for m in cast(list[bytes], conn.zrange(key, 0, -1))
+        }
 
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProcess:
         before = slots()
