@@ -38,6 +38,7 @@ __all__ = [
     "JobSummary",
     "State",
     "declared_options",
+    "job_name",
     "parse_state",
     "suggest",
 ]
@@ -178,6 +179,13 @@ def declared_options(options: JobOptions) -> dict[str, Any]:
     return out
 
 
+def job_name(detail: JobDetail) -> str | None:
+    """The job's name: from its record, or from its dead letter when the record is unreadable or gone."""
+    if detail.name is None and detail.dead_letter is not None:
+        return detail.dead_letter.name
+    return detail.name
+
+
 def masked(detail: JobDetail, model: type[BaseModel] | None) -> JobDetail:
     """`detail` with the payload's secret fields shown as `***`, and their values masked wherever they appear in
     its errors, traceback, log, result, progress and dead letter (see forgejobs.logs)."""
@@ -238,7 +246,7 @@ class Inspector:
         if self.registry is not None and detail.name is not None and detail.name in self.registry:
             options = self.registry.resolve(detail.name).options
             detail = detail.model_copy(update={"declared": declared_options(options)})
-        return masked(detail, job_model(self.registry, detail.name))
+        return masked(detail, job_model(self.registry, job_name(detail)))
 
     def jobs(
         self,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ from .forms import errors_by_field, fields_for, payload_from
 
 if TYPE_CHECKING:
     from ..client import Client
+
+log = logging.getLogger("forgejobs.dashboard")
 
 FLASH_COOKIE = "forgejobs_flash"
 OPEN_PATHS = ("/login", "/static/")
@@ -481,6 +484,13 @@ def build(config: Config) -> Starlette:
             return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
         return render(request, "error.html", status=exc.status_code, code=exc.status_code, message=exc.detail)
 
+    async def redis_error(request: Request, exc: Exception) -> Response:
+        message = f"Redis did not answer this page ({type(exc).__name__}: {exc}); reload once it is back"
+        log.warning("dashboard %s: %s", request.url.path, message)
+        if "/_/" in request.url.path:
+            return PlainTextResponse(f"503: {message}", status_code=503)
+        return render(request, "error.html", status=503, code=503, message=message)
+
     routes = [
         Route("/", overview, name="overview"),
         Route("/_/overview", overview),
@@ -509,7 +519,7 @@ def build(config: Config) -> Starlette:
     ]
     if config.metrics:
         routes.append(Route("/metrics", metrics))
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, redis.RedisError: redis_error})
     return app
 
 
@@ -551,7 +561,3 @@ def _read_flash(request: Request, signer: Signer) -> dict[str, str | None] | Non
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def guarded(app: Starlette, config: Config) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    return Guard(app, config)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 
 import click
-import redis
 
+from ..cliutil import _fail
 from ..errors import ForgeJobsError
 from ..settings import Settings
-
-
-def _fail(message: str) -> None:
-    """One line on stderr, `error: ...`, and exit status 1 (as every forgejobs command does)."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
 
 
 @click.command("dashboard")
@@ -35,17 +31,16 @@ def dashboard(settings: Settings, port: int, host: str, read_only: bool) -> None
         _fail(
             f"forgejobs dashboard needs the dashboard extra ({exc.name} is missing): pip install 'forgejobs[dashboard]'"
         )
-        return
     sys.path.insert(0, ".")  # the job package lives in the project directory
     try:
         app = create_app(settings, read_only=read_only)
     except ForgeJobsError as exc:
         _fail(str(exc))
-    except redis.RedisError as exc:
-        _fail(f"cannot reach Redis: {exc}")
+    try:  # listen before saying so: a port in use is one line and status 1, not uvicorn's log and status 3
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        _fail(f"--port {port}: cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}")
     mode = " (read-only)" if read_only else ""
     click.echo(f"serving the dashboard{mode} on http://{host}:{port}/", err=False)
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-    except OSError as exc:
-        _fail(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[listener])

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from ..deadletter import DeadLetter
-from ..inspection import Inspector, JobDetail, JobSummary, State
+from ..inspection import Inspector, JobDetail, JobSummary, State, job_name
 from ..logs import has_secrets, job_model, mask_payload, mask_text, secret_values
 from ..metrics import MetricsReader, MinuteCount
 
@@ -173,7 +173,7 @@ class Reader:
     def _secret_values(self, detail: JobDetail) -> list[str]:
         """The job's secret values as stored (the Inspector's copy may already show them as ***), to mask
         wherever they appear in text: errors, log lines, events."""
-        model = job_model(self.registry, detail.name)
+        model = job_model(self.registry, job_name(detail))
         if model is None or not has_secrets(model):
             return []
         stored = self.backend.job_detail(detail.id)
@@ -287,7 +287,7 @@ class JobView:
 
     @classmethod
     def of(cls, detail: JobDetail, registry: Any, stored_secrets: list[str] | None = None) -> JobView:
-        model = job_model(registry, detail.name)
+        model = job_model(registry, job_name(detail))
         payload = detail.payload
         if payload is None and detail.dead_letter is not None:
             payload = detail.dead_letter.payload
