@@ -161,10 +161,6 @@ def _enqueue_options(delay: str | None, priority: int | None, job_id: str | None
         return EnqueueOptions(delay=value, priority=priority, job_id=job_id)
     except ValidationError as exc:
         _fail(explain(exc, ENQUEUE_OPTION_NAMES))
-    except ValueError as exc:  # raised after the fields validated (e.g. a negative delay)
-        message = str(exc).replace("'delay'", "--delay")
-        _fail(message)
-    raise AssertionError("unreachable")  # _fail exits
 
 
 def _entry(registry: Registry, name: str) -> Any:

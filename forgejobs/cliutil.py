@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -21,7 +21,7 @@ from .settings import Settings
 __all__ = ["_client", "_errors", "_fail", "_registry", "_settings", "explain"]
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     # Piped output (CI, scripts, tests) gets wide lines instead of rich's 80-column default.
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)

@@ -129,7 +129,6 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
             handle = run(run_id, _client(settings))
         except NoSuchRun as exc:
             _fail(str(exc))
-            return
         if as_json:
             steps = {
                 n: {
@@ -190,7 +189,6 @@ def cancel(settings: Settings, run_id: str) -> None:
             handle = run(run_id, _client(settings))
         except NoSuchRun as exc:
             _fail(str(exc))
-            return
         if not handle.cancel():
             _fail(f"workflow run {run_id} has already ended ({handle.status()}): nothing to cancel")
     status = handle.status()
