@@ -81,6 +81,7 @@ def private_redis_server(binary: str) -> Iterator[str]:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()  # reap it: no zombie left behind
         shutil.rmtree(workdir, ignore_errors=True)
 
 

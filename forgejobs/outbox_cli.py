@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
+from .embedded import redact_url
 from .errors import ForgeJobsError
 from .settings import Settings
 
@@ -103,7 +104,7 @@ def relay(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     click.echo(
-        f"relaying from {where} to Redis at {settings.redis_url_or_default().split('@')[-1]}, {batch} rows per pass",
+        f"relaying from {where} to Redis at {redact_url(settings.redis_url_or_default())}, {batch} rows per pass",
         err=True,
     )
     sys.stderr.flush()
