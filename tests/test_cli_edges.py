@@ -289,9 +289,11 @@ def test_schedules_show_the_registered_next_run_and_the_last_run_manual_or_skipp
     tick = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     store.record(SCHEDULE, LastRun(tick=tick, job_id=None, fired_at=tick, note="skipped: the last run is running"))
     code, out = run_cli("schedules", env=env)
-    assert code == 0 and "2026-01-02 03:04:05 UTC: skipped: the last run is running" in out
+    assert code == 0 and "skipped:" in out  # the table wraps its cells to the terminal (longer paths, more lines)
     code, out = run_cli("schedules", "--json", env=env)
-    assert json.loads(out)[0]["last_run"]["status"] is None
+    last_run = json.loads(out)[0]["last_run"]
+    assert last_run["status"] is None and last_run["note"] == "skipped: the last run is running"
+    assert last_run["tick"] == "2026-01-02T03:04:05Z"
 
 
 # -- commands that run until signalled --------------------------------------------------------------------
