@@ -22,9 +22,10 @@ __all__ = ["_client", "_errors", "_fail", "_registry", "_settings", "explain"]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    # Piped output (CI, scripts, tests) gets wide lines instead of rich's 80-column default.
+    # One line however long (soft_wrap: the terminal folds it, rich inserts no newline), so a piped error is
+    # one line for grep and logs.
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 
 

@@ -386,3 +386,10 @@ def test_demo_whose_module_imports_something_missing_shows_that_import_error(
         run_cli("demo", env={**env, "FORGEJOBS_JOBS": "cli_edge_demo"})
 
     assert caught.value.name == "cli_edge_missing_dependency"
+
+
+def test_an_error_longer_than_the_output_width_stays_one_line(redis_url: str) -> None:
+    job_id = "a-job-id-nobody-enqueued-" * 10  # the error names it: over 200 characters
+    code, out = run_cli("job", job_id, env=cli_env(redis_url))
+    assert code == 1
+    assert out.startswith("error: ") and job_id in out and out.count("\n") == 1, out

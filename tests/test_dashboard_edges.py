@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import urllib.error
@@ -51,7 +50,7 @@ from forgejobs.scheduling import Repeater
 from forgejobs.specs import load_specs
 from forgejobs.status import Status
 from forgejobs.workflows import Step, Workflow
-from tests.conftest import ROOT, WorkerProcess
+from tests.conftest import WorkerProcess
 from tests.helpers import cli_env, csrf_of, dashboard_login, free_port, run_cli, wait_for
 
 pytestmark = pytest.mark.redis

@@ -5,9 +5,11 @@ The stand-in servers are small scripts of the test's own, given to `private_redi
 
 from __future__ import annotations
 
+import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,10 +59,14 @@ while True:
 
 
 @pytest.fixture
-def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The test's own directory for the servers' temporary folders (tempfile's, in this process)."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return tmp_path
+def own_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The test's own directory for the servers' temporary folders (tempfile's, in this process). A short one
+    in /tmp, not tmp_path: the Unix socket's path inside it must stay under 108 bytes (pytest-xdist's
+    tmp_path is long enough to pass that)."""
+    path = Path(tempfile.mkdtemp(prefix="fj-emb-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def executable(path: Path, text: str) -> str:
