@@ -56,13 +56,8 @@ class Unique(Job, queue="alpha", unique_for=timedelta(minutes=5)):
         return self.ref
 
 
-class UniqueTwin(Job, queue="alpha", unique_for=timedelta(minutes=5)):
-    """Another job type with Unique's first field: its payloads are never "the same job" as Unique's."""
-
-    ref: str
-
-    def perform(self, ctx: Context[None]) -> str:
-        return self.ref
+class UniqueTwin(Unique, queue="alpha"):
+    """Unique under another name: the same payload is never "the same job" as a Unique's."""
 
 
 class ByOrg(Job, queue="alpha", unique_for=timedelta(minutes=5), dedupe_key=lambda job: job.org.lower()):
