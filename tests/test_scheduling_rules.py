@@ -94,12 +94,13 @@ def test_sync_and_run_once_without_a_time_use_the_clock_now(both: FakeQueue) -> 
 
 
 def test_catch_up_all_after_more_ticks_than_are_walked_fires_the_newest_max_catch_up() -> None:
-    schedule = Schedule(every=1, catch_up="all", max_catch_up=5, overlap="allow")
+    # more than the misfire grace holds (60 ticks of 1 s): the newest 200 come from further back
+    schedule = Schedule(every=1, catch_up="all", max_catch_up=200, overlap="allow")
     due = utc(2026, 1, 1)
     now = due + timedelta(seconds=20_000)  # 20,001 due ticks, twice what a pass walks from the first
     fired, dropped = ticks_to_fire(schedule, due, now)
-    assert fired == [now - timedelta(seconds=s) for s in (4, 3, 2, 1, 0)]
-    assert dropped > 0
+    assert fired == [now - timedelta(seconds=s) for s in range(199, -1, -1)]
+    assert 10_000 <= dropped <= 20_001 - 200  # a lower bound past the walked ticks, never more than were due
 
 
 def test_catch_up_latest_after_more_ticks_than_are_walked_fires_only_the_newest() -> None:
@@ -108,7 +109,25 @@ def test_catch_up_latest_after_more_ticks_than_are_walked_fires_only_the_newest(
     now = due + timedelta(seconds=20_000)
     fired, dropped = ticks_to_fire(schedule, due, now)
     assert fired == [now]
-    assert 10_000 <= dropped <= 20_000  # a lower bound past the walked ticks, never more than were due
+    assert 10_000 <= dropped <= 20_000
+
+
+@pytest.mark.parametrize(("policy", "fired_from", "dropped"), [("all", 5, 5), ("latest", 10_004, 10_004)])
+def test_a_few_ticks_past_the_walked_ones_are_all_counted(policy: str, fired_from: int, dropped: int) -> None:
+    # 10,005 due ticks: the 10,000 walked from the first and the 5 after them, so the count is exact
+    schedule = Schedule(every=1, catch_up=policy, max_catch_up=10_000, overlap="allow")
+    due = utc(2026, 1, 1)
+    now = due + timedelta(seconds=10_004)
+    fired, dropped_count = ticks_to_fire(schedule, due, now)
+    assert fired == [due + timedelta(seconds=s) for s in range(fired_from, 10_005)]
+    assert dropped_count == dropped
+
+
+def test_catch_up_none_fires_a_tick_exactly_misfire_grace_late_and_not_one_later() -> None:
+    schedule = Schedule(every=600, catch_up="none", misfire_grace=60)
+    due = utc(2026, 1, 1, 0, 10)
+    assert ticks_to_fire(schedule, due, due + timedelta(seconds=60)) == ([due], 0)
+    assert ticks_to_fire(schedule, due, due + timedelta(seconds=61)) == ([], 1)
 
 
 def test_a_pass_drops_a_repeat_no_longer_declared_and_still_fires_the_ones_after_it() -> None:
