@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .client import Client
-from .cliutil import _client, _errors, _fail, _registry, _settings, explain
+from .cliutil import _client, _errors, _fail, _registry, _settings, explain, output_width
 from .errors import ForgeJobsError
 from .logs import configure_logging, job_model, mask_dead_letter
 from .options import EnqueueOptions
@@ -46,9 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def cli(ctx: click.Context, verbose: int, log_format: str | None) -> None:
     """forgejobs: declarative background jobs on Redis."""
     global console, err
-    # Piped output (CI, scripts, tests) gets wide tables instead of rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    console = Console(width=output_width(sys.stdout))
+    err = Console(stderr=True, width=output_width(sys.stderr))
     level = logging.WARNING - 10 * min(verbose, 2)
     settings = _settings()
     if log_format is not None:

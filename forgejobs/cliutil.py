@@ -4,6 +4,7 @@ outbox) import these from here, so none of them imports forgejobs.cli."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,13 +19,22 @@ from .errors import ForgeJobsError
 from .registry import Registry
 from .settings import Settings
 
-__all__ = ["_client", "_errors", "_fail", "_registry", "_settings", "explain"]
+__all__ = ["_client", "_errors", "_fail", "_registry", "_settings", "explain", "output_width"]
+
+
+def output_width(stream: Any) -> int | None:
+    """The width tables are drawn at: the terminal's; when piped (CI, scripts, tests) `$COLUMNS` if set, else
+    200 columns instead of rich's 80."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 200
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     # One line however long (soft_wrap: the terminal folds it, rich inserts no newline), so a piped error is
     # one line for grep and logs.
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    err = Console(stderr=True, width=output_width(sys.stderr))
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 

@@ -247,7 +247,9 @@ def test_check_shows_debounce_and_age_only_retention_and_no_workflow_table_when_
     (specs / "queues.yaml").write_text("queues:\n  search: {retention: {completed: {count: null, age: 2h}}}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    code, out = run_cli("check", env={"FORGEJOBS_JOBS": "cli_edge_jobs", "FORGEJOBS_SPECS": str(specs)})
+    # wide enough that no cell wraps, however long tmp_path is (COLUMNS sets the width of piped output)
+    env = {"FORGEJOBS_JOBS": "cli_edge_jobs", "FORGEJOBS_SPECS": str(specs), "COLUMNS": "1000"}
+    code, out = run_cli("check", env=env)
 
     assert code == 0, out
     row = next(line for line in out.splitlines() if "search.reindex" in line)
@@ -393,3 +395,13 @@ def test_an_error_longer_than_the_output_width_stays_one_line(redis_url: str) ->
     code, out = run_cli("job", job_id, env=cli_env(redis_url))
     assert code == 1
     assert out.startswith("error: ") and job_id in out and out.count("\n") == 1, out
+
+
+def test_piped_output_is_drawn_at_the_columns_asked_for_or_else_200(env: dict[str, str]) -> None:
+    widths = {}
+    for columns in ("60", "", "wide"):
+        code, out = run_cli("info", env={**env, "COLUMNS": columns})
+        assert code == 0, out
+        widths[columns] = max(len(line) for line in out.splitlines())
+    assert widths["60"] <= 60 < widths[""] <= 200  # the queue table is wider than 60 columns
+    assert widths["wide"] == widths[""]  # not a number: the default

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from forgejobs.registry import Registry
 from forgejobs.specs import QueueSpec, Specs
 from forgejobs.testing import FakeQueue
 from forgejobs.workflows import Step, Workflow, WorkflowError, chain
+from forgejobs.workflows import engine as engine_module
 from forgejobs.workflows import run as run_module
 from forgejobs.workflows import types as wt
 from forgejobs.workflows import worker as worker_module
@@ -706,6 +708,16 @@ def test_an_active_run_whose_record_vanished_leaves_the_active_set(
     recovery.recover()
     assert store.active_runs() == [kept.id]
     assert kept.status() == "running"
+
+
+def test_runs_started_within_one_millisecond_are_listed_in_the_order_they_started(
+    edge_client: Client, recovery: WorkerWorkflows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen = types.SimpleNamespace(time_ns=lambda: 1_764_567_890_123_456_789)  # every start in the same ms
+    monkeypatch.setattr(engine_module, "time", frozen)
+    started = [start(EdgeChain.plan, {"user_id": f"usr_{i}"}, client=edge_client).id for i in range(40)]
+    assert recovery.store.runs() == started
+    assert recovery.store.active_runs() == started
 
 
 def test_a_step_left_ready_without_any_instance_is_enqueued_after_a_whole_pass(

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from ..cliutil import _client, _errors, _fail
+from ..cliutil import _client, _errors, _fail, output_width
 from ..settings import Settings
 from .run import NoSuchRun, WorkflowRun, engine_for, run, start
 from .store import TERMINAL
@@ -20,7 +20,7 @@ from .store import TERMINAL
 
 def _console() -> Console:
     """A console for stdout; piped output gets wide lines instead of rich's 80-column default."""
-    return Console(width=None if sys.stdout.isatty() else 200)
+    return Console(width=output_width(sys.stdout))
 
 
 _COLOURS = {"done": "green", "succeeded": "green", "failed": "red", "timed_out": "red", "cancelled": "yellow"}
