@@ -123,6 +123,26 @@ def test_a_few_ticks_past_the_walked_ones_are_all_counted(policy: str, fired_fro
     assert dropped_count == dropped
 
 
+def test_exactly_as_many_ticks_as_are_walked_are_all_fired_and_none_counted_as_dropped() -> None:
+    schedule = Schedule(every=1, catch_up="all", max_catch_up=10_000, overlap="allow")
+    due = utc(2026, 1, 1)
+    fired, dropped = ticks_to_fire(schedule, due, due + timedelta(seconds=9_999))
+    assert (len(fired), fired[0], fired[-1], dropped) == (10_000, due, due + timedelta(seconds=9_999), 0)
+
+
+@pytest.mark.parametrize(("policy", "fired_count"), [("latest", 1), ("all", 100)])
+def test_the_dropped_count_past_the_walked_ticks_never_exceeds_the_ticks_that_were_due(
+    policy: str, fired_count: int
+) -> None:
+    # 10,100 due ticks: more past the walked 10,000 than the misfire window (60 ticks) holds
+    schedule = Schedule(every=1, catch_up=policy, overlap="allow")
+    due = utc(2026, 1, 1)
+    now = due + timedelta(seconds=10_099)
+    fired, dropped = ticks_to_fire(schedule, due, now)
+    assert fired == [now - timedelta(seconds=s) for s in range(fired_count - 1, -1, -1)]
+    assert 10_000 - fired_count <= dropped <= 10_100 - fired_count
+
+
 def test_catch_up_none_fires_a_tick_exactly_misfire_grace_late_and_not_one_later() -> None:
     schedule = Schedule(every=600, catch_up="none", misfire_grace=60)
     due = utc(2026, 1, 1, 0, 10)
@@ -187,11 +207,11 @@ def test_an_enqueued_tick_is_logged_once_not_by_a_scheduler_that_finds_it_there(
     first = Repeater(both.client, MemoryRepeatStore())
     late = Repeater(both.client, MemoryRepeatStore())  # its own store: it does not know the tick fired
     assert first.fire(first.schedules["files.sweep"], tick, tick) is not None
+    line = "files.sweep: enqueued tick 2026-01-01T00:10:00+00:00 as files_sweep-20260101T001000Z"
+    assert scheduler_lines(caplog) == [line]  # said by the scheduler that enqueued it
     again = late.fire(late.schedules["files.sweep"], tick, tick)
     assert again is not None and again.existing
-    assert scheduler_lines(caplog) == [
-        "files.sweep: enqueued tick 2026-01-01T00:10:00+00:00 as files_sweep-20260101T001000Z"
-    ]
+    assert scheduler_lines(caplog) == [line]  # and not again by one that found it there
 
 
 # -- run_now ------------------------------------------------------------------------------------------
