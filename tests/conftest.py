@@ -25,6 +25,11 @@ from tests.helpers import ROOT, SAMPLE_JOBS, SAMPLE_SPECS, cli_env, free_port, w
 
 __all__ = ["ROOT", "SAMPLE_JOBS", "SAMPLE_SPECS", "WorkerProcess", "free_port", "wait_for"]  # older imports
 
+# pytest-xdist's workers are given COLUMNS=80, and the CLI draws piped tables at $COLUMNS when set: the tests
+# read tables drawn at the piped default (200 columns) whoever runs them, in this process and in the
+# subprocesses they start.
+os.environ.pop("COLUMNS", None)
+
 REDIS_HOST = os.environ.get("FORGEJOBS_TEST_REDIS", "redis://127.0.0.1:6379")
 CLAIM_KEY = "forgejobs-test:claimed-by"
 # Set by `./dev mutate`: run only the tests that stay in this process (mutmut runs them once per mutant).
