@@ -7,9 +7,12 @@ that it fails for one job only. No worker threads are started: the upkeep's step
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +20,11 @@ import redis
 
 from forgejobs import Client, Reason, Registry, Settings
 from forgejobs.keys import QueueKeys
+from forgejobs.metrics import MetricsReader
+from forgejobs.runtime.corrupt import read_record
 from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker
+from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS
 from tests.samplejobs.basic import Echo, Slow
 
 pytestmark = pytest.mark.redis
@@ -44,6 +50,16 @@ def envelope(conn: redis.Redis, keys: QueueKeys, job_id: str) -> dict[str, Any]:
     stored = conn.hget(keys.job(job_id), "d")
     assert isinstance(stored, bytes), f"no envelope stored for {job_id}"
     return dict(json.loads(stored))
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The worker's log lines, each exactly as formatted."""
+    return [r.getMessage() for r in caplog.records if r.name == "forgejobs.worker"]
+
+
+def server_ms(conn: redis.Redis) -> int:
+    seconds, micros = conn.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def events_of(client: Client, job_id: str) -> list[str]:
@@ -131,7 +147,7 @@ def test_one_stalled_job_redis_refuses_to_settle_does_not_hold_up_the_jobs_behin
 
     worker.upkeep.settle(worker.states["slow"])
 
-    assert f"slow: could not settle stalled job {first.id.encode()!r}; going on" in caplog.text
+    assert f"slow: could not settle stalled job {first.id.encode()!r}; going on" in messages(caplog)
     assert conn.lrange(SLOW.stalled, 0, -1) == [first.id.encode()]  # kept for the next pass
     assert conn.lrange(SLOW.wait(5), 0, -1) == [second.id.encode()]  # settled: retried as attempt 2
     assert envelope(conn, SLOW, second.id)["attempt"] == 2
@@ -201,3 +217,215 @@ def test_a_stalled_job_of_an_unknown_type_goes_back_to_its_queue_for_execution_t
     assert client.backend.dead_letters.count() == 0
     worker.events.flush()
     assert "stalled" not in events_of(client, handle.id)
+
+
+def failed_in_last_minutes(conn: redis.Redis, queue: str) -> int:
+    """Failed attempts the per-minute counts hold for `queue` in the current and the previous minute."""
+    return sum(m.failed for m in MetricsReader(conn, queues=[queue]).per_minute(queue, minutes=2))
+
+
+def counters(conn: redis.Redis, queue: str) -> dict[tuple[str, str, str | None], int]:
+    """The stored counters of `queue` (not the derived ones) as (name, job name, reason) -> value."""
+    snapshot = MetricsReader(conn, queues=[queue]).snapshot()
+    return {(c.name, c.job_name, c.reason): c.value for c in snapshot.counters if c.name not in ("started", "failed")}
+
+
+def _string(conn: redis.Redis, key: str) -> None:
+    conn.set(key, "not a hash")
+
+
+def _binary(conn: redis.Redis, key: str) -> None:
+    conn.set(key, b"\xff\xfe\x00")
+
+
+def _long_list(conn: redis.Redis, key: str) -> None:
+    conn.rpush(key, *[str(i) for i in range(1001)])
+
+
+def _set(conn: redis.Redis, key: str) -> None:
+    conn.sadd(key, "b", "c", "a")
+
+
+def _zset(conn: redis.Redis, key: str) -> None:
+    conn.zadd(key, {"m": 1.5, "n": 2})
+
+
+def _stream(conn: redis.Redis, key: str) -> None:
+    conn.xadd(key, {"k": "v"}, id="1-1")
+
+
+@pytest.mark.parametrize(
+    ("write", "kind", "raw"),
+    [
+        (_string, "string", "not a hash"),
+        (_binary, "string", "base64:" + base64.b64encode(b"\xff\xfe\x00").decode()),
+        (_long_list, "list", json.dumps([str(i) for i in range(1000)])),  # the first 1000 elements, in order
+        (_set, "set", '["a", "b", "c"]'),
+        (_zset, "zset", '[["m", 1.5], ["n", 2.0]]'),
+        (_stream, "stream", '[["1-1", {"k": "v"}]]'),
+    ],
+    ids=["string", "binary-string", "list-of-1001", "set", "zset", "stream"],
+)
+def test_a_stalled_record_that_is_not_a_hash_is_dead_lettered_with_its_queue_type_and_content(
+    worker: Worker,
+    client: Client,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    write: Callable[[redis.Redis, str], None],
+    kind: str,
+    raw: str,
+) -> None:
+    write(conn, FAST.job("garbled"))
+    conn.rpush(FAST.stalled, "garbled")
+    caplog.set_level(logging.ERROR, "forgejobs.worker")
+
+    worker.upkeep.settle(worker.states["fast"])
+
+    letter = client.dead_letter("garbled")
+    assert letter.queue == "fast" and letter.reason is Reason.CORRUPT
+    assert letter.error == f"corrupt record: a {kind}, not a hash"
+    assert letter.raw == raw
+    assert messages(caplog) == [f"dead-lettered garbled from fast: corrupt record: a {kind}, not a hash"]
+    assert conn.llen(FAST.stalled) == 0
+
+
+def test_the_record_read_at_a_missing_key_is_of_type_none_and_empty(conn: redis.Redis) -> None:
+    assert read_record(conn, FAST.job("never-written")) == ("none", "")
+
+
+def test_a_corrupt_record_counts_as_one_corrupt_dead_letter_and_one_failed_attempt_of_an_unknown_job(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    conn.set(FAST.job("garbled"), "not a hash")
+    conn.hset(FAST.job("hollow"), mapping={"s": "active"})
+    conn.rpush(FAST.stalled, "garbled", "hollow")
+
+    worker.upkeep.settle(worker.states["fast"])
+
+    assert counters(conn, "fast") == {("dead_lettered", "?", "corrupt"): 2}
+    assert failed_in_last_minutes(conn, "fast") == 2
+    hollow = client.dead_letter("hollow")
+    assert hollow.queue == "fast" and hollow.raw == '{"s": "active"}'
+
+
+def test_a_stalled_job_whose_record_is_gone_leaves_no_metrics_behind(worker: Worker, conn: redis.Redis) -> None:
+    conn.rpush(FAST.stalled, "expired-meanwhile")
+
+    worker.upkeep.settle(worker.states["fast"])
+
+    assert conn.llen(FAST.stalled) == 0
+    assert conn.exists(FAST.metrics, FAST.minutes) == 0
+
+
+def test_one_settling_pass_takes_the_first_fifty_stalled_jobs_and_leaves_the_rest_for_the_next(
+    worker: Worker, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = [f"gone-{i}" for i in range(52)]
+    conn.rpush(FAST.stalled, *ids)
+    caplog.set_level(logging.WARNING, "forgejobs.worker")
+
+    worker.upkeep.settle(worker.states["fast"])
+
+    assert conn.lrange(FAST.stalled, 0, -1) == [b"gone-50", b"gone-51"]
+    assert messages(caplog) == [f"fast: stalled job {i} has no record left; dropped" for i in ids[:50]]
+
+
+@pytest.mark.parametrize(
+    ("stored", "wait_list"),
+    [("1", 1), ("3", 3), ("10", 10), ("11", 5), ("0", 5), ("high", 5), (None, 5)],
+)
+def test_a_stalled_job_retried_at_once_waits_at_its_stored_priority_or_at_5_when_that_is_not_1_to_10(
+    worker: Worker, client: Client, conn: redis.Redis, stored: str | None, wait_list: int
+) -> None:
+    handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
+    conn.lrem(SLOW.wait(5), 0, handle.id)
+    conn.rpush(SLOW.stalled, handle.id)
+    if stored is None:
+        conn.hdel(SLOW.job(handle.id), "p")
+    else:
+        conn.hset(SLOW.job(handle.id), "p", stored)
+
+    worker.upkeep.settle(worker.states["slow"])
+
+    assert conn.lrange(SLOW.wait(wait_list), 0, -1) == [handle.id.encode()]
+    assert envelope(conn, SLOW, handle.id)["attempt"] == 2
+
+
+def test_a_stalled_job_of_an_unknown_type_is_requeued_ahead_of_the_waiting_jobs_and_counted_nowhere(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    handle = Echo.enqueue(text="renamed")
+    waiting = Echo.enqueue(text="waiting")
+    renamed = {**envelope(conn, FAST, handle.id), "name": "fast.no-such-job"}
+    conn.hset(FAST.job(handle.id), "d", json.dumps(renamed))
+    strand(conn, FAST, handle.id)
+    metrics_before, minutes_before = conn.hgetall(FAST.metrics), conn.hgetall(FAST.minutes)
+
+    worker.upkeep.recover(worker.states["fast"])
+
+    assert conn.lrange(FAST.wait(5), 0, -1) == [handle.id.encode(), waiting.id.encode()]  # taken next
+    assert conn.hget(FAST.job(handle.id), "s") == b"queued"
+    assert conn.hgetall(FAST.metrics) == metrics_before and conn.hgetall(FAST.minutes) == minutes_before
+
+
+@pytest.fixture
+def tuned(settings: Settings, conn: redis.Redis, tmp_path: Path) -> Worker:
+    """A worker of the slow queue whose specs give slow.slow a 600 s backoff and a 2-day failure TTL."""
+    shutil.copy(SAMPLE_SPECS / "queues.yaml", tmp_path / "queues.yaml")
+    (tmp_path / "jobs.yaml").write_text(
+        "jobs:\n  slow.slow:\n    backoff: {kind: fixed, seconds: 600}\n    failure_ttl: 2d\n"
+    )
+    tuned_settings = Settings(redis_url=settings.redis_url, jobs=SAMPLE_JOBS, specs=tmp_path)
+    registry = Registry.load(tuned_settings)
+    return Worker(tuned_settings, registry, queues=["slow"], connection=conn, resources=object())
+
+
+def test_a_stalled_job_with_a_backoff_is_scheduled_that_long_after_the_stall_and_counted_as_stalled_and_retried(
+    tuned: Worker, client: Client, conn: redis.Redis
+) -> None:
+    handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
+    strand(conn, SLOW, handle.id)
+    before = server_ms(conn)
+
+    tuned.upkeep.recover(tuned.states["slow"])
+
+    after = server_ms(conn)
+    due = conn.zscore(SLOW.delayed, handle.id)
+    assert due is not None and before + 600_000 <= due <= after + 600_000
+    assert conn.hget(SLOW.job(handle.id), "s") == b"scheduled"
+    assert conn.llen(SLOW.wait(5)) == 0 and conn.llen(SLOW.stalled) == 0
+    stored = envelope(conn, SLOW, handle.id)
+    assert stored["id"] == handle.id and stored["attempt"] == 2
+    assert counters(conn, "slow") == {
+        ("enqueued", "slow.slow", None): 1,
+        ("stalled", "slow.slow", None): 1,
+        ("retried", "slow.slow", None): 1,
+    }
+    assert failed_in_last_minutes(conn, "slow") == 1
+
+
+def test_a_stalled_job_on_its_last_attempt_fails_for_its_failure_ttl_and_is_dead_lettered_from_its_queue(
+    tuned: Worker, client: Client, conn: redis.Redis
+) -> None:
+    handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
+    last = {**envelope(conn, SLOW, handle.id), "attempt": 2}
+    conn.hset(SLOW.job(handle.id), "d", json.dumps(last))
+    strand(conn, SLOW, handle.id)
+    before = server_ms(conn)
+
+    tuned.upkeep.recover(tuned.states["slow"])
+
+    after = server_ms(conn)
+    two_days = 2 * 86_400_000
+    expires = conn.zscore(SLOW.failed, handle.id)
+    assert expires is not None and before + two_days <= expires <= after + two_days
+    assert conn.hget(SLOW.job(handle.id), "s") == b"failed"
+    assert conn.llen(SLOW.wait(5)) == 0 and conn.zcard(SLOW.delayed) == 0
+    letter = client.dead_letter(handle.id)
+    assert letter.queue == "slow" and letter.reason is Reason.STALLED and letter.name == "slow.slow"
+    assert counters(conn, "slow") == {
+        ("enqueued", "slow.slow", None): 1,
+        ("stalled", "slow.slow", None): 1,
+        ("dead_lettered", "slow.slow", "stalled"): 1,
+    }
+    assert failed_in_last_minutes(conn, "slow") == 1
