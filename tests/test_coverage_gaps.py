@@ -3,26 +3,33 @@ arguments that cannot work, the dead-letter limit, and an enqueue larger than on
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
-from forgejobs import Client, Job, Registry, RetryLater, Settings
+from forgejobs import Client, Context, Job, Registry, RetryLater, Settings
+from forgejobs.backends.fake import FakeBackend, FakeClock
 from forgejobs.backends.redis import BATCH, RedisBackend, RedisDeadLetters
+from forgejobs.backends.rqscheduler import repeat_placeholder
 from forgejobs.deadletter import DeadLetter, Reason
-from forgejobs.errors import ForgeJobsError, OptionsError, SpecError
-from forgejobs.events import MemoryEventStream
-from forgejobs.inspection import Inspector
+from forgejobs.errors import ForgeJobsError, OptionsError, RegistryError, SpecError, UnknownJob, error_fields
+from forgejobs.events import Event, EventKind, Hooks, MemoryEventStream
+from forgejobs.handle import JobHandle
+from forgejobs.inspection import Inspector, State, declared_options
 from forgejobs.keys import Keys
+from forgejobs.logs import MASK, JsonFormatter, configure_logging, mask_value
 from forgejobs.outbox import Outbox
 from forgejobs.runtime.worker import slots_per_queue
-from forgejobs.specs import load_specs
+from forgejobs.specs import QueueSpec, Specs, load_specs
 from forgejobs.sqlalchemy import enqueue_after_commit
 from forgejobs.workflows import Workflow, WorkflowError
-from tests.samplejobs.basic import Echo
+from tests.samplejobs.basic import CallEndpoint, Echo
 
 
 def _job_class(**keywords: object) -> type[Job]:
@@ -33,6 +40,7 @@ def _job_class(**keywords: object) -> type[Job]:
     ("keywords", "message"),
     [
         ({"bogus": 1}, "Refused: unknown option(s) bogus; valid options are abstract, attempts,"),
+        ({"_private": 1}, "Refused: unknown option(s) _private; valid options are abstract, attempts,"),
         ({"every": "soon"}, "Refused: option every: Value error, cannot read 'soon' as a duration"),
         ({"unique_for": 10, "debounce": 5}, "Refused: give unique_for or debounce, not both"),
         ({"rate_limit_key": "ref"}, "Refused: rate_limit_key needs a rate_limit"),
@@ -128,3 +136,170 @@ def test_enqueue_many_of_more_than_one_batch_stores_every_job(client: Client) ->
     assert client.backend.counts(["fast"])[0].waiting == BATCH + 3
     assert isinstance(client.backend, RedisBackend)
     assert client.backend.state(handles[-1].id).status.value == "queued"
+
+
+class Named(Job, queue="fast", name="coverage.same"):
+    n: int
+
+    def perform(self, ctx: Context[None]) -> None:
+        return None
+
+
+class NamedTwin(Job, queue="fast", name="coverage.same"):
+    n: int
+
+    def perform(self, ctx: Context[None]) -> None:
+        return None
+
+
+FAST = Specs(queues={"fast": QueueSpec()})
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_ensure_refuses_a_class_whose_name_another_class_holds(strict: bool) -> None:
+    registry = Registry([Named], FAST, strict=strict)
+    with pytest.raises(RegistryError, match="job name 'coverage.same' belongs to Named"):
+        registry.ensure(NamedTwin)
+
+
+def test_a_strict_registry_refuses_an_unregistered_class() -> None:
+    with pytest.raises(UnknownJob, match=r"Echo \(fast.echo\) is not registered: is its module inside the job package"):
+        Registry([Named], FAST).ensure(Echo)
+
+
+def test_a_class_registered_twice_is_registered_once() -> None:
+    assert [entry.job_type for entry in Registry([Named, Named], FAST)] == [Named]
+
+
+def test_the_fake_clock_does_not_go_backwards() -> None:
+    clock = FakeClock()
+    before = clock.now()
+    with pytest.raises(ValueError, match="the fake clock does not go backwards"):
+        clock.advance(timedelta(seconds=-1))
+    assert clock.now() == before
+
+
+def test_the_fake_backend_counts_jobs_per_queue() -> None:
+    fake = Client(FakeBackend(), Registry([Echo], FAST))
+    Echo.with_options(client=fake).enqueue_many([{"text": "a"}, {"text": "b"}])
+    Echo.with_options(client=fake, delay=60).enqueue(text="later")
+    fast, other = fake.backend.counts(["fast", "other"])
+    assert (fast.queue, fast.waiting, fast.scheduled, fast.running, fast.finished, fast.failed) == (
+        "fast",
+        2,
+        1,
+        0,
+        0,
+        0,
+    )
+    assert (other.queue, other.waiting, other.scheduled) == ("other", 0, 0)
+
+
+def test_declared_options_show_a_rate_limit() -> None:
+    assert declared_options(CallEndpoint.__forgejobs_options__)["rate_limit"] == "2/1s"
+
+
+def test_an_inspector_without_a_registry_needs_a_queue(client: Client) -> None:
+    with pytest.raises(ForgeJobsError, match="no queue to look in: give a queue, or an Inspector with a registry"):
+        Inspector(client.backend).jobs()
+
+
+def test_masking_that_would_break_a_json_value_hides_all_of_it() -> None:
+    assert mask_value([1, 2], ["1, 2"]) == MASK
+    assert mask_value({"note": "say hunter2"}, ["hunter2"]) == {"note": f"say {MASK}"}
+
+
+def test_an_unknown_log_format_is_refused() -> None:
+    handlers = list(logging.getLogger().handlers)
+    with pytest.raises(ValueError, match="log format must be 'text' or 'json', not 'xml'"):
+        configure_logging("xml")  # type: ignore[arg-type]
+    assert logging.getLogger().handlers == handlers
+
+
+def test_a_json_log_line_carries_the_exception() -> None:
+    try:
+        raise KeyError("lost")
+    except KeyError:
+        record = logging.getLogger("coverage").makeRecord(
+            "coverage", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "failed"
+    assert line["exception"].startswith("Traceback") and "KeyError: 'lost'" in line["exception"]
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "kind"),
+    [
+        ("on_enqueued", EventKind.ENQUEUED),
+        ("on_started", EventKind.STARTED),
+        ("on_progress", EventKind.PROGRESS),
+        ("on_retrying", EventKind.RETRYING),
+        ("on_stalled", EventKind.STALLED),
+        ("on_deduplicated", EventKind.DEDUPLICATED),
+        ("on_aborted", EventKind.ABORTED),
+        ("on_cancelled", EventKind.CANCELLED),
+    ],
+)
+def test_each_hook_shortcut_hears_its_own_kind_only(shortcut: str, kind: EventKind) -> None:
+    hooks = Hooks()
+    heard: list[EventKind] = []
+    getattr(hooks, shortcut)(lambda event: heard.append(event.kind))
+    for each in (EventKind.COMPLETED, kind):
+        hooks.emit(Event(kind=each, job_id="j", name="fast.echo", queue="fast"))
+    assert heard == [kind]
+
+
+def test_the_memory_event_stream_counts_what_it_holds() -> None:
+    stream = MemoryEventStream()
+    stream.append_many(
+        [Event(kind=EventKind.ENQUEUED, job_id=str(n), name="fast.echo", queue="fast") for n in range(3)]
+    )
+    assert len(stream) == 3
+
+
+def test_error_fields_name_the_type_and_message() -> None:
+    assert error_fields(ValueError("bad input")) == {"type": "ValueError", "message": "bad input"}
+
+
+def test_handles_of_one_job_are_one_set_member(client: Client) -> None:
+    assert len({JobHandle(client, "same"), JobHandle(client, "same"), JobHandle(client, "other")}) == 2
+
+
+def test_a_repeat_entry_run_as_an_rq_job_says_what_to_run_instead() -> None:
+    with pytest.raises(RuntimeError, match="run `forgejobs scheduler`, not `rqscheduler`"):
+        repeat_placeholder()
+
+
+def test_unknown_job_ids_are_not_promoted_and_have_no_log(client: Client) -> None:
+    assert client.backend.promote("no-such-job") is False
+    assert client.backend.logs("no-such-job") == []
+
+
+def test_obliterating_an_unused_queue_removes_nothing(client: Client) -> None:
+    Echo.with_options(client=client).enqueue(text="kept")
+    assert client.backend.obliterate("slow") == 0
+    assert client.backend.counts(["fast"])[0].waiting == 1
+
+
+def test_a_job_key_that_is_not_a_hash_is_shown_raw(client: Client, conn: redis.Redis, settings: Settings) -> None:
+    conn.set(Keys(settings.key_prefix).queue("fast").job("broken"), "not a hash")
+    detail = client.backend.job_detail("broken")
+    assert detail is not None and detail.raw == "string: not a hash"
+
+
+def test_a_waiting_id_without_a_record_is_listed_without_a_name(
+    client: Client, conn: redis.Redis, settings: Settings
+) -> None:
+    conn.rpush(Keys(settings.key_prefix).queue("fast").wait(5), "ghost")
+    [ghost] = client.backend.list_jobs("fast", State.WAITING)
+    assert (ghost.id, ghost.state, ghost.name, ghost.enqueued_at) == ("ghost", State.WAITING, None, None)
+
+
+def test_a_finish_time_that_is_not_a_number_is_shown_as_none(
+    client: Client, conn: redis.Redis, settings: Settings
+) -> None:
+    handle = Echo.with_options(client=client).enqueue(text="a")
+    conn.hset(Keys(settings.key_prefix).queue("fast").job(handle.id), "ft", "abc")
+    [summary] = client.backend.list_jobs("fast", State.WAITING)
+    assert summary.id == handle.id and summary.finished_at is None
