@@ -3,17 +3,21 @@ arguments that cannot work, the dead-letter limit, and an enqueue larger than on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import redis
+from pydantic import BaseModel, Field
 
 from forgejobs import Client, Context, Job, Registry, RetryLater, Settings
+from forgejobs.aio import AsyncClient
 from forgejobs.backends.fake import FakeBackend, FakeClock
 from forgejobs.backends.redis import BATCH, RedisBackend, RedisDeadLetters
 from forgejobs.backends.rqscheduler import repeat_placeholder
@@ -23,7 +27,7 @@ from forgejobs.events import Event, EventKind, Hooks, MemoryEventStream
 from forgejobs.handle import JobHandle
 from forgejobs.inspection import Inspector, State, declared_options
 from forgejobs.keys import Keys
-from forgejobs.logs import MASK, JsonFormatter, configure_logging, mask_value
+from forgejobs.logs import MASK, JsonFormatter, Secret, configure_logging, mask_payload, mask_value, secret_values
 from forgejobs.outbox import Outbox
 from forgejobs.runtime.worker import slots_per_queue
 from forgejobs.specs import QueueSpec, Specs, load_specs
@@ -303,3 +307,60 @@ def test_a_finish_time_that_is_not_a_number_is_shown_as_none(
     conn.hset(Keys(settings.key_prefix).queue("fast").job(handle.id), "ft", "abc")
     [summary] = client.backend.list_jobs("fast", State.WAITING)
     assert summary.id == handle.id and summary.finished_at is None
+
+
+def test_an_async_handle_reads_the_log_and_progress_of_its_job(client: Client, conn: redis.Redis) -> None:
+    handle = Echo.with_options(client=client).enqueue(text="a")
+    queue = Keys().queue("fast")
+    conn.rpush(queue.log(handle.id), "first", "second")
+    conn.hset(queue.job(handle.id), "pg", json.dumps({"done": 3}))
+    conn.rpush(Keys().queue("elsewhere").log("stray"), "found by a scan")
+    conn.hset(Keys().queue("elsewhere").job("stray"), "s", "queued")  # a queue this registry does not declare
+
+    async def scenario() -> tuple[list[str], object, list[str], list[str], list[str]]:
+        aclient = AsyncClient.for_client(client)
+        try:
+            mine = JobHandle(aclient, handle.id)
+            return (
+                await mine.alogs(),
+                await mine.aprogress(),
+                await JobHandle(aclient, "stray").alogs(),
+                await JobHandle(aclient, "no-such-job").alogs(),
+                await handle.alogs(),  # a handle of the sync client
+            )
+        finally:
+            await aclient.aclose()
+
+    logs, progress, stray, unknown, sync_logs = asyncio.run(scenario())
+    assert logs == sync_logs == ["first", "second"]
+    assert progress == {"done": 3}
+    assert stray == ["found by a scan"]
+    assert unknown == []
+
+
+def test_a_backend_that_knows_no_queues_finds_a_job_by_scanning(client: Client, conn: redis.Redis) -> None:
+    handle = Echo.with_options(client=client).enqueue(text="a")
+    assert RedisBackend(conn).find_queue(handle.id) == "fast"
+    assert RedisBackend(conn).find_queue("no-such-job") is None
+
+
+class Login(BaseModel):
+    token: Annotated[str, Secret] = Field(alias="apiToken")
+    pin: Annotated[str, Secret] = ""
+    user: str
+
+
+class Account(BaseModel):
+    login: Login = Field(alias="credentials")
+    note: str
+
+
+def test_secrets_of_a_nested_model_are_masked_under_field_names_and_aliases() -> None:
+    by_alias = {"credentials": {"apiToken": "tok-123", "pin": "42", "user": "ann"}, "note": "hi"}
+    by_name = {"login": {"token": "tok-123", "user": "ann"}, "note": "hi"}
+    assert mask_payload(Account, by_alias) == {
+        "credentials": {"apiToken": MASK, "pin": MASK, "user": "ann"},
+        "note": "hi",
+    }
+    assert mask_payload(Account, by_name) == {"login": {"token": MASK, "user": "ann"}, "note": "hi"}
+    assert secret_values(Account, by_alias) == ["tok-123"]  # "42" is too short to mask inside text
