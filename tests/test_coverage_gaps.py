@@ -364,3 +364,11 @@ def test_secrets_of_a_nested_model_are_masked_under_field_names_and_aliases() ->
     }
     assert mask_payload(Account, by_name) == {"login": {"token": MASK, "user": "ann"}, "note": "hi"}
     assert secret_values(Account, by_alias) == ["tok-123"]  # "42" is too short to mask inside text
+
+
+def test_an_async_handle_on_the_fake_backend_reads_its_log() -> None:
+    fake = Client(FakeBackend(), Registry([Echo], FAST))
+    handle = Echo.with_options(client=fake).enqueue(text="a")
+    assert isinstance(fake.backend, FakeBackend)
+    fake.backend.jobs[handle.id].log.append("noted")
+    assert asyncio.run(handle.alogs()) == ["noted"]
