@@ -16,7 +16,7 @@ import pytest
 import redis
 from pydantic import BaseModel, Field
 
-from forgejobs import Client, Context, Job, Registry, RetryLater, Settings
+from forgejobs import Client, Context, Job, Registry, RetryLater, Settings, Status, Unrecoverable
 from forgejobs.aio import AsyncClient
 from forgejobs.backends.fake import FakeBackend, FakeClock
 from forgejobs.backends.redis import BATCH, RedisBackend, RedisDeadLetters
@@ -32,8 +32,9 @@ from forgejobs.outbox import Outbox
 from forgejobs.runtime.worker import slots_per_queue
 from forgejobs.specs import QueueSpec, Specs, load_specs
 from forgejobs.sqlalchemy import enqueue_after_commit
+from forgejobs.testing import FakeQueue
 from forgejobs.workflows import Workflow, WorkflowError
-from tests.samplejobs.basic import CallEndpoint, Echo
+from tests.samplejobs.basic import CallEndpoint, Doomed, Echo
 
 
 def _job_class(**keywords: object) -> type[Job]:
@@ -372,3 +373,43 @@ def test_an_async_handle_on_the_fake_backend_reads_its_log() -> None:
     assert isinstance(fake.backend, FakeBackend)
     fake.backend.jobs[handle.id].log.append("noted")
     assert asyncio.run(handle.alogs()) == ["noted"]
+
+
+def test_perform_one_raises_what_a_dead_lettered_job_raised_unless_told_not_to(
+    fake_queue: FakeQueue, tmp_path: Path
+) -> None:
+    first = Doomed.enqueue(path=str(tmp_path / "first"))
+    with pytest.raises(Unrecoverable, match="the account was deleted"):
+        fake_queue.perform_one()
+    assert first.status() is Status.FAILED
+    second = Doomed.enqueue(path=str(tmp_path / "second"))
+    assert fake_queue.perform_one(raise_on_failure=False) == second
+    assert second.status() is Status.FAILED
+
+
+def test_a_job_key_pile_larger_than_a_delete_batch_is_obliterated(client: Client, conn: redis.Redis) -> None:
+    Echo.with_options(client=client).enqueue_many([{"text": str(n)} for n in range(BATCH + 1)])
+    assert len(client.backend.list_jobs("fast", State.WAITING, limit=BATCH)) == BATCH  # read in chunks of 200
+    assert client.backend.obliterate("fast") == BATCH + 1
+    assert client.backend.counts(["fast"])[0].waiting == 0
+    assert list(conn.scan_iter(match="forgejobs:{fast}:*")) == []
+
+
+def test_delayed_jobs_past_one_chunk_are_all_listed(client: Client) -> None:
+    Echo.with_options(client=client, delay=3600).enqueue_many([{"text": str(n)} for n in range(201)])
+    assert len(client.backend.list_jobs("fast", State.DELAYED, limit=300)) == 201
+
+
+def test_obliterating_a_queue_keeps_the_dead_letters_of_other_queues(client: Client) -> None:
+    letters = client.backend.dead_letters
+    for queue in ("fast", "slow"):
+        letters.add(DeadLetter(id=f"dead-{queue}", queue=queue, reason=Reason.EXHAUSTED, error="boom"))
+    client.backend.obliterate("fast")
+    assert [letter.id for letter in letters.recent()] == ["dead-slow"]
+
+
+def test_a_result_that_is_not_json_is_shown_as_text(client: Client, conn: redis.Redis) -> None:
+    handle = Echo.with_options(client=client).enqueue(text="a")
+    conn.hset(Keys().queue("fast").job(handle.id), "r", "{not json")
+    detail = client.backend.job_detail(handle.id)
+    assert detail is not None and detail.result == "{not json"
