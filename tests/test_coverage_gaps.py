@@ -33,7 +33,8 @@ from forgejobs.runtime.worker import slots_per_queue
 from forgejobs.specs import QueueSpec, Specs, load_specs
 from forgejobs.sqlalchemy import enqueue_after_commit
 from forgejobs.testing import FakeQueue
-from forgejobs.workflows import Workflow, WorkflowError
+from forgejobs.workflows import NoSuchRun, Workflow, WorkflowError, WorkflowRun, workflow_run
+from forgejobs.workflows.run import engine_for
 from tests.samplejobs.basic import CallEndpoint, Doomed, Echo
 
 
@@ -413,3 +414,12 @@ def test_a_result_that_is_not_json_is_shown_as_text(client: Client, conn: redis.
     conn.hset(Keys().queue("fast").job(handle.id), "r", "{not json")
     detail = client.backend.job_detail(handle.id)
     assert detail is not None and detail.result == "{not json"
+
+
+def test_a_workflow_handle_whose_run_is_gone_says_so(client: Client) -> None:
+    with pytest.raises(NoSuchRun, match="no workflow run 'no-such-run'"):
+        workflow_run("no-such-run", client)
+    gone = WorkflowRun(engine_for(client), "no-such-run")  # a handle kept while its run expired
+    assert repr(gone) == "WorkflowRun('no-such-run', ?, ?)"
+    with pytest.raises(NoSuchRun, match="no workflow run 'no-such-run'"):
+        gone.status()
