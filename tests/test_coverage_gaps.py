@@ -17,13 +17,21 @@ import redis
 from pydantic import BaseModel, Field
 
 from forgejobs import Client, Context, Job, Registry, RetryLater, Settings, Status, Unrecoverable
-from forgejobs.aio import AsyncClient
+from forgejobs.aio import AsyncClient, async_connection
 from forgejobs.backends.fake import FakeBackend, FakeClock
-from forgejobs.backends.redis import BATCH, RedisBackend, RedisDeadLetters
+from forgejobs.backends.redis import BATCH, RedisBackend, RedisDeadLetters, describe
 from forgejobs.backends.rqscheduler import repeat_placeholder
 from forgejobs.deadletter import DeadLetter, Reason
-from forgejobs.errors import ForgeJobsError, OptionsError, RegistryError, SpecError, UnknownJob, error_fields
-from forgejobs.events import Event, EventKind, Hooks, MemoryEventStream
+from forgejobs.errors import (
+    BackendError,
+    ForgeJobsError,
+    OptionsError,
+    RegistryError,
+    SpecError,
+    UnknownJob,
+    error_fields,
+)
+from forgejobs.events import Event, EventKind, EventStream, Hooks, MemoryEventStream
 from forgejobs.handle import JobHandle
 from forgejobs.inspection import Inspector, State, declared_options
 from forgejobs.keys import Keys
@@ -423,3 +431,29 @@ def test_a_workflow_handle_whose_run_is_gone_says_so(client: Client) -> None:
     assert repr(gone) == "WorkflowRun('no-such-run', ?, ?)"
     with pytest.raises(NoSuchRun, match="no workflow run 'no-such-run'"):
         gone.status()
+
+
+class _TracedConnection(redis.connection.Connection):
+    """A custom connection class, as an application might install (no asyncio counterpart)."""
+
+
+def test_a_sync_connection_of_a_custom_class_has_no_asyncio_twin() -> None:
+    with pytest.raises(BackendError, match="no asyncio counterpart for a _TracedConnection connection; install"):
+        async_connection(redis.Redis(connection_pool=redis.ConnectionPool(connection_class=_TracedConnection)))
+
+
+def test_a_unix_socket_connection_is_described_by_its_path() -> None:
+    assert describe(redis.Redis(unix_socket_path="/run/redis.sock", db=3)) == "unix:///run/redis.sock?db=3"
+
+
+def test_a_stream_entry_whose_data_is_not_json_is_skipped(conn: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    stream = EventStream(conn, "coverage:events")
+    stream.append(Event(kind=EventKind.ENQUEUED, job_id="a", name="fast.echo", queue="fast"))
+    bad = conn.xadd(
+        "coverage:events", {"kind": "enqueued", "job_id": "b", "name": "fast.echo", "queue": "fast", "data": "{"}
+    )
+    stream.append(Event(kind=EventKind.COMPLETED, job_id="a", name="fast.echo", queue="fast"))
+    bad_id = bad.decode() if isinstance(bad, bytes) else str(bad)
+    with caplog.at_level(logging.WARNING, logger="forgejobs.events"):
+        assert [(e.kind, e.job_id) for e in stream.read()] == [(EventKind.ENQUEUED, "a"), (EventKind.COMPLETED, "a")]
+    assert f"skipping event {bad_id} in coverage:events: not an event: event {bad_id}: data is not JSON" in caplog.text
