@@ -37,11 +37,13 @@ from forgejobs.inspection import Inspector, State, declared_options
 from forgejobs.keys import Keys
 from forgejobs.logs import MASK, JsonFormatter, Secret, configure_logging, mask_payload, mask_value, secret_values
 from forgejobs.outbox import Outbox
+from forgejobs.registry import discover, source_of
 from forgejobs.runtime.worker import slots_per_queue
 from forgejobs.specs import QueueSpec, Specs, load_specs
 from forgejobs.sqlalchemy import enqueue_after_commit
 from forgejobs.testing import FakeQueue
 from forgejobs.workflows import NoSuchRun, Workflow, WorkflowError, WorkflowRun, workflow_run
+from forgejobs.workflows.define import class_source
 from forgejobs.workflows.run import engine_for
 from tests.samplejobs.basic import CallEndpoint, Doomed, Echo
 
@@ -457,3 +459,30 @@ def test_a_stream_entry_whose_data_is_not_json_is_skipped(conn: redis.Redis, cap
     with caplog.at_level(logging.WARNING, logger="forgejobs.events"):
         assert [(e.kind, e.job_id) for e in stream.read()] == [(EventKind.ENQUEUED, "a"), (EventKind.COMPLETED, "a")]
     assert f"skipping event {bad_id} in coverage:events: not an event: event {bad_id}: data is not JSON" in caplog.text
+
+
+def test_a_job_package_that_fails_to_import_is_named_with_the_failing_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "covgap_needs_dep").mkdir()
+    (tmp_path / "covgap_needs_dep" / "__init__.py").write_text("import covgap_missing_dependency\n")
+    (tmp_path / "covgap_raises").mkdir()
+    (tmp_path / "covgap_raises" / "__init__.py").write_text("\nraise RuntimeError('settings not loaded')\n")
+    with pytest.raises(RegistryError) as missing:
+        discover("covgap_needs_dep")
+    assert str(missing.value) == (
+        f"{tmp_path}/covgap_needs_dep/__init__.py:1: cannot import job package 'covgap_needs_dep': "
+        "No module named 'covgap_missing_dependency'"
+    )
+    with pytest.raises(RegistryError) as raised:
+        discover("covgap_raises")
+    assert str(raised.value) == (
+        f"{tmp_path}/covgap_raises/__init__.py:2: RuntimeError: settings not loaded (while importing covgap_raises)"
+    )
+
+
+def test_a_class_without_readable_source_is_named_by_its_module() -> None:
+    ghost = type("Ghost", (), {"__module__": "covgap.nowhere"})
+    assert source_of(ghost) == "covgap.nowhere.Ghost"
+    assert class_source(ghost) == "covgap.nowhere.Ghost"
