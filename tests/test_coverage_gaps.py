@@ -1,5 +1,6 @@
-"""Behaviour that the rest of the suite left unexercised (docs/coverage-gaps.md lists each place): refusals of
-arguments that cannot work, the dead-letter limit, and an enqueue larger than one script call."""
+"""Behaviour the rest of the suite left unexercised, one test per gap named in docs/coverage-gaps.md: refused
+arguments and class keywords, registry and import errors, masking and logging edge cases, unreadable records
+and unknown ids on Redis, batches and chunks past their limits, async handles, and the fake queue's extras."""
 
 from __future__ import annotations
 
