@@ -472,14 +472,14 @@ def test_a_job_package_that_fails_to_import_is_named_with_the_failing_line(
     (tmp_path / "covgap_raises" / "__init__.py").write_text("\nraise RuntimeError('settings not loaded')\n")
     with pytest.raises(RegistryError) as missing:
         discover("covgap_needs_dep")
-    assert str(missing.value) == (
-        f"{tmp_path}/covgap_needs_dep/__init__.py:1: cannot import job package 'covgap_needs_dep': "
+    assert str(missing.value).endswith(  # the path is shown relative to the current directory when inside it
+        "covgap_needs_dep/__init__.py:1: cannot import job package 'covgap_needs_dep': "
         "No module named 'covgap_missing_dependency'"
     )
     with pytest.raises(RegistryError) as raised:
         discover("covgap_raises")
-    assert str(raised.value) == (
-        f"{tmp_path}/covgap_raises/__init__.py:2: RuntimeError: settings not loaded (while importing covgap_raises)"
+    assert str(raised.value).endswith(
+        "covgap_raises/__init__.py:2: RuntimeError: settings not loaded (while importing covgap_raises)"
     )
 
 
