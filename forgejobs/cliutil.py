@@ -88,7 +88,6 @@ def _settings() -> Settings:
     except ValidationError as exc:
         names = {name: f"FORGEJOBS_{name.upper()}" for name in Settings.model_fields}
         _fail(explain(exc, names, "settings"))
-        raise AssertionError("unreachable") from None  # _fail exits
 
 
 def _registry(settings: Settings) -> Registry:
