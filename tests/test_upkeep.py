@@ -254,6 +254,15 @@ def _stream(conn: redis.Redis, key: str) -> None:
     conn.xadd(key, {"k": "v"}, id="1-1")
 
 
+def _long_zset(conn: redis.Redis, key: str) -> None:
+    conn.zadd(key, {f"m{i:04}": i for i in range(1001)})
+
+
+def _long_stream(conn: redis.Redis, key: str) -> None:
+    for i in range(1, 1002):
+        conn.xadd(key, {"n": str(i)}, id=f"{i}-0")
+
+
 @pytest.mark.parametrize(
     ("write", "kind", "raw"),
     [
@@ -263,8 +272,10 @@ def _stream(conn: redis.Redis, key: str) -> None:
         (_set, "set", '["a", "b", "c"]'),
         (_zset, "zset", '[["m", 1.5], ["n", 2.0]]'),
         (_stream, "stream", '[["1-1", {"k": "v"}]]'),
+        (_long_zset, "zset", json.dumps([[f"m{i:04}", float(i)] for i in range(1000)])),  # the lowest 1000
+        (_long_stream, "stream", json.dumps([[f"{i}-0", {"n": str(i)}] for i in range(1, 1001)])),  # the first 1000
     ],
-    ids=["string", "binary-string", "list-of-1001", "set", "zset", "stream"],
+    ids=["string", "binary-string", "list-of-1001", "set", "zset", "stream", "zset-of-1001", "stream-of-1001"],
 )
 def test_a_stalled_record_that_is_not_a_hash_is_dead_lettered_with_its_queue_type_and_content(
     worker: Worker,
@@ -287,6 +298,21 @@ def test_a_stalled_record_that_is_not_a_hash_is_dead_lettered_with_its_queue_typ
     assert letter.raw == raw
     assert messages(caplog) == [f"dead-lettered garbled from fast: corrupt record: a {kind}, not a hash"]
     assert conn.llen(FAST.stalled) == 0
+
+
+def test_a_stalled_set_record_s_dead_letter_holds_1000_of_its_members_sorted(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    members = {f"m{i:04}" for i in range(1001)}
+    conn.sadd(FAST.job("garbled"), *members)
+    conn.rpush(FAST.stalled, "garbled")
+
+    worker.upkeep.settle(worker.states["fast"])
+
+    raw = client.dead_letter("garbled").raw
+    assert raw is not None
+    kept = json.loads(raw)
+    assert len(kept) == 1000 and set(kept) < members and kept == sorted(kept)
 
 
 def test_the_record_read_at_a_missing_key_is_of_type_none_and_empty(conn: redis.Redis) -> None:
@@ -429,3 +455,18 @@ def test_a_stalled_job_on_its_last_attempt_fails_for_its_failure_ttl_and_is_dead
         ("dead_lettered", "slow.slow", "stalled"): 1,
     }
     assert failed_in_last_minutes(conn, "slow") == 1
+
+
+def test_jobs_promoted_during_a_local_wait_wake_one_idle_slot_once(worker: Worker) -> None:
+    """After the waiter's local wait, a queue whose delayed jobs were promoted has one idle slot woken; the next
+    local wait, with nothing promoted since, wakes no other."""
+    state = worker.states["fast"]
+    first, second = Slot("fast", 0, "w/fast/0/1"), Slot("fast", 1, "w/fast/1/1")
+    state.idle.extend([first, second])
+    state.promoted = True
+
+    worker.waiter.wake_waiting([state])
+    worker.waiter.wake_waiting([state])
+
+    assert first.wake.is_set() and not second.wake.is_set()
+    assert list(state.idle) == [second]
