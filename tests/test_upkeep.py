@@ -242,6 +242,10 @@ def _long_list(conn: redis.Redis, key: str) -> None:
     conn.rpush(key, *[str(i) for i in range(1001)])
 
 
+def _unicode_list(conn: redis.Redis, key: str) -> None:
+    conn.rpush(key, "日本", "é")
+
+
 def _set(conn: redis.Redis, key: str) -> None:
     conn.sadd(key, "b", "c", "a")
 
@@ -269,13 +273,24 @@ def _long_stream(conn: redis.Redis, key: str) -> None:
         (_string, "string", "not a hash"),
         (_binary, "string", "base64:" + base64.b64encode(b"\xff\xfe\x00").decode()),
         (_long_list, "list", json.dumps([str(i) for i in range(1000)])),  # the first 1000 elements, in order
+        (_unicode_list, "list", '["日本", "é"]'),  # as written, not as \\u escapes
         (_set, "set", '["a", "b", "c"]'),
         (_zset, "zset", '[["m", 1.5], ["n", 2.0]]'),
         (_stream, "stream", '[["1-1", {"k": "v"}]]'),
         (_long_zset, "zset", json.dumps([[f"m{i:04}", float(i)] for i in range(1000)])),  # the lowest 1000
         (_long_stream, "stream", json.dumps([[f"{i}-0", {"n": str(i)}] for i in range(1, 1001)])),  # the first 1000
     ],
-    ids=["string", "binary-string", "list-of-1001", "set", "zset", "stream", "zset-of-1001", "stream-of-1001"],
+    ids=[
+        "string",
+        "binary-string",
+        "list-of-1001",
+        "unicode-list",
+        "set",
+        "zset",
+        "stream",
+        "zset-of-1001",
+        "stream-of-1001",
+    ],
 )
 def test_a_stalled_record_that_is_not_a_hash_is_dead_lettered_with_its_queue_type_and_content(
     worker: Worker,
