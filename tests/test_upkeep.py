@@ -1,4 +1,7 @@
-"""The worker's upkeep passes when Redis answers with an error, and the stalled jobs that have no runnable record.
+"""The worker's upkeep passes when Redis answers with an error, and how stalled jobs are settled: what the dead
+letter of a record that is not a job holds, where a retried job waits, what a failed one leaves in Redis, the
+metrics and the exact log lines. Also a few neighbours of the upkeep in forgejobs/runtime/: how long a cancelled
+job is kept, and how the waiter wakes idle slots after a promotion.
 
 In this process, on a real Redis: a key of the wrong type makes Redis refuse a command (WRONGTYPE), as a
 damaged database or another program writing under the prefix would; one test wraps the settle script so
@@ -11,6 +14,7 @@ import base64
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ import redis
 from forgejobs import Client, Reason, Registry, Settings
 from forgejobs.keys import QueueKeys
 from forgejobs.metrics import MetricsReader
+from forgejobs.runtime.cancel import CannotCancel, cancel
 from forgejobs.runtime.corrupt import read_record
 from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker
@@ -411,10 +416,11 @@ def test_a_stalled_job_of_an_unknown_type_is_requeued_ahead_of_the_waiting_jobs_
 
 @pytest.fixture
 def tuned(settings: Settings, conn: redis.Redis, tmp_path: Path) -> Worker:
-    """A worker of the slow queue whose specs give slow.slow a 600 s backoff and a 2-day failure TTL."""
+    """A worker of the slow queue whose specs give slow.slow a 600 s backoff, a 2-day failure TTL and a 2-hour
+    result TTL."""
     shutil.copy(SAMPLE_SPECS / "queues.yaml", tmp_path / "queues.yaml")
     (tmp_path / "jobs.yaml").write_text(
-        "jobs:\n  slow.slow:\n    backoff: {kind: fixed, seconds: 600}\n    failure_ttl: 2d\n"
+        "jobs:\n  slow.slow:\n    backoff: {kind: fixed, seconds: 600}\n    failure_ttl: 2d\n    result_ttl: 2h\n"
     )
     tuned_settings = Settings(redis_url=settings.redis_url, jobs=SAMPLE_JOBS, specs=tmp_path)
     registry = Registry.load(tuned_settings)
@@ -485,3 +491,28 @@ def test_jobs_promoted_during_a_local_wait_wake_one_idle_slot_once(worker: Worke
 
     assert first.wake.is_set() and not second.wake.is_set()
     assert list(state.idle) == [second]
+
+
+def test_a_cancelled_waiting_job_is_kept_for_its_type_s_result_ttl(
+    tuned: Worker, client: Client, conn: redis.Redis
+) -> None:
+    handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
+    before = time.time() * 1000
+
+    done = cancel(client.backend, tuned.registry, handle.id)
+
+    after = time.time() * 1000
+    assert done.outcome == "cancelled"
+    kept_until = conn.zscore(SLOW.cancelled, handle.id)
+    assert kept_until is not None and before + 7_200_000 - 1 <= kept_until <= after + 7_200_000 + 1
+
+
+def test_cancelling_a_record_that_has_no_status_is_refused_as_finished(
+    client: Client, registry: Registry, conn: redis.Redis
+) -> None:
+    conn.hset(FAST.job("statusless"), mapping={"d": "not an envelope", "p": "5"})  # on no list, no "s"
+
+    with pytest.raises(CannotCancel) as refused:
+        cancel(client.backend, registry, "statusless")
+
+    assert str(refused.value) == "job statusless has already finished (finished): there is nothing to cancel"
