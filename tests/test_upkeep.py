@@ -130,7 +130,9 @@ def test_a_clean_stop_without_redis_says_so_and_does_not_raise(
 
     worker.upkeep.final()
 
-    assert "could not write the last events or release the leases" in caplog.text
+    [line] = messages(caplog)
+    assert line.startswith("could not write the last events or release the leases: ")
+    assert "127.0.0.1:1" in line  # the connection error, which says where Redis was looked for
 
 
 def test_one_stalled_job_redis_refuses_to_settle_does_not_hold_up_the_jobs_behind_it(
