@@ -81,7 +81,7 @@ def test_a_queue_whose_recovery_redis_refuses_does_not_hold_up_the_other_queues(
 
     worker.upkeep.tick()
 
-    assert "fast: recover failed; trying again" in caplog.text and "WRONGTYPE" in caplog.text
+    assert "fast: recover failed; trying again" in messages(caplog) and "WRONGTYPE" in caplog.text
     # slow's dead slot was still recovered and its job settled: back on its wait list as attempt 2 (Slow has
     # attempts=2 and backoff fixed(0))
     assert conn.lrange(SLOW.wait(5), 0, -1) == [handle.id.encode()]
@@ -518,3 +518,23 @@ def test_cancelling_a_record_that_has_no_status_is_refused_as_finished(
         cancel(client.backend, registry, "statusless")
 
     assert str(refused.value) == "job statusless has already finished (finished): there is nothing to cancel"
+
+
+def test_a_queue_another_worker_checked_within_the_second_is_not_recovered_again(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
+    strand(conn, SLOW, handle.id)
+    conn.set(SLOW.check, "another-worker", px=60_000)
+
+    worker.upkeep.recover(worker.states["slow"])
+
+    assert conn.hexists(SLOW.active, handle.id) and conn.llen(SLOW.wait(5)) == 0  # left to that worker
+    assert conn.get(SLOW.check) == b"another-worker"
+
+
+def test_a_recovery_pass_marks_its_queue_as_checked_for_one_second(worker: Worker, conn: redis.Redis) -> None:
+    worker.upkeep.recover(worker.states["slow"])
+
+    assert conn.get(SLOW.check) == worker.name.encode()
+    assert 0 < conn.pttl(SLOW.check) <= 1000
