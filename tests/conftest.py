@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -74,27 +75,59 @@ def _logging_as_found() -> Iterator[None]:
             root.removeHandler(handler)
 
 
+# The claim names its holder as host:pid. A claim whose process on this host is gone was left by a killed
+# test (mutmut kills one at its time limit; so does Ctrl+C twice): the next test takes it over, atomically,
+# and removes what that test left, so a database is never lost to leftovers.
+CLAIMANT = f"{socket.gethostname()}:{os.getpid()}"
+_TAKE_OVER = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0"
+
+
+def _left_by_a_dead_test(claim: bytes | None) -> bool:
+    host, _, pid = (claim or b"").decode(errors="replace").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _claim(conn: redis.Redis) -> bool:
+    """Claim this database for the test: an empty one, or one a dead test on this host left (emptied first)."""
+    if conn.set(CLAIM_KEY, CLAIMANT, nx=True):
+        if conn.dbsize() == 1:
+            return True
+        conn.delete(CLAIM_KEY)  # someone else's data lives here: leave it as it was
+        return False
+    held = cast(bytes | None, conn.get(CLAIM_KEY))
+    if not _left_by_a_dead_test(held) or not conn.eval(_TAKE_OVER, 1, CLAIM_KEY, held or b"", CLAIMANT):
+        return False
+    for key in conn.scan_iter(count=1000):
+        if key != CLAIM_KEY.encode():
+            conn.delete(key)
+    return True
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A Redis database (1-15) that was empty and is claimed for this test; emptied afterwards.
-
-    Only databases found empty are claimed, so flushing one at the end removes only what this test made.
-    """
+    """A Redis database (1-15) that was empty, or left by a test killed on this host, claimed for this test and
+    emptied afterwards. Only such databases are claimed, so flushing one at the end removes only test data."""
     try:
         redis.Redis.from_url(f"{REDIS_HOST}/0", socket_connect_timeout=1).ping()
     except redis.RedisError:
         pytest.skip(f"no Redis at {REDIS_HOST}")
     for db in range(1, 16):
         conn = redis.Redis.from_url(f"{REDIS_HOST}/{db}")
-        if conn.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=900):
-            if conn.dbsize() == 1:
-                try:
-                    yield f"{REDIS_HOST}/{db}"
-                finally:
-                    conn.flushdb()
-                    conn.close()
-                return
-            conn.delete(CLAIM_KEY)  # someone else's data lives here: leave it as it was
+        if _claim(conn):
+            try:
+                yield f"{REDIS_HOST}/{db}"
+            finally:
+                conn.flushdb()
+                conn.close()
+            return
         conn.close()
     pytest.skip("no free Redis database (1-15) to claim")
 

@@ -1,0 +1,34 @@
+"""The test suite's own fixtures: how a test claims a Redis database of its own."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import redis
+
+from tests.conftest import CLAIM_KEY, CLAIMANT, _claim
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_database_left_by_a_killed_test_is_taken_over_and_emptied(conn: redis.Redis) -> None:
+    conn.set(CLAIM_KEY, f"{socket.gethostname()}:{dead_pid()}")
+    conn.set("forgejobs:{fast}:job:left-behind", "x")
+    assert _claim(conn)
+    assert conn.keys("*") == [CLAIM_KEY.encode()] and conn.get(CLAIM_KEY) == CLAIMANT.encode()
+
+
+def test_a_database_claimed_by_a_live_process_or_another_host_is_left_alone(conn: redis.Redis) -> None:
+    for holder in (CLAIMANT, f"another-host:{dead_pid()}", "12345"):  # this process; elsewhere; an old claim
+        conn.set(CLAIM_KEY, holder)
+        conn.set("forgejobs:{fast}:job:theirs", "x")
+        assert not _claim(conn)
+        assert conn.get(CLAIM_KEY) == holder.encode() and conn.exists("forgejobs:{fast}:job:theirs")
+    conn.delete("forgejobs:{fast}:job:theirs")
+    conn.set(CLAIM_KEY, CLAIMANT)  # as the fixture left it, for its teardown
