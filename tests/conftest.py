@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
+import hypothesis
 import pytest
 import redis
 
@@ -35,6 +36,13 @@ REDIS_HOST = os.environ.get("FORGEJOBS_TEST_REDIS", "redis://127.0.0.1:6379")
 CLAIM_KEY = "forgejobs-test:claimed-by"
 # Set by `./dev mutate`: run only the tests that stay in this process (mutmut runs them once per mutant).
 UNIT_ONLY = bool(os.environ.get("FORGEJOBS_TEST_UNIT_ONLY"))
+if UNIT_ONLY:
+    # A property test a mutant makes fail stops at the first failing example: shrinking it would run the
+    # (possibly hanging) example again and again, while mutmut only needs to know that a test failed.
+    hypothesis.settings.register_profile(
+        "mutation", phases=[hypothesis.Phase.explicit, hypothesis.Phase.reuse, hypothesis.Phase.generate]
+    )
+    hypothesis.settings.load_profile("mutation")
 _OUT_OF_PROCESS = ("start_worker", "start_cli")
 _OUT_OF_PROCESS_CALLS = ("private_redis(", "subprocess.", "sys.executable")
 

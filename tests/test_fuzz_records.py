@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import string
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from forgejobs.envelope import Envelope
 from forgejobs.execution import DeadLettered, Runtime, execute
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.corrupt import shown_id
-from forgejobs.worker import Worker
+from forgejobs.worker import Worker, WorkerStats
 from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, leftovers
 from tests.samplejobs.basic import Echo
 
@@ -202,6 +203,28 @@ def write(connection: redis.Redis, key: bytes, record: Hostile) -> None:
 # -- 1. through a real worker ----------------------------------------------------------------------------
 
 
+def burst(worker: Worker, within: float = 30.0) -> WorkerStats:
+    """Run `worker` until its queues are drained, in this thread (its signal handlers are undone after);
+    fail if that takes longer than `within` seconds (a job taken again and again, a slot that hangs)."""
+    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    gave_up = threading.Event()
+
+    def give_up() -> None:
+        gave_up.set()
+        worker.stop()
+
+    timer = threading.Timer(within, give_up)
+    timer.start()
+    try:
+        stats = worker.run(burst=True, horizon=0)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert not gave_up.is_set(), f"the queues were not drained in {within:g} s"
+    return stats
+
+
 @pytest.mark.redis
 @fuzz_settings(
     max_examples=8,
@@ -231,14 +254,9 @@ def test_hostile_records_are_dead_lettered_and_the_worker_goes_on(
     conn.zadd(FAST.marker, {"0": 0})
     handle = Echo.with_options(priority=10).enqueue(text=f"after batch {serial}")
 
-    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
     worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
-    try:
-        with caplog.at_level(logging.ERROR):
-            stats = worker.run(burst=True, horizon=0)  # returns: the worker did not crash
-    finally:
-        signal.signal(signal.SIGTERM, handlers[0])
-        signal.signal(signal.SIGINT, handlers[1])
+    with caplog.at_level(logging.ERROR):
+        stats = burst(worker)  # returns: the worker did not crash
 
     assert handle.status() is Status.SUCCEEDED
     assert handle.result(timeout=5).text == f"after batch {serial}"
@@ -276,12 +294,7 @@ def test_a_record_with_a_concurrency_limit_below_one_is_not_stranded(
     raw.hset(FAST.job_bytes(job_id), mapping={"d": envelope, "p": "5", "s": "queued", "ck": b"k", "cl": limit})
     conn.rpush(FAST.wait(5), job_id)
     conn.zadd(FAST.marker, {"0": 0})
-    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
-    try:
-        Worker(settings, registry, queues=["fast"], connection=conn, resources=object()).run(burst=True, horizon=0)
-    finally:
-        signal.signal(signal.SIGTERM, handlers[0])
-        signal.signal(signal.SIGINT, handlers[1])
+    burst(Worker(settings, registry, queues=["fast"], connection=conn, resources=object()))
     settled = raw.hget(FAST.job_bytes(job_id), "s") in (b"succeeded", b"failed")
     assert settled or client.backend.dead_letters.get(job_id.decode()) is not None, "neither run nor dead-lettered"
     assert leftovers(conn, FAST) == {}
