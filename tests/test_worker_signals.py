@@ -79,7 +79,7 @@ def running(worker: Worker) -> Slot:
 def test_a_slot_s_identity_names_the_process_holding_the_lease_whatever_dots_the_host_name_has(
     settings: Settings, registry: Registry, conn: redis.Redis
 ) -> None:
-    assert slot_pid("web-1.eu.example.com.4242.a1b2c3/fast/0/7") == 4242
+    assert slot_pid("web-1.eu.example.com.4242.a1b2c3/mail.outbound/0/7") == 4242
     assert slot_pid(b"localhost.17.ffffff/slow/3/1") == 17
     worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
     assert slot_pid(worker._new_ident("fast", 0)) == os.getpid()
@@ -134,15 +134,26 @@ def test_a_second_signal_aborts_the_running_job_which_waits_at_the_front_to_run_
 
 
 def test_abort_interrupts_only_a_slot_inside_a_handler(
-    settings: Settings, registry: Registry, conn: redis.Redis, client: Any, tmp_path: Path
+    settings: Settings,
+    registry: Registry,
+    conn: redis.Redis,
+    client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    worker = Worker(settings, registry, queues=["slow", "fast"], connection=conn, resources=object())
+    crashed: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(f"{args.thread}: {args.exc_type}"))
+    worker = Worker(settings, registry, queues=["slow", "fast"], connection=conn, resources=object(), guard=no_timeout)
     worker.start(give_up_after=10)
-    idle = wait_for(lambda: worker.states["fast"].slots[0].thread, what="the fast slot to start")
-    assert isinstance(idle, threading.Thread)
-    worker.abort()  # no job runs: nothing to interrupt, every slot ends
+    spinning = TimesOut.enqueue(path=str(tmp_path / "notes"), spin=True)
+    running(worker)
+    idle = worker.states["fast"].slots[0]
+    assert idle.thread is not None and not idle.in_handler
+    worker.abort()  # the slow slot's job is interrupted; the idle fast slot just ends
     assert worker.join(10), "the worker did not stop"
-    assert not idle.is_alive()
+    assert not idle.thread.is_alive()
+    assert crashed == []
+    assert waiting(conn, SLOW) == [spinning.id.encode()]
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
@@ -177,7 +188,8 @@ def test_run_inline_serves_one_slot_in_the_main_thread_until_a_signal_then_a_sec
     assert waiting(conn, SLOW) == [held.id.encode()]
     assert stored_attempt(conn, SLOW, held.id) == 1
     assert stats.counts["succeeded"] == 1
-    assert [s.thread for s in worker.states["slow"].slots] == [threading.main_thread()]
+    [slot] = worker.states["slow"].slots
+    assert (slot.thread, slot.index, slot.ident) == (threading.main_thread(), 0, f"{worker.name}/slow/0/1")
 
 
 @pytest.mark.parametrize("queues", [["slow", "fast"], ["slow"]])

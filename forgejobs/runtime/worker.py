@@ -416,13 +416,8 @@ class Worker:
         if slots != 1 or threading.current_thread() is not threading.main_thread():
             raise ForgeJobsError("run_inline runs exactly one slot, in the main thread")
 
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            self._on_signal(signum, frame)
-            slot = next(self._all_slots())
-            if self._signals > 1 and slot.in_handler:
-                raise WorkerShutdown()
-
-        signal.signal(signal.SIGTERM, on_term)
+        # A second SIGTERM aborts the job: `abort` raises WorkerShutdown in the slot's thread, this main thread.
+        signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards a terminal's Ctrl+C
         state = self.states[self.queues[0]]
         slot = Slot(state.name, 0, self._new_ident(state.name, 0), thread=threading.main_thread())
