@@ -37,10 +37,12 @@ CLAIM_KEY = "forgejobs-test:claimed-by"
 # Set by `./dev mutate`: run only the tests that stay in this process (mutmut runs them once per mutant).
 UNIT_ONLY = bool(os.environ.get("FORGEJOBS_TEST_UNIT_ONLY"))
 if UNIT_ONLY:
-    # A property test a mutant makes fail stops at the first failing example: shrinking it would run the
-    # (possibly hanging) example again and again, while mutmut only needs to know that a test failed.
+    # A property test a mutant makes fail stops at its first failing example: looking for more, or shrinking
+    # it, would run (possibly hanging) examples again and again, while mutmut only needs to know it failed.
     hypothesis.settings.register_profile(
-        "mutation", phases=[hypothesis.Phase.explicit, hypothesis.Phase.reuse, hypothesis.Phase.generate]
+        "mutation",
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.reuse, hypothesis.Phase.generate],
+        report_multiple_bugs=False,
     )
     hypothesis.settings.load_profile("mutation")
 _OUT_OF_PROCESS = ("start_worker", "start_cli")
@@ -86,7 +88,14 @@ def _logging_as_found() -> Iterator[None]:
 # The claim names its holder as host:pid. A claim whose process on this host is gone was left by a killed
 # test (mutmut kills one at its time limit; so does Ctrl+C twice): the next test takes it over, atomically,
 # and removes what that test left, so a database is never lost to leftovers.
-CLAIMANT = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claimant() -> str:
+    """This process as a claim names it: read at each claim, since mutmut forks its test runs from a parent
+    that imported this module (a claim naming the parent would outlive a killed child)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 _TAKE_OVER = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0"
 
 
@@ -105,13 +114,13 @@ def _left_by_a_dead_test(claim: bytes | None) -> bool:
 
 def _claim(conn: redis.Redis) -> bool:
     """Claim this database for the test: an empty one, or one a dead test on this host left (emptied first)."""
-    if conn.set(CLAIM_KEY, CLAIMANT, nx=True):
+    if conn.set(CLAIM_KEY, claimant(), nx=True):
         if conn.dbsize() == 1:
             return True
         conn.delete(CLAIM_KEY)  # someone else's data lives here: leave it as it was
         return False
     held = cast(bytes | None, conn.get(CLAIM_KEY))
-    if not _left_by_a_dead_test(held) or not conn.eval(_TAKE_OVER, 1, CLAIM_KEY, held or b"", CLAIMANT):
+    if not _left_by_a_dead_test(held) or not conn.eval(_TAKE_OVER, 1, CLAIM_KEY, held or b"", claimant()):
         return False
     for key in conn.scan_iter(count=1000):
         if key != CLAIM_KEY.encode():

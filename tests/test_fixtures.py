@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 
 import redis
 
-from tests.conftest import CLAIM_KEY, CLAIMANT, _claim
+from tests.conftest import CLAIM_KEY, _claim, claimant
 
 
 def dead_pid() -> int:
@@ -21,14 +22,28 @@ def test_a_database_left_by_a_killed_test_is_taken_over_and_emptied(conn: redis.
     conn.set(CLAIM_KEY, f"{socket.gethostname()}:{dead_pid()}")
     conn.set("forgejobs:{fast}:job:left-behind", "x")
     assert _claim(conn)
-    assert conn.keys("*") == [CLAIM_KEY.encode()] and conn.get(CLAIM_KEY) == CLAIMANT.encode()
+    assert conn.keys("*") == [CLAIM_KEY.encode()] and conn.get(CLAIM_KEY) == claimant().encode()
 
 
 def test_a_database_claimed_by_a_live_process_or_another_host_is_left_alone(conn: redis.Redis) -> None:
-    for holder in (CLAIMANT, f"another-host:{dead_pid()}", "12345"):  # this process; elsewhere; an old claim
+    for holder in (claimant(), f"another-host:{dead_pid()}", "12345"):  # this process; elsewhere; an old claim
         conn.set(CLAIM_KEY, holder)
         conn.set("forgejobs:{fast}:job:theirs", "x")
         assert not _claim(conn)
         assert conn.get(CLAIM_KEY) == holder.encode() and conn.exists("forgejobs:{fast}:job:theirs")
     conn.delete("forgejobs:{fast}:job:theirs")
-    conn.set(CLAIM_KEY, CLAIMANT)  # as the fixture left it, for its teardown
+    conn.set(CLAIM_KEY, claimant())  # as the fixture left it, for its teardown
+
+
+def test_a_claim_made_in_a_forked_process_names_that_process() -> None:
+    """mutmut forks each test run from a parent that imported conftest: a killed child's claim must name the
+    child, or it would look held by a live process for as long as the parent runs."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, claimant().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 200).decode() == f"{socket.gethostname()}:{child}"
+    os.close(read)
+    os.close(write)

@@ -203,7 +203,7 @@ def write(connection: redis.Redis, key: bytes, record: Hostile) -> None:
 # -- 1. through a real worker ----------------------------------------------------------------------------
 
 
-def burst(worker: Worker, within: float = 15.0) -> WorkerStats:
+def burst(worker: Worker, within: float = 10.0) -> WorkerStats:
     """Run `worker` until its queues are drained, in this thread (its signal handlers are undone after);
     fail if that takes longer than `within` seconds (a job taken again and again, a slot that hangs)."""
     handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
