@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from forgejobs import Client, Reason, Registry, Settings
+from forgejobs import Client, Reason, Registry, Settings, Status
+from forgejobs.errors import BackendUnavailable
 from forgejobs.keys import QueueKeys
 from forgejobs.metrics import MetricsReader
 from forgejobs.runtime.worker import Worker
-from tests.helpers import wait_for
-from tests.samplejobs.basic import Echo
+from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS, free_port, wait_for
+from tests.samplejobs.basic import Echo, Slow
 
 pytestmark = pytest.mark.redis
 
 FAST = QueueKeys("forgejobs", "fast")
+SLOW = QueueKeys("forgejobs", "slow")
 WEEK_MS = 7 * 86_400_000
 
 
@@ -163,3 +169,184 @@ def test_a_job_that_fails_outside_its_handler_runs_again_as_the_same_attempt_a_s
     assert failed_this_minute(conn, "fast") == 1
     started = [e.at for e in client.backend.events.read() if e.job_id == handle.id and e.kind.value == "started"]
     assert len(started) == 2 and (started[1] - started[0]).total_seconds() >= 1.0
+
+
+# -- a slot's life: paused queues, a dead thread, an error from Redis, a lease lost while it ran ---------------
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "forgejobs.worker" and r.levelno == logging.WARNING]
+
+
+@pytest.fixture
+def signals_as_found() -> Iterator[None]:
+    """Worker.run in the main thread installs its SIGTERM and SIGINT handlers; they are undone after."""
+    term, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGTERM, term)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def test_a_burst_ends_with_a_paused_queue_s_jobs_left_and_names_it(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    signals_as_found: None,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forgejobs.worker")
+    client.pause("fast")
+    held = [Echo.enqueue(text=str(n)) for n in range(2)]
+    slept = Slow.enqueue(path=str(tmp_path / "notes"), seconds=0)
+    worker = Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object())
+    stats = worker.run(burst=True, horizon=0)
+    assert slept.result(timeout=1) == "slept"
+    assert stats.counts == {"succeeded": 1}
+    assert [h.status() for h in held] == [Status.QUEUED, Status.QUEUED]
+    assert warnings_of(caplog) == ["fast is paused: 2 job(s) left for when it is resumed"]
+
+
+def test_a_burst_worker_gives_up_on_a_redis_it_cannot_reach_naming_it_and_how_long_it_tried(
+    registry: Registry, signals_as_found: None
+) -> None:
+    port = free_port()
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{port}/0", jobs=SAMPLE_JOBS, specs=SAMPLE_SPECS, enqueue_timeout=2
+    )
+    worker = Worker(settings, registry, queues=["fast"], resources=object())
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as refused:
+        worker.run(burst=True)
+    message = str(refused.value)
+    assert message.startswith(f"Redis at redis://127.0.0.1:{port}/0 cannot be reached (")
+    assert message.endswith("); gave up after 2s")
+    assert time.monotonic() - started < 2.5  # it gives up before a pause would take it past its 2 s
+
+
+@pytest.fixture
+def crashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Exceptions that ended a thread (threading.excepthook), as `thread name: exception`."""
+    seen: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(f"{args.thread.name}: {args.exc_value!r}"))
+    return seen
+
+
+def fail_first_fetch(worker: Worker, exc: BaseException) -> list[str]:
+    """Make the first fetch of `worker`'s slots raise `exc`; later ones run. Returns the identities that
+    fetched, in order."""
+    real = worker.scripts.fetch
+    seen: list[str] = []
+
+    def fetch(*, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        seen.append(str(args[1]))
+        if len(seen) == 1:
+            raise exc
+        return real(keys=keys, args=args)
+
+    worker.scripts.fetch = fetch  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_slot_whose_thread_died_is_replaced_under_a_fresh_identity_and_its_queue_is_served(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    crashed: list[str],
+) -> None:
+    caplog.set_level(logging.ERROR, logger="forgejobs.worker")
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    fail_first_fetch(worker, RuntimeError("a bug in the slot loop"))
+    worker.start(give_up_after=10)
+    try:
+        state = worker.states["fast"]
+        first = state.slots[0].ident
+        assert first == f"{worker.name}/fast/0/1"
+        wait_for(lambda: state.slots[0].ident != first, what="the dead slot to be replaced")
+        assert state.slots[0].ident == f"{worker.name}/fast/0/2"
+        assert state.retired_idents == [first]
+        assert Echo.enqueue(text="served").result(timeout=10).text == "served"
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert crashed == [f"{first}: RuntimeError('a bug in the slot loop')"]
+    assert messages(caplog) == [f"worker slot {first} stopped (died or stuck); starting another"]
+
+
+def test_a_slot_that_ran_its_max_jobs_is_done_and_not_replaced(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="forgejobs.worker")
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    first, second = Echo.enqueue(text="1"), Echo.enqueue(text="2")
+    worker.start(max_jobs=1, give_up_after=10)
+    try:
+        [slot] = worker.states["fast"].slots
+        assert first.result(timeout=10).text == "1"
+        wait_for(lambda: slot.thread is not None and not slot.thread.is_alive(), what="the slot to end")
+        worker.supervise()
+        assert worker.states["fast"].slots == [slot] and slot.jobs == 1
+        assert second.status() is Status.QUEUED
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert messages(caplog) == []
+
+
+def test_a_fetch_redis_answers_with_an_error_is_logged_and_tried_again_under_a_fresh_identity(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="forgejobs.worker")
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    fetched = fail_first_fetch(worker, redis.ResponseError("BUSY Redis is busy running a script"))
+    handle = Echo.enqueue(text="after the error")
+    worker.start(give_up_after=10)
+    first, fresh = f"{worker.name}/fast/0/1", f"{worker.name}/fast/0/2"
+    try:
+        assert handle.result(timeout=10).text == "after the error"
+        # the reply to a take is lost: the slot goes on as a new identity, whose lease its next fetch registers
+        assert conn.zscore(FAST.workers, fresh) is not None
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert messages(caplog) == [f"{first}: fetch failed: BUSY Redis is busy running a script"]
+    assert fetched[:2] == [first, fresh]
+
+
+def test_a_job_whose_lease_was_recovered_while_it_ran_is_not_recorded_and_the_slot_goes_on_as_a_new_identity(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forgejobs.worker")
+    worker = Worker(settings, registry, queues=["slow"], connection=conn, resources=object())
+    path = tmp_path / "notes"
+    handle = Slow.enqueue(path=str(path), seconds=0.5)
+    worker.start(give_up_after=10)
+    try:
+        [slot] = worker.states["slow"].slots
+        wait_for(lambda: slot.in_handler, what="the job to start")
+        first = slot.ident
+        # as if recovery had given it to another slot, which holds a lease
+        conn.zadd(SLOW.workers, {"another-slot": server_ms(conn) + 60_000})
+        conn.hset(SLOW.active, handle.id, "another-slot|0")
+        wait_for(lambda: slot.ident != first, what="the slot to take a fresh identity")
+        second = Slow.enqueue(path=str(path), seconds=0)
+        assert second.result(timeout=10) == "slept"
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert warnings_of(caplog) == [
+        f"slow {handle.id}: its lease had been recovered (the worker was too slow or cut off); this run's outcome "
+        "(done) is not recorded, the job runs again"
+    ]
+    assert slot.ident == f"{worker.name}/slow/0/2"
+    assert handle.status() is Status.RUNNING  # still the other slot's, to recover
+    assert conn.hget(SLOW.active, handle.id) == b"another-slot|0"
+    assert counters(conn, "slow")[("succeeded", "slow.slow", None)] == 1  # the second job only

@@ -485,6 +485,7 @@ class Worker:
                 job, status = self._fetch(state, slot, finish, take=take, woke=woke)
                 self.outage.recovered()
             except redis.RedisError as exc:
+                ident = slot.ident
                 if take:
                     # The reply is lost: the call may have run and given this identity a job we never saw.
                     # Take a fresh identity; the old one's lease runs out and recovery requeues what it held.
@@ -493,7 +494,7 @@ class Worker:
                 if isinstance(exc, UNREACHABLE):
                     self._stop.wait(self.outage.failed(exc))
                 else:  # Redis answered with an error: say so, and try again shortly
-                    log.error("%s: fetch failed: %s", slot.ident, exc)
+                    log.error("%s: fetch failed: %s", ident, exc)
                     self._stop.wait(1.0)
                 continue
             finish = None
