@@ -10,17 +10,21 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from forgejobs import Client, Reason, Registry, Settings, Status
+from forgejobs import Client, Context, Job, Reason, Registry, Settings, Status, Unrecoverable
+from forgejobs.backends.redis import RedisBackend
+from forgejobs.client import use_client
 from forgejobs.errors import BackendUnavailable
 from forgejobs.keys import QueueKeys
 from forgejobs.metrics import MetricsReader
 from forgejobs.runtime.worker import Worker
+from forgejobs.specs import QueueSpec, Specs
 from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS, free_port, wait_for
 from tests.samplejobs.basic import Echo, Slow
 
@@ -350,3 +354,60 @@ def test_a_job_whose_lease_was_recovered_while_it_ran_is_not_recorded_and_the_sl
     assert handle.status() is Status.RUNNING  # still the other slot's, to recover
     assert conn.hget(SLOW.active, handle.id) == b"another-slot|0"
     assert counters(conn, "slow")[("succeeded", "slow.slow", None)] == 1  # the second job only
+
+
+# -- how long finished jobs are kept, and what counts as pending ---------------------------------------------
+
+
+class Briefly(Job, queue="brief", attempts=1, result_ttl=timedelta(minutes=5), failure_ttl=timedelta(hours=2)):
+    """Kept 5 minutes when it succeeds, 2 hours when it fails."""
+
+    fail: bool = False
+
+    def perform(self, ctx: Context) -> str:
+        if self.fail:
+            raise Unrecoverable("told to fail")
+        return "done"
+
+
+BRIEF = QueueKeys("forgejobs", "brief")
+
+
+def test_a_finished_job_is_kept_for_its_own_type_s_result_or_failure_ttl(redis_url: str, conn: redis.Redis) -> None:
+    registry = Registry([Briefly], Specs(queues={"brief": QueueSpec()}))
+    own = Client(RedisBackend(conn), registry)
+    worker = Worker(Settings(redis_url=redis_url), registry, queues=["brief"], connection=conn, resources=object())
+    before = server_ms(conn)
+    with use_client(own):
+        done, failed = Briefly.enqueue(), Briefly.enqueue(fail=True)
+        worker.start(give_up_after=10)
+        try:
+            assert done.result(timeout=10) == "done"
+            wait_for(lambda: failed.status() is Status.FAILED, what="the failing job to fail")
+        finally:
+            worker.stop()
+            assert worker.join(30), "the worker did not stop"
+    after = server_ms(conn)
+    kept_until = conn.zscore(BRIEF.done, done.id)
+    assert kept_until is not None and before + 5 * 60_000 <= kept_until <= after + 5 * 60_000
+    kept_until = conn.zscore(BRIEF.failed, failed.id)
+    assert kept_until is not None and before + 2 * 3_600_000 <= kept_until <= after + 2 * 3_600_000
+
+
+def test_a_job_type_the_worker_does_not_know_is_kept_an_hour_when_done_and_a_week_when_failed(
+    settings: Settings, registry: Registry, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    assert (worker.result_ttl_ms("nobody.knows"), worker.failure_ttl_ms(None)) == (3_600_000, WEEK_MS)
+    assert (worker.result_ttl_ms("fast.echo"), worker.failure_ttl_ms("fast.echo")) == (3_600_000, WEEK_MS)
+
+
+def test_pending_counts_waiting_jobs_and_delayed_ones_due_within_the_horizon(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    Echo.enqueue(text="now")
+    Echo.with_options(delay=3600).enqueue(text="in an hour")
+    assert worker.pending() == 1
+    assert worker.pending(horizon=3590) == 1  # due in 3600 s: not within 3590 s
+    assert worker.pending(horizon=3610) == 2

@@ -677,9 +677,12 @@ class Worker:
             kind, raw = read_record(self.connection, state.keys.job_bytes(job.id))
         except redis.RedisError as exc:
             kind, raw = "?", f"<unreadable: {exc}>"
-        error = "corrupt record: no envelope" if kind in ("hash", "none") else f"corrupt record: a {kind}, not a hash"
         if kind == "none":
             error = "corrupt record: no envelope (an id on a wait list with no record)"
+        elif kind == "hash":
+            error = "corrupt record: no envelope"
+        else:
+            error = f"corrupt record: a {kind}, not a hash"
         record = DeadLetter(id=shown, queue=state.name, reason=Reason.CORRUPT, error=error, raw=raw)
         self._runtimes[state.name].dead_letters.add(record)
         log.error("dead-lettered %s from %s: %s", shown, state.name, error)

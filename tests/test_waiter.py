@@ -1,0 +1,123 @@
+"""The worker's waiter (forgejobs/runtime/waiter.py), one step at a time in this process: promoting due
+delayed jobs, remembering when the next one falls due, and waking idle slots."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import redis
+
+from forgejobs import Client, EnqueueOptions, Registry, Settings
+from forgejobs.keys import QueueKeys
+from forgejobs.runtime.state import QueueState, Slot
+from forgejobs.runtime.worker import Worker
+from tests.samplejobs.basic import Echo
+
+pytestmark = pytest.mark.redis
+
+FAST = QueueKeys("forgejobs", "fast")
+
+
+@pytest.fixture
+def worker(settings: Settings, registry: Registry, conn: redis.Redis) -> Worker:
+    """A worker of the fast queue, none of its threads started."""
+    return Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+
+
+def server_ms(conn: redis.Redis) -> int:
+    seconds, micros = conn.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def delayed(client: Client, n: int) -> list[str]:
+    """`n` Echo jobs delayed by an hour, oldest first."""
+    return [h.id for h in client.enqueue(Echo, [{"text": str(i)} for i in range(n)], EnqueueOptions(delay=3600))]
+
+
+def waiting(conn: redis.Redis) -> list[bytes]:
+    return [job for priority in range(1, 11) for job in conn.lrange(FAST.wait(priority), 0, -1)]
+
+
+def idle_slot(state: QueueState) -> Slot:
+    slot = Slot(state.name, 0, "an-idle-slot")
+    state.idle.append(slot)
+    return slot
+
+
+def test_promoting_moves_due_jobs_to_their_wait_list_remembers_the_next_due_time_and_wakes_an_idle_slot(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    due, later = delayed(client, 2)
+    conn.zadd(FAST.delayed, {due: server_ms(conn) - 1000})
+    later_at = conn.zscore(FAST.delayed, later)
+    state = worker.states["fast"]
+    slot = idle_slot(state)
+
+    worker.waiter.promote(state)
+
+    assert waiting(conn) == [due.encode()]
+    assert conn.zrange(FAST.delayed, 0, -1) == [later.encode()]
+    assert state.next_due == later_at
+    assert state.promoted is True
+    assert slot.wake.is_set() and not state.idle
+
+
+def test_promoting_with_nothing_due_moves_nothing_and_wakes_no_one(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    state = worker.states["fast"]
+    slot = idle_slot(state)
+    worker.waiter.promote(state)
+    assert state.next_due == math.inf and state.promoted is False
+    [later] = delayed(client, 1)
+    worker.waiter.promote(state)
+    assert state.next_due == conn.zscore(FAST.delayed, later)
+    assert state.promoted is False and not slot.wake.is_set() and list(state.idle) == [slot]
+    assert waiting(conn) == []
+
+
+def test_one_promotion_moves_at_most_1000_jobs_and_the_rest_are_due_at_once(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    ids = delayed(client, 1001)
+    past = server_ms(conn) - 1000
+    conn.zadd(FAST.delayed, {job_id: past + n for n, job_id in enumerate(ids)})
+    state = worker.states["fast"]
+
+    worker.waiter.promote(state)
+
+    assert len(waiting(conn)) == 1000
+    assert conn.zrange(FAST.delayed, 0, -1) == [ids[-1].encode()]
+    assert state.next_due == past + 1000  # due already: the waiter promotes again without waiting
+
+
+def test_after_a_local_wait_only_queues_whose_jobs_were_promoted_wake_a_slot(
+    settings: Settings, registry: Registry, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object())
+    fast, slow = worker.states["fast"], worker.states["slow"]
+    fast_slot, slow_slot = idle_slot(fast), idle_slot(slow)
+    fast.promoted = True
+    worker.waiter.wake_waiting([fast, slow])
+    assert fast_slot.wake.is_set() and fast.promoted is False
+    assert not slow_slot.wake.is_set() and list(slow.idle) == [slow_slot]
+
+
+def test_a_step_with_a_job_due_within_the_local_wait_promotes_it_and_wakes_an_idle_slot(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    [due] = delayed(client, 1)
+    state = worker.states["fast"]
+    worker.upkeep.refresh()  # the server clock, and the next due time as Redis has it
+    conn.zadd(FAST.delayed, {due: server_ms(conn) + 50})
+    state.next_due = server_ms(conn) + 50
+    slot = idle_slot(state)
+    stop = threading.Event()
+    for _ in range(20):  # each step waits at most until the due time, then promotes
+        worker.waiter.step(stop)
+        if waiting(conn):
+            break
+    assert waiting(conn) == [due.encode()]
+    assert slot.wake.is_set()
