@@ -7,13 +7,18 @@ test module for its helpers.
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from click.testing import CliRunner
+
+if TYPE_CHECKING:
+    from forgejobs.worker import Worker, WorkerStats
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_JOBS = "tests.samplejobs"
@@ -91,3 +96,25 @@ def dashboard_login(app: object, token: str, base: str = "") -> Any:
     reply = browser.post(f"{base}/login", data={"csrf_token": csrf_of(page.text), "secret": token, "next": "/"})
     assert reply.status_code == 303, reply.text
     return browser
+
+
+def burst(worker: Worker, within: float = 10.0, horizon: float = 0.0) -> WorkerStats:
+    """Run `worker` until its queues are drained, in this thread (its signal handlers are undone after);
+    fail if that takes longer than `within` seconds (a job taken again and again, a slot that hangs)."""
+    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    gave_up = threading.Event()
+
+    def give_up() -> None:
+        gave_up.set()
+        worker.stop()
+
+    timer = threading.Timer(within, give_up)
+    timer.start()
+    try:
+        stats = worker.run(burst=True, horizon=horizon)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert not gave_up.is_set(), f"the queues were not drained in {within:g} s"
+    return stats

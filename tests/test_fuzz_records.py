@@ -12,9 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import signal
 import string
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +28,9 @@ from forgejobs.envelope import Envelope
 from forgejobs.execution import DeadLettered, Runtime, execute
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.corrupt import shown_id
-from forgejobs.worker import Worker, WorkerStats
+from forgejobs.worker import Worker
 from tests.conftest import SAMPLE_JOBS, SAMPLE_SPECS, leftovers
+from tests.helpers import burst
 from tests.samplejobs.basic import Echo
 
 FAST = QueueKeys("forgejobs", "fast")
@@ -201,28 +200,6 @@ def write(connection: redis.Redis, key: bytes, record: Hostile) -> None:
 
 
 # -- 1. through a real worker ----------------------------------------------------------------------------
-
-
-def burst(worker: Worker, within: float = 10.0) -> WorkerStats:
-    """Run `worker` until its queues are drained, in this thread (its signal handlers are undone after);
-    fail if that takes longer than `within` seconds (a job taken again and again, a slot that hangs)."""
-    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
-    gave_up = threading.Event()
-
-    def give_up() -> None:
-        gave_up.set()
-        worker.stop()
-
-    timer = threading.Timer(within, give_up)
-    timer.start()
-    try:
-        stats = worker.run(burst=True, horizon=0)
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGTERM, handlers[0])
-        signal.signal(signal.SIGINT, handlers[1])
-    assert not gave_up.is_set(), f"the queues were not drained in {within:g} s"
-    return stats
 
 
 @pytest.mark.redis
