@@ -22,7 +22,7 @@ from forgejobs.keys import QueueKeys
 from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker, connect, slot_pid
 from tests.helpers import notes, wait_for
-from tests.samplejobs.basic import Slow, TimesOut
+from tests.samplejobs.basic import Echo, Slow, TimesOut
 
 pytestmark = pytest.mark.redis
 
@@ -133,7 +133,7 @@ def test_a_second_signal_aborts_the_running_job_which_waits_at_the_front_to_run_
     assert messages(caplog)[-1] == f"signal {signal.SIGINT} again: aborting running jobs; they will run again"
 
 
-def test_abort_interrupts_only_a_slot_inside_a_handler(
+def test_abort_interrupts_only_a_slot_inside_a_handler_not_one_taking_a_job(
     settings: Settings,
     registry: Registry,
     conn: redis.Redis,
@@ -141,19 +141,35 @@ def test_abort_interrupts_only_a_slot_inside_a_handler(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A slot interrupted in the middle of a fetch would die holding the job the fetch gave it."""
     crashed: list[str] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(f"{args.thread}: {args.exc_type}"))
     worker = Worker(settings, registry, queues=["slow", "fast"], connection=conn, resources=object(), guard=no_timeout)
+    fetching, release = threading.Event(), threading.Event()
+    real_fetch = worker.scripts.fetch
+
+    def fetch(*, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        if "/fast/" in str(args[1]) and spinning_started.is_set():
+            fetching.set()
+            release.wait(10)
+        return real_fetch(keys=keys, args=args)
+
+    spinning_started = threading.Event()
+    worker.scripts.fetch = fetch  # type: ignore[method-assign]
     worker.start(give_up_after=10)
     spinning = TimesOut.enqueue(path=str(tmp_path / "notes"), spin=True)
     running(worker)
-    idle = worker.states["fast"].slots[0]
-    assert idle.thread is not None and not idle.in_handler
-    worker.abort()  # the slow slot's job is interrupted; the idle fast slot just ends
+    spinning_started.set()
+    taken = Echo.enqueue(text="taken by the fetch abort meets")
+    assert fetching.wait(10), "the fast slot did not fetch"
+    fast = worker.states["fast"].slots[0]
+    worker.abort()  # the slow slot's job is interrupted; the fast slot's fetch is not
+    release.set()
     assert worker.join(10), "the worker did not stop"
-    assert not idle.thread.is_alive()
+    assert fast.thread is not None and not fast.thread.is_alive()
     assert crashed == []
     assert waiting(conn, SLOW) == [spinning.id.encode()]
+    assert taken.result(timeout=1).text == "taken by the fetch abort meets"  # run: a take is never cut short
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
