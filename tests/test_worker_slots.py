@@ -453,3 +453,28 @@ def test_a_burst_waits_for_a_job_still_running_on_a_queue_paused_meanwhile(
     helper.join(10)
     assert running.status() is Status.SUCCEEDED
     assert [h.status() for h in follow_ups] == [Status.SUCCEEDED]
+
+
+@pytest.mark.parametrize(
+    ("envelope", "name"),
+    [
+        (b'{"id":"1","name":"fast.echo","payload":{"name":"inner"}}', "fast.echo"),  # the first: the job's own
+        (b'"name":"at.the.start"', "at.the.start"),
+        (b'{"name":"caf\xc3\xa9\xff"}', "caf\u00e9\ufffd"),  # bytes that are not UTF-8 are replaced
+        (b'{"id":"1","payload":{}}', "?"),  # no name
+        (b'{"id":"1","name":"cut', "?"),  # a name that never ends
+        (b"", "?"),
+    ],
+)
+def test_a_job_s_name_is_read_from_its_envelope_without_parsing_it(envelope: bytes, name: str) -> None:
+    assert Worker._name_hint(envelope) == name
+
+
+def test_a_slot_holds_a_job_for_its_type_s_timeout_before_it_counts_as_stuck_or_300_s_for_an_unknown_one(
+    settings: Settings, registry: Registry, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    assert worker._timeout_hint(b'{"name":"slow.times-out","payload":{}}') == 1.0
+    assert worker._timeout_hint(b'{"name":"slow.slow-first-attempt"}') == 120.0
+    assert worker._timeout_hint(b'{"name":"nobody.knows"}') == 300.0
+    assert worker._timeout_hint(b"not json at all") == 300.0

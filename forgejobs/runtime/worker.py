@@ -643,9 +643,14 @@ class Worker:
 
     @staticmethod
     def _name_hint(envelope: bytes) -> str:
-        start = envelope.find(b'"name":"') + 8
+        """The job's name, read from the first `"name":"` of its envelope (where the client writes it) without
+        parsing the whole; "?" when there is none."""
+        found = envelope.find(b'"name":"')
+        if found < 0:
+            return "?"
+        start = found + 8
         end = envelope.find(b'"', start)
-        return envelope[start:end].decode("utf-8", "replace") if start >= 8 and end > 0 else "?"
+        return envelope[start:end].decode("utf-8", "replace") if end >= 0 else "?"
 
     @staticmethod
     def _attempt_hint(outcome: WorkerOutcome | None) -> int | None:
@@ -664,11 +669,9 @@ class Worker:
         return None
 
     def _timeout_hint(self, envelope: bytes) -> float:
-        """The job's timeout, for the stuck-slot check (execution enforces it). Read from the name field
-        where the client writes it, without parsing the whole envelope; 300 s if that fails."""
-        start = envelope.find(b'"name":"') + 8
-        end = envelope.find(b'"', start)
-        options = self._options(envelope[start:end].decode("utf-8", "replace")) if start >= 8 and end > 0 else None
+        """The job's timeout, for the stuck-slot check (execution enforces it); 300 s for a name it does not
+        know or cannot read."""
+        options = self._options(self._name_hint(envelope))
         return options.timeout.total_seconds() if options else 300.0
 
     def _corrupt(self, state: QueueState, slot: Slot, job: Fetched, shown: str) -> Finish:
