@@ -478,3 +478,32 @@ def test_a_slot_holds_a_job_for_its_type_s_timeout_before_it_counts_as_stuck_or_
     assert worker._timeout_hint(b'{"name":"slow.slow-first-attempt"}') == 120.0
     assert worker._timeout_hint(b'{"name":"nobody.knows"}') == 300.0
     assert worker._timeout_hint(b"not json at all") == 300.0
+
+
+@pytest.mark.parametrize(("horizon", "left"), [(3610, 1), (3597, 0)])
+def test_a_burst_counts_a_paused_queue_s_delayed_jobs_due_within_its_horizon_as_left(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    signals_as_found: None,
+    horizon: float,
+    left: int,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forgejobs.worker")
+    client.pause("fast")
+    Echo.with_options(delay=3600).enqueue(text="in an hour")
+    burst(Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object()), horizon=horizon)
+    expected = [f"fast is paused: {left} job(s) left for when it is resumed"] if left else []
+    assert warnings_of(caplog) == expected
+
+
+def test_a_worker_run_for_one_job_a_slot_takes_no_second(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, signals_as_found: None
+) -> None:
+    handles = [Echo.enqueue(text=str(n)) for n in range(3)]
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    stats = worker.run(max_jobs=1)
+    assert stats.counts == {"succeeded": 1}
+    assert [h.status() for h in handles] == [Status.SUCCEEDED, Status.QUEUED, Status.QUEUED]
