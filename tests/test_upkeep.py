@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -538,3 +540,142 @@ def test_a_recovery_pass_marks_its_queue_as_checked_for_one_second(worker: Worke
 
     assert conn.get(SLOW.check) == worker.name.encode()
     assert 0 < conn.pttl(SLOW.check) <= 1000
+
+
+# -- leases, the view of the queues, retention, and how often each runs ----------------------------------------
+
+
+@pytest.fixture
+def live_thread() -> Iterator[threading.Thread]:
+    """A thread that runs until the test ends: what a live slot's thread looks like to upkeep."""
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait)
+    thread.start()
+    yield thread
+    done.set()
+    thread.join()
+
+
+def test_a_beat_renews_the_lease_of_each_live_slot_of_each_queue_for_the_lease_time(
+    worker: Worker, conn: redis.Redis, live_thread: threading.Thread
+) -> None:
+    worker.states["fast"].slots += [Slot("fast", 0, "fast-live", thread=live_thread), Slot("fast", 1, "fast-none")]
+    worker.states["slow"].slots += [Slot("slow", 0, "slow-live", thread=live_thread)]
+    before = server_ms(conn)
+    worker.upkeep.beat()
+    after = server_ms(conn)
+    for keys, ident in ((FAST, "fast-live"), (SLOW, "slow-live")):
+        expiry = conn.zscore(keys.workers, ident)
+        assert expiry is not None and before + worker.lease_ms <= expiry <= after + worker.lease_ms
+    assert conn.zscore(FAST.workers, "fast-none") is None  # a slot without a running thread is not renewed
+    assert worker.lease_ms == 10_000  # the default stall timeout
+
+
+def test_a_beat_with_no_live_slot_writes_nothing(worker: Worker, conn: redis.Redis) -> None:
+    worker.states["fast"].slots.append(Slot("fast", 0, "no-thread"))
+    worker.upkeep.beat()
+    assert conn.exists(FAST.workers, SLOW.workers) == 0
+
+
+def test_a_beat_tells_the_slot_running_a_job_someone_asked_to_cancel_once(
+    worker: Worker, conn: redis.Redis, live_thread: threading.Thread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="forgejobs.worker")
+    asked = Slot("fast", 0, "running-asked", thread=live_thread, job_id=b"job-asked")
+    other = Slot("fast", 1, "running-other", thread=live_thread, job_id=b"job-other")
+    worker.states["fast"].slots += [asked, other]
+    conn.hset(FAST.active, mapping={"job-asked": "running-asked|0", "job-other": "running-other|0"})
+    conn.sadd(FAST.cancels, "job-asked")
+    worker.upkeep.beat()
+    worker.upkeep.beat()
+    assert asked.cancel.is_set() and not other.cancel.is_set()
+    assert messages(caplog) == ["fast job-asked: cancel asked for; its handler sees ctx.cancelled"]
+
+
+def test_a_refresh_reads_paused_queues_due_times_and_the_server_clock(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    fast, slow = worker.states["fast"], worker.states["slow"]
+    client.pause("slow")
+    later = Echo.with_options(delay=3600).enqueue(text="later")
+    worker.clock.set_server_ms(0)  # far off, to see it set again
+    worker.upkeep.refresh()
+    assert (fast.paused, slow.paused) == (False, True)
+    assert fast.next_due == conn.zscore(FAST.delayed, later.id) and slow.next_due == math.inf
+    assert abs(worker.clock.now_ms() - server_ms(conn)) < 1000
+    client.resume("slow")
+    conn.zrem(FAST.delayed, later.id)
+    worker.upkeep.refresh()
+    assert (fast.paused, slow.paused) == (False, False)
+    assert fast.next_due == math.inf
+
+
+def test_a_refresh_that_finds_a_job_due_sooner_than_known_makes_the_waiter_look_again(
+    worker: Worker, client: Client, conn: redis.Redis
+) -> None:
+    poked = worker.waiter._local
+    worker.upkeep.refresh()
+    assert not poked.is_set()  # nothing delayed: nothing sooner
+    later = Echo.with_options(delay=3600).enqueue(text="later")
+    worker.upkeep.refresh()
+    assert poked.is_set()
+    poked.clear()
+    worker.upkeep.refresh()  # the same due time again: nothing new
+    assert not poked.is_set()
+    conn.zadd(FAST.delayed, {later.id: server_ms(conn) + 1_800_000})
+    worker.upkeep.refresh()
+    assert poked.is_set()
+
+
+def finished(conn: redis.Redis, keys: QueueKeys, job_id: str, expires_ms: int) -> None:
+    """A succeeded job record that expires at `expires_ms` (server ms)."""
+    conn.hset(keys.job(job_id), mapping={"s": "succeeded", "ft": str(expires_ms - 3_600_000)})
+    conn.zadd(keys.done, {job_id: expires_ms})
+
+
+def test_a_retention_pass_runs_once_in_five_seconds_per_queue_across_workers(worker: Worker, conn: redis.Redis) -> None:
+    state = worker.states["fast"]
+    finished(conn, FAST, "expired-1", server_ms(conn) - 1000)
+    worker.upkeep.trim(state)
+    assert not conn.exists(FAST.job("expired-1")) and conn.zcard(FAST.done) == 0
+    assert conn.get(FAST.trim) == worker.name.encode()
+    assert 4000 < conn.pttl(FAST.trim) <= 5000
+    finished(conn, FAST, "expired-2", server_ms(conn) - 1000)
+    worker.upkeep.trim(state)  # within the five seconds: left for the next pass
+    assert conn.exists(FAST.job("expired-2"))
+
+
+def test_a_tick_beats_every_fifth_of_the_lease_checks_every_second_and_trims_every_five_seconds(
+    worker: Worker, conn: redis.Redis, live_thread: threading.Thread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import forgejobs.runtime.upkeep as upkeep_module
+
+    now = [1000.0]
+    monkeypatch.setattr(upkeep_module.time, "monotonic", lambda: now[0])
+    worker.states["fast"].slots.append(Slot("fast", 0, "live", thread=live_thread))
+    calls: list[str] = []
+    for step in ("beat", "refresh"):
+        real = getattr(worker.upkeep, step)
+        monkeypatch.setattr(worker.upkeep, step, lambda real=real, step=step: (calls.append(step), real())[1])
+    real_trim, real_recover = worker.upkeep.trim, worker.upkeep.recover
+    monkeypatch.setattr(worker.upkeep, "trim", lambda state: (calls.append(f"trim {state.name}"), real_trim(state)))
+    monkeypatch.setattr(
+        worker.upkeep, "recover", lambda state: (calls.append(f"recover {state.name}"), real_recover(state))
+    )
+
+    def tick_at(t: float) -> list[str]:
+        now[0] = t
+        calls.clear()
+        worker.upkeep.tick()
+        return list(calls)
+
+    checks = ["refresh", "recover fast", "recover slow"]
+    trims = ["trim fast", "trim slow"]
+    assert worker.upkeep.beat_every == 2.0  # a fifth of the 10 s lease
+    assert tick_at(1000.0) == ["beat", *checks, *trims]
+    assert tick_at(1000.5) == []
+    assert tick_at(1001.0) == checks
+    assert tick_at(1001.9) == []
+    assert tick_at(1002.0) == ["beat", *checks]
+    assert tick_at(1004.9) == ["beat", *checks]
+    assert tick_at(1005.0) == trims
