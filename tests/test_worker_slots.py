@@ -414,8 +414,19 @@ def test_pending_counts_waiting_jobs_and_delayed_ones_due_within_the_horizon(
     Echo.enqueue(text="now")
     Echo.with_options(delay=3600).enqueue(text="in an hour")
     assert worker.pending() == 1
-    assert worker.pending(horizon=3590) == 1  # due in 3600 s: not within 3590 s
+    assert worker.pending(horizon=3597) == 1  # due in 3600 s (less the moment since): not within 3597 s
     assert worker.pending(horizon=3610) == 2
+    assert not worker.drained() and worker.drained(horizon=0) is False  # one waits
+
+
+def test_a_job_due_in_a_moment_is_pending_and_keeps_a_queue_from_being_drained_only_within_a_horizon(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    soon = Echo.with_options(delay=3600).enqueue(text="soon")
+    conn.zadd(FAST.delayed, {soon.id: server_ms(conn) + 600})  # due in 0.6 s: a horizon of 1 s would take it
+    assert (worker.pending(), worker.pending(horizon=10)) == (0, 1)
+    assert (worker.drained(), worker.drained(horizon=10)) == (True, False)
 
 
 def test_a_burst_ends_when_nothing_is_due_within_its_horizon_and_leaves_later_jobs_delayed(
