@@ -518,3 +518,33 @@ def test_a_worker_run_for_one_job_a_slot_takes_no_second(
     stats = worker.run(max_jobs=1)
     assert stats.counts == {"succeeded": 1}
     assert [h.status() for h in handles] == [Status.SUCCEEDED, Status.QUEUED, Status.QUEUED]
+
+
+def test_a_worker_run_without_burst_waits_for_work_until_stopped(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, signals_as_found: None
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    handles: list[Any] = []
+
+    def enqueue_later_then_stop() -> None:
+        wait_for(lambda: worker.states["fast"].has_idle(), what="the slot to go idle")
+        time.sleep(0.5)  # longer than the three idle checks (0.15 s) after which a burst would have ended
+        handles.append(Echo.enqueue(text="late"))
+        wait_for(lambda: handles[0].status() is Status.SUCCEEDED, what="the late job to run")
+        worker.stop()
+
+    helper = threading.Thread(target=enqueue_later_then_stop)
+    helper.start()
+    stats = worker.run()
+    helper.join(10)
+    assert stats.counts == {"succeeded": 1}
+
+
+def test_a_burst_looks_ten_seconds_ahead_by_default(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, signals_as_found: None
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    later = Echo.with_options(delay=3600).enqueue(text="in 10.5 s")
+    conn.zadd(FAST.delayed, {later.id: server_ms(conn) + 10_500})
+    stats = worker.run(burst=True)
+    assert stats.counts == {} and later.status() is Status.SCHEDULED
