@@ -143,6 +143,15 @@ def _claim(conn: redis.Redis) -> bool:
 
 
 @pytest.fixture
+def signals_as_found() -> Iterator[None]:
+    """A worker run in the main thread installs its SIGTERM and SIGINT handlers: they are undone after."""
+    term, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGTERM, term)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+@pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database (1-15) that was empty, or left by a test killed on this host, claimed for this test and
     emptied afterwards. Only such databases are claimed, so flushing one at the end removes only test data."""

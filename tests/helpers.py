@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 from click.testing import CliRunner
 
 if TYPE_CHECKING:
+    import pytest
+    import redis
+
+    from forgejobs.keys import QueueKeys
     from forgejobs.worker import Worker, WorkerStats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +122,36 @@ def burst(worker: Worker, within: float = 10.0, horizon: float = 0.0) -> WorkerS
         signal.signal(signal.SIGINT, handlers[1])
     assert not gave_up.is_set(), f"the queues were not drained in {within:g} s"
     return stats
+
+
+def server_ms(conn: redis.Redis) -> int:
+    """The Redis server's clock, in ms: the clock the runtime's scripts stamp and expire by."""
+    seconds, micros = conn.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def waiting(conn: redis.Redis, keys: QueueKeys) -> list[bytes]:
+    """The ids on a queue's wait lists, in the order slots would take them (priority 1 first)."""
+    return [job for priority in range(1, 11) for job in conn.lrange(keys.wait(priority), 0, -1)]
+
+
+def counters(conn: redis.Redis, queue: str) -> dict[tuple[str, str, str | None], int]:
+    """The stored counters of `queue` (not the derived ones) as (name, job name, reason) -> value."""
+    from forgejobs.metrics import MetricsReader
+
+    snapshot = MetricsReader(conn, queues=[queue]).snapshot()
+    return {(c.name, c.job_name, c.reason): c.value for c in snapshot.counters if c.name not in ("started", "failed")}
+
+
+def failed_in_last_minutes(conn: redis.Redis, queue: str) -> int:
+    """Failed attempts the per-minute counts hold for `queue` in the current and the previous minute."""
+    from forgejobs.metrics import MetricsReader
+
+    return sum(m.failed for m in MetricsReader(conn, queues=[queue]).per_minute(queue, minutes=2))
+
+
+def worker_log(caplog: pytest.LogCaptureFixture, level: int | None = None) -> list[str]:
+    """The worker's log lines (logger forgejobs.worker) as formatted, only those at `level` when given."""
+    return [
+        r.getMessage() for r in caplog.records if r.name == "forgejobs.worker" and (level is None or r.levelno == level)
+    ]

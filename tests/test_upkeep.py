@@ -26,12 +26,11 @@ import redis
 
 from forgejobs import Client, Reason, Registry, Settings
 from forgejobs.keys import QueueKeys
-from forgejobs.metrics import MetricsReader
 from forgejobs.runtime.cancel import CannotCancel, cancel
 from forgejobs.runtime.corrupt import read_record
 from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker
-from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS
+from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS, counters, failed_in_last_minutes, server_ms, worker_log
 from tests.samplejobs.basic import Echo, Slow
 
 pytestmark = pytest.mark.redis
@@ -59,16 +58,6 @@ def envelope(conn: redis.Redis, keys: QueueKeys, job_id: str) -> dict[str, Any]:
     return dict(json.loads(stored))
 
 
-def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The worker's log lines, each exactly as formatted."""
-    return [r.getMessage() for r in caplog.records if r.name == "forgejobs.worker"]
-
-
-def server_ms(conn: redis.Redis) -> int:
-    seconds, micros = conn.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 def events_of(client: Client, job_id: str) -> list[str]:
     return [e.kind.value for e in client.backend.events.read() if e.job_id == job_id]  # type: ignore[attr-defined]
 
@@ -83,7 +72,7 @@ def test_a_queue_whose_recovery_redis_refuses_does_not_hold_up_the_other_queues(
 
     worker.upkeep.tick()
 
-    assert "fast: recover failed; trying again" in messages(caplog) and "WRONGTYPE" in caplog.text
+    assert "fast: recover failed; trying again" in worker_log(caplog) and "WRONGTYPE" in caplog.text
     # slow's dead slot was still recovered and its job settled: back on its wait list as attempt 2 (Slow has
     # attempts=2 and backoff fixed(0))
     assert conn.lrange(SLOW.wait(5), 0, -1) == [handle.id.encode()]
@@ -132,7 +121,7 @@ def test_a_clean_stop_without_redis_says_so_and_does_not_raise(
 
     worker.upkeep.final()
 
-    [line] = messages(caplog)
+    [line] = worker_log(caplog)
     assert line.startswith("could not write the last events or release the leases: ")
     assert "127.0.0.1:1" in line  # the connection error, which says where Redis was looked for
 
@@ -156,7 +145,7 @@ def test_one_stalled_job_redis_refuses_to_settle_does_not_hold_up_the_jobs_behin
 
     worker.upkeep.settle(worker.states["slow"])
 
-    assert f"slow: could not settle stalled job {first.id.encode()!r}; going on" in messages(caplog)
+    assert f"slow: could not settle stalled job {first.id.encode()!r}; going on" in worker_log(caplog)
     assert conn.lrange(SLOW.stalled, 0, -1) == [first.id.encode()]  # kept for the next pass
     assert conn.lrange(SLOW.wait(5), 0, -1) == [second.id.encode()]  # settled: retried as attempt 2
     assert envelope(conn, SLOW, second.id)["attempt"] == 2
@@ -226,17 +215,6 @@ def test_a_stalled_job_of_an_unknown_type_goes_back_to_its_queue_for_execution_t
     assert client.backend.dead_letters.count() == 0
     worker.events.flush()
     assert "stalled" not in events_of(client, handle.id)
-
-
-def failed_in_last_minutes(conn: redis.Redis, queue: str) -> int:
-    """Failed attempts the per-minute counts hold for `queue` in the current and the previous minute."""
-    return sum(m.failed for m in MetricsReader(conn, queues=[queue]).per_minute(queue, minutes=2))
-
-
-def counters(conn: redis.Redis, queue: str) -> dict[tuple[str, str, str | None], int]:
-    """The stored counters of `queue` (not the derived ones) as (name, job name, reason) -> value."""
-    snapshot = MetricsReader(conn, queues=[queue]).snapshot()
-    return {(c.name, c.job_name, c.reason): c.value for c in snapshot.counters if c.name not in ("started", "failed")}
 
 
 def _string(conn: redis.Redis, key: str) -> None:
@@ -320,7 +298,7 @@ def test_a_stalled_record_that_is_not_a_hash_is_dead_lettered_with_its_queue_typ
     assert letter.queue == "fast" and letter.reason is Reason.CORRUPT
     assert letter.error == f"corrupt record: a {kind}, not a hash"
     assert letter.raw == raw
-    assert messages(caplog) == [f"dead-lettered garbled from fast: corrupt record: a {kind}, not a hash"]
+    assert worker_log(caplog) == [f"dead-lettered garbled from fast: corrupt record: a {kind}, not a hash"]
     assert conn.llen(FAST.stalled) == 0
 
 
@@ -377,7 +355,7 @@ def test_one_settling_pass_takes_the_first_fifty_stalled_jobs_and_leaves_the_res
     worker.upkeep.settle(worker.states["fast"])
 
     assert conn.lrange(FAST.stalled, 0, -1) == [b"gone-50", b"gone-51"]
-    assert messages(caplog) == [f"fast: stalled job {i} has no record left; dropped" for i in ids[:50]]
+    assert worker_log(caplog) == [f"fast: stalled job {i} has no record left; dropped" for i in ids[:50]]
 
 
 @pytest.mark.parametrize(
@@ -589,7 +567,7 @@ def test_a_beat_tells_the_slot_running_a_job_someone_asked_to_cancel_once(
     worker.upkeep.beat()
     worker.upkeep.beat()
     assert asked.cancel.is_set() and not other.cancel.is_set()
-    assert messages(caplog) == ["fast job-asked: cancel asked for; its handler sees ctx.cancelled"]
+    assert worker_log(caplog) == ["fast job-asked: cancel asked for; its handler sees ctx.cancelled"]
 
 
 def test_a_refresh_reads_paused_queues_due_times_and_the_server_clock(

@@ -13,6 +13,7 @@ from forgejobs import Client, EnqueueOptions, Registry, Settings
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.state import QueueState, Slot
 from forgejobs.runtime.worker import Worker
+from tests.helpers import server_ms, waiting
 from tests.samplejobs.basic import Echo
 
 pytestmark = pytest.mark.redis
@@ -26,18 +27,9 @@ def worker(settings: Settings, registry: Registry, conn: redis.Redis) -> Worker:
     return Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
 
 
-def server_ms(conn: redis.Redis) -> int:
-    seconds, micros = conn.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 def delayed(client: Client, n: int) -> list[str]:
     """`n` Echo jobs delayed by an hour, oldest first."""
     return [h.id for h in client.enqueue(Echo, [{"text": str(i)} for i in range(n)], EnqueueOptions(delay=3600))]
-
-
-def waiting(conn: redis.Redis) -> list[bytes]:
-    return [job for priority in range(1, 11) for job in conn.lrange(FAST.wait(priority), 0, -1)]
 
 
 def idle_slot(state: QueueState) -> Slot:
@@ -57,7 +49,7 @@ def test_promoting_moves_due_jobs_to_their_wait_list_remembers_the_next_due_time
 
     worker.waiter.promote(state)
 
-    assert waiting(conn) == [due.encode()]
+    assert waiting(conn, FAST) == [due.encode()]
     assert conn.zrange(FAST.delayed, 0, -1) == [later.encode()]
     assert state.next_due == later_at
     assert state.promoted is True
@@ -75,7 +67,7 @@ def test_promoting_with_nothing_due_moves_nothing_and_wakes_no_one(
     worker.waiter.promote(state)
     assert state.next_due == conn.zscore(FAST.delayed, later)
     assert state.promoted is False and not slot.wake.is_set() and list(state.idle) == [slot]
-    assert waiting(conn) == []
+    assert waiting(conn, FAST) == []
 
 
 def test_one_promotion_moves_at_most_1000_jobs_and_the_rest_are_due_at_once(
@@ -88,7 +80,7 @@ def test_one_promotion_moves_at_most_1000_jobs_and_the_rest_are_due_at_once(
 
     worker.waiter.promote(state)
 
-    assert len(waiting(conn)) == 1000
+    assert len(waiting(conn, FAST)) == 1000
     assert conn.zrange(FAST.delayed, 0, -1) == [ids[-1].encode()]
     assert state.next_due == past + 1000  # due already: the waiter promotes again without waiting
 
@@ -117,7 +109,7 @@ def test_a_step_with_a_job_due_within_the_local_wait_promotes_it_and_wakes_an_id
     stop = threading.Event()
     for _ in range(20):  # each step waits at most until the due time, then promotes
         worker.waiter.step(stop)
-        if waiting(conn):
+        if waiting(conn, FAST):
             break
-    assert waiting(conn) == [due.encode()]
+    assert waiting(conn, FAST) == [due.encode()]
     assert slot.wake.is_set()

@@ -21,7 +21,7 @@ from forgejobs import ForgeJobsError, Registry, Settings
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker, connect, slot_pid
-from tests.helpers import notes, wait_for
+from tests.helpers import notes, wait_for, waiting, worker_log
 from tests.samplejobs.basic import Echo, Slow, TimesOut
 
 pytestmark = pytest.mark.redis
@@ -34,28 +34,10 @@ def no_timeout(seconds: float) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "forgejobs.worker"]
-
-
-def waiting(conn: redis.Redis, keys: QueueKeys) -> list[bytes]:
-    """The ids on every priority list of a queue, in the order they would be taken."""
-    return [job for priority in range(1, 11) for job in conn.lrange(keys.wait(priority), 0, -1)]
-
-
 def stored_attempt(conn: redis.Redis, keys: QueueKeys, job_id: str) -> int:
     stored = conn.hget(keys.job(job_id), "d")
     assert isinstance(stored, bytes), f"no envelope stored for {job_id}"
     return int(json.loads(stored)["attempt"])
-
-
-@pytest.fixture
-def signals_as_found() -> Iterator[None]:
-    """Whatever a test's worker installs for SIGTERM and SIGINT is undone after it."""
-    term, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGTERM, term)
-    signal.signal(signal.SIGINT, interrupt)
 
 
 @pytest.fixture
@@ -109,7 +91,7 @@ def test_a_first_signal_lets_the_running_job_finish_and_takes_no_other(
     assert first.result(timeout=1) == "slept"
     assert [n["event"] for n in notes(path)] == ["start", "finish"]
     assert waiting(conn, SLOW) == [second.id.encode()]
-    assert messages(caplog) == [
+    assert worker_log(caplog) == [
         f"signal {signal.SIGTERM}: finishing running jobs, then exiting (send again to abort them)"
     ]
 
@@ -130,7 +112,7 @@ def test_a_second_signal_aborts_the_running_job_which_waits_at_the_front_to_run_
     assert stored_attempt(conn, SLOW, spinning.id) == 1
     assert conn.hlen(SLOW.active) == 0
     assert [n["attempt"] for n in notes(path)] == [1]
-    assert messages(caplog)[-1] == f"signal {signal.SIGINT} again: aborting running jobs; they will run again"
+    assert worker_log(caplog)[-1] == f"signal {signal.SIGINT} again: aborting running jobs; they will run again"
 
 
 def test_abort_interrupts_only_a_slot_inside_a_handler_not_one_taking_a_job(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +21,19 @@ from forgejobs.backends.redis import RedisBackend
 from forgejobs.client import use_client
 from forgejobs.errors import BackendUnavailable
 from forgejobs.keys import QueueKeys
-from forgejobs.metrics import MetricsReader
 from forgejobs.runtime.worker import Worker
 from forgejobs.specs import QueueSpec, Specs
-from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS, burst, free_port, wait_for
+from tests.helpers import (
+    SAMPLE_JOBS,
+    SAMPLE_SPECS,
+    burst,
+    counters,
+    failed_in_last_minutes,
+    free_port,
+    server_ms,
+    wait_for,
+    worker_log,
+)
 from tests.samplejobs.basic import Echo, Slow
 
 pytestmark = pytest.mark.redis
@@ -43,24 +51,6 @@ def worker(settings: Settings, registry: Registry, conn: redis.Redis) -> Iterato
     yield worker
     worker.stop()
     assert worker.join(30), "the worker did not stop"
-
-
-def counters(conn: redis.Redis, queue: str) -> dict[tuple[str, str, str | None], int]:
-    snapshot = MetricsReader(conn, queues=[queue]).snapshot()
-    return {(c.name, c.job_name, c.reason): c.value for c in snapshot.counters if c.name not in ("started", "failed")}
-
-
-def failed_this_minute(conn: redis.Redis, queue: str) -> int:
-    return sum(m.failed for m in MetricsReader(conn, queues=[queue]).per_minute(queue, minutes=2))
-
-
-def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "forgejobs.worker" and r.levelno >= logging.ERROR]
-
-
-def server_ms(conn: redis.Redis) -> int:
-    seconds, micros = conn.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def finished_at(conn: redis.Redis, keys: QueueKeys, job_id: str) -> int:
@@ -109,13 +99,13 @@ def test_a_record_a_slot_cannot_read_is_dead_lettered_with_what_it_held_and_the_
         error,
         raw,
     )
-    assert messages(caplog) == [f"dead-lettered garbled from fast: {error}"]
+    assert worker_log(caplog, logging.ERROR) == [f"dead-lettered garbled from fast: {error}"]
     assert counters(conn, "fast") == {
         ("dead_lettered", "?", "corrupt"): 1,
         ("enqueued", "fast.echo", None): 1,
         ("succeeded", "fast.echo", None): 1,
     }
-    assert failed_this_minute(conn, "fast") == 1
+    assert failed_in_last_minutes(conn, "fast") == 1
     assert worker.stats.counts == {"dead": 1, "succeeded": 1}
     # kept as failed for a week (the failure TTL of a job whose type is not known): scored by when it expires
     expires = conn.zscore(FAST.failed, "garbled")
@@ -173,31 +163,20 @@ def test_a_job_that_fails_outside_its_handler_runs_again_as_the_same_attempt_a_s
     finally:
         worker.stop()
         assert worker.join(30), "the worker did not stop"
-    assert messages(caplog) == [f"fast {handle.id}: failed outside its handler; running it again in 1 s"]
+    assert worker_log(caplog, logging.ERROR) == [
+        f"fast {handle.id}: failed outside its handler; running it again in 1 s"
+    ]
     assert counters(conn, "fast") == {
         ("enqueued", "fast.echo", None): 1,
         ("retried", "fast.echo", None): 1,
         ("succeeded", "fast.echo", None): 1,
     }
-    assert failed_this_minute(conn, "fast") == 1
+    assert failed_in_last_minutes(conn, "fast") == 1
     started = [e.at for e in client.backend.events.read() if e.job_id == handle.id and e.kind.value == "started"]
     assert len(started) == 2 and (started[1] - started[0]).total_seconds() >= 1.0
 
 
 # -- a slot's life: paused queues, a dead thread, an error from Redis, a lease lost while it ran ---------------
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "forgejobs.worker" and r.levelno == logging.WARNING]
-
-
-@pytest.fixture
-def signals_as_found() -> Iterator[None]:
-    """Worker.run in the main thread installs its SIGTERM and SIGINT handlers; they are undone after."""
-    term, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGTERM, term)
-    signal.signal(signal.SIGINT, interrupt)
 
 
 def test_a_burst_ends_with_a_paused_queue_s_jobs_left_and_names_it(
@@ -218,7 +197,7 @@ def test_a_burst_ends_with_a_paused_queue_s_jobs_left_and_names_it(
     assert slept.result(timeout=1) == "slept"
     assert stats.counts == {"succeeded": 1}
     assert [h.status() for h in held] == [Status.QUEUED, Status.QUEUED]
-    assert warnings_of(caplog) == ["fast is paused: 2 job(s) left for when it is resumed"]
+    assert worker_log(caplog, logging.WARNING) == ["fast is paused: 2 job(s) left for when it is resumed"]
 
 
 def test_a_burst_worker_gives_up_on_a_redis_it_cannot_reach_naming_it_and_how_long_it_tried(
@@ -286,7 +265,7 @@ def test_a_slot_whose_thread_died_is_replaced_under_a_fresh_identity_and_its_que
         worker.stop()
         assert worker.join(30), "the worker did not stop"
     assert crashed == [f"{first}: RuntimeError('a bug in the slot loop')"]
-    assert messages(caplog) == [f"worker slot {first} stopped (died or stuck); starting another"]
+    assert worker_log(caplog, logging.ERROR) == [f"worker slot {first} stopped (died or stuck); starting another"]
 
 
 def test_a_slot_that_ran_its_max_jobs_is_done_and_not_replaced(
@@ -306,7 +285,7 @@ def test_a_slot_that_ran_its_max_jobs_is_done_and_not_replaced(
     finally:
         worker.stop()
         assert worker.join(30), "the worker did not stop"
-    assert messages(caplog) == []
+    assert worker_log(caplog, logging.ERROR) == []
 
 
 def test_a_fetch_redis_answers_with_an_error_is_logged_and_tried_again_under_a_fresh_identity(
@@ -325,7 +304,7 @@ def test_a_fetch_redis_answers_with_an_error_is_logged_and_tried_again_under_a_f
     finally:
         worker.stop()
         assert worker.join(30), "the worker did not stop"
-    assert messages(caplog) == [f"{first}: fetch failed: BUSY Redis is busy running a script"]
+    assert worker_log(caplog, logging.ERROR) == [f"{first}: fetch failed: BUSY Redis is busy running a script"]
     assert fetched[:2] == [first, fresh]
 
 
@@ -355,7 +334,7 @@ def test_a_job_whose_lease_was_recovered_while_it_ran_is_not_recorded_and_the_sl
     finally:
         worker.stop()
         assert worker.join(30), "the worker did not stop"
-    assert warnings_of(caplog) == [
+    assert worker_log(caplog, logging.WARNING) == [
         f"slow {handle.id}: its lease had been recovered (the worker was too slow or cut off); this run's outcome "
         "(done) is not recorded, the job runs again"
     ]
@@ -507,7 +486,7 @@ def test_a_burst_counts_a_paused_queue_s_delayed_jobs_due_within_its_horizon_as_
     Echo.with_options(delay=3600).enqueue(text="in an hour")
     burst(Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object()), horizon=horizon)
     expected = [f"fast is paused: {left} job(s) left for when it is resumed"] if left else []
-    assert warnings_of(caplog) == expected
+    assert worker_log(caplog, logging.WARNING) == expected
 
 
 def test_a_worker_run_for_one_job_a_slot_takes_no_second(
