@@ -8,7 +8,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +66,8 @@ def test_a_slot_s_identity_names_the_process_holding_the_lease_whatever_dots_the
     assert slot_pid("web-1.eu.example.com.4242.a1b2c3/mail.outbound/0/7") == 4242
     assert slot_pid(b"localhost.17.ffffff/slow/3/1") == 17
     worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    assert re.fullmatch(rf"{re.escape(socket.gethostname())}\.{os.getpid()}\.[0-9a-f]{{6}}", worker.name)
+    assert worker._new_ident("fast", 3) == f"{worker.name}/fast/3/1"
     assert slot_pid(worker._new_ident("fast", 0)) == os.getpid()
 
 

@@ -201,8 +201,9 @@ def test_a_burst_ends_with_a_paused_queue_s_jobs_left_and_names_it(
 
 
 def test_a_burst_worker_gives_up_on_a_redis_it_cannot_reach_naming_it_and_how_long_it_tried(
-    registry: Registry, signals_as_found: None
+    registry: Registry, signals_as_found: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING)
     port = free_port()
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{port}/0", jobs=SAMPLE_JOBS, specs=SAMPLE_SPECS, enqueue_timeout=2
@@ -215,6 +216,8 @@ def test_a_burst_worker_gives_up_on_a_redis_it_cannot_reach_naming_it_and_how_lo
     assert message.startswith(f"Redis at redis://127.0.0.1:{port}/0 cannot be reached (")
     assert message.endswith("); gave up after 2s")
     assert time.monotonic() - started < 2.5  # it gives up before a pause would take it past its 2 s
+    said = [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert said and said[0].startswith(f"worker {worker.name}: Redis at redis://127.0.0.1:{port}/0 cannot be reached (")
 
 
 @pytest.fixture
