@@ -34,7 +34,7 @@ from tests.helpers import (
     wait_for,
     worker_log,
 )
-from tests.samplejobs.basic import Echo, Slow
+from tests.samplejobs.basic import Doomed, Echo, Flaky, Slow, Snooze
 
 pytestmark = pytest.mark.redis
 
@@ -530,3 +530,44 @@ def test_a_burst_looks_ten_seconds_ahead_by_default(
     conn.zadd(FAST.delayed, {later.id: server_ms(conn) + 10_500})
     stats = worker.run(burst=True)
     assert stats.counts == {} and later.status() is Status.SCHEDULED
+
+
+def test_each_attempt_s_job_line_names_its_outcome_and_the_attempt_that_ended(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.INFO, logger="forgejobs.worker")
+    echo = Echo.enqueue(text="hi")
+    flaky = Flaky.enqueue(path=str(tmp_path / "flaky"), failures=1)
+    doomed = Doomed.enqueue(path=str(tmp_path / "doomed"))
+    snoozed = Snooze.enqueue(path=str(tmp_path / "snooze"))
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    worker.start(give_up_after=10)
+    try:
+        for handle in (echo, flaky, snoozed):
+            handle.result(timeout=15)
+        wait_for(lambda: doomed.status() is Status.FAILED, what="the doomed job to fail")
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    lines = [
+        (r.job_id, r.job_name, r.attempt, r.outcome, r.error)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "forgejobs.worker" and hasattr(r, "outcome")
+    ]
+    assert sorted(lines, key=str) == sorted(
+        [
+            (echo.id, "fast.echo", 1, "succeeded", None),
+            (flaky.id, "fast.flaky", 1, "retried", "RuntimeError: planned failure 1"),
+            (flaky.id, "fast.flaky", 2, "succeeded", None),
+            (doomed.id, "fast.doomed", 1, "dead_lettered", "Unrecoverable: the account was deleted"),
+            (snoozed.id, "fast.snooze", 1, "deferred", "RetryLater: remote said 429"),
+            (snoozed.id, "fast.snooze", 1, "succeeded", None),
+        ],
+        key=str,
+    )
+    assert worker.stats.counts == {"succeeded": 3, "retried": 2, "dead": 1}
