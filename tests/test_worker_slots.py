@@ -34,7 +34,7 @@ from tests.helpers import (
     wait_for,
     worker_log,
 )
-from tests.samplejobs.basic import Doomed, Echo, Flaky, Slow, Snooze
+from tests.samplejobs.basic import Doomed, Echo, Flaky, Progressing, Slow, Snooze
 
 pytestmark = pytest.mark.redis
 
@@ -545,10 +545,11 @@ def test_each_attempt_s_job_line_names_its_outcome_and_the_attempt_that_ended(
     flaky = Flaky.enqueue(path=str(tmp_path / "flaky"), failures=1)
     doomed = Doomed.enqueue(path=str(tmp_path / "doomed"))
     snoozed = Snooze.enqueue(path=str(tmp_path / "snooze"))
+    progressing = Progressing.enqueue()
     worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
     worker.start(give_up_after=10)
     try:
-        for handle in (echo, flaky, snoozed):
+        for handle in (echo, flaky, snoozed, progressing):
             handle.result(timeout=15)
         wait_for(lambda: doomed.status() is Status.FAILED, what="the doomed job to fail")
     finally:
@@ -567,7 +568,24 @@ def test_each_attempt_s_job_line_names_its_outcome_and_the_attempt_that_ended(
             (doomed.id, "fast.doomed", 1, "dead_lettered", "Unrecoverable: the account was deleted"),
             (snoozed.id, "fast.snooze", 1, "deferred", "RetryLater: remote said 429"),
             (snoozed.id, "fast.snooze", 1, "succeeded", None),
+            (progressing.id, "fast.progressing", 1, "succeeded", None),
         ],
         key=str,
     )
-    assert worker.stats.counts == {"succeeded": 3, "retried": 2, "dead": 1}
+    assert worker.stats.counts == {"succeeded": 4, "retried": 2, "dead": 1}
+    # and each transition is in the event stream, with the job's name, queue and attempt
+    events = [e for e in client.backend.events.read(count=1000) if e.kind.value != "enqueued"]  # type: ignore[attr-defined]
+    seen = [(e.job_id, e.kind.value, e.name, e.queue, e.attempt) for e in events]
+    for handle, name, transitions in (
+        (echo, "fast.echo", [("started", 1), ("completed", 1)]),
+        (flaky, "fast.flaky", [("started", 1), ("failed", 1), ("retrying", 1), ("started", 2), ("completed", 2)]),
+        (doomed, "fast.doomed", [("started", 1), ("dead_lettered", 1)]),
+        (progressing, "fast.progressing", [("started", 1), ("progress", 1), ("progress", 1), ("completed", 1)]),
+    ):
+        assert [s for s in seen if s[0] == handle.id] == [(handle.id, k, name, "fast", a) for k, a in transitions]
+    retrying = next(e for e in events if e.job_id == flaky.id and e.kind.value == "retrying")
+    assert retrying.data["next"] == 2
+    assert [e.data for e in events if e.job_id == progressing.id and e.kind.value == "progress"] == [
+        {"progress": 50},
+        {"progress": {"done": 2, "total": 2}},
+    ]
