@@ -7,11 +7,15 @@ one that no test of the in-process selection reaches ("no tests") counts as surv
 left out of the score.
 
     python tests/mutation_score.py [MODULE...]      (MODULE as given to ./dev mutate: backoff, runtime.worker)
+
+For a module with a sample (tests/mutation_sample.py: mutants/sample-MODULE.txt), it also prints the score
+estimated from the mutants run before the sample was drawn plus the sample, with a 95 % interval.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tomllib
 from collections import Counter
@@ -29,10 +33,41 @@ def module_of(mutant: str) -> str:
     return ".".join(p for p in parts[:-1])
 
 
+def estimate(module: str, verdicts: dict[str, str]) -> str | None:
+    """The score of a module part of whose mutants were run whole and the rest sampled: the mutants run before
+    the sample was drawn count as they are; the pool the sample came from counts at the sample's kill rate."""
+    path = ROOT / "mutants" / f"sample-{module.removeprefix('forgejobs.')}.txt"
+    if not path.exists():
+        return None
+    header, *names = path.read_text().split("\n")
+    pool = int(header.split()[2])
+    drawn = set(filter(None, names))
+    in_sample = Counter(verdicts.get(n, "not run") for n in drawn)
+    judged = in_sample["killed"] + in_sample["survived"]
+    if not judged:
+        return None
+    rate = in_sample["killed"] / judged
+    margin = 1.96 * math.sqrt(rate * (1 - rate) / judged) * math.sqrt(max(0, pool - judged) / max(1, pool - 1))
+    scored_pool = pool * (1 - in_sample["equivalent"] / (judged + in_sample["equivalent"]))
+    before = Counter(v for n, v in verdicts.items() if n not in drawn)
+    killed, run = before["killed"], before["killed"] + before["survived"]
+
+    def score(r: float) -> float:
+        return 100 * (killed + r * scored_pool) / (run + scored_pool)
+
+    return (
+        f"{module}: {run} mutants run before a random sample of {len(drawn)} was drawn from the {pool} not run yet;"
+        f" {in_sample['killed']} of the {judged} sampled mutants run were killed ({100 * rate:.0f} % ± "
+        f"{100 * margin:.0f}); estimated score {score(rate):.1f} % (95 % interval "
+        f"{score(max(0.0, rate - margin)):.1f}-{score(min(1.0, rate + margin)):.1f} %)"
+    )
+
+
 def main(selected: list[str]) -> int:
     equivalent: dict[str, str] = tomllib.loads(EQUIVALENT.read_text())["mutants"] if EQUIVALENT.exists() else {}
     prefixes = tuple(f"forgejobs.{name.removeprefix('forgejobs.')}" for name in selected)
     counts: dict[str, Counter[str]] = {}
+    verdicts: dict[str, dict[str, str]] = {}
     alive: list[str] = []
     stale: list[str] = []
     for meta in sorted((ROOT / "mutants" / "forgejobs").rglob("*.py.meta")):
@@ -43,16 +78,18 @@ def main(selected: list[str]) -> int:
                 continue
             tally = counts.setdefault(module, Counter())
             if mutant in equivalent:
-                tally["equivalent"] += 1
+                verdict = "equivalent"
                 if code in KILLED:
                     stale.append(mutant)
             elif code in KILLED:
-                tally["killed"] += 1
+                verdict = "killed"
             elif code in SURVIVED:
-                tally["survived"] += 1
+                verdict = "survived"
                 alive.append(mutant)
             else:
-                tally["not run"] += 1
+                verdict = "not run"
+            tally[verdict] += 1
+            verdicts.setdefault(module, {})[mutant] = verdict
     if not counts:
         print("no mutation results: run ./dev mutate first")
         return 1
@@ -65,6 +102,10 @@ def main(selected: list[str]) -> int:
             f"{module:32} {total:7} {tally['killed']:7} {tally['survived']:6} {tally['equivalent']:6}"
             f" {tally['not run']:7} {score:>6}"
         )
+    for module in sorted(verdicts):
+        line = estimate(module, verdicts[module])
+        if line:
+            print(f"\n{line}")
     if alive:
         print(f"\n{len(alive)} surviving mutants (see one with: .venv/bin/mutmut show NAME):")
         for mutant in alive:
