@@ -589,3 +589,44 @@ def test_each_attempt_s_job_line_names_its_outcome_and_the_attempt_that_ended(
         {"progress": 50},
         {"progress": {"done": 2, "total": 2}},
     ]
+
+
+def test_a_worker_run_without_burst_waits_for_an_unreachable_redis_past_the_enqueue_timeout_until_stopped(
+    registry: Registry, signals_as_found: None
+) -> None:
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", jobs=SAMPLE_JOBS, specs=SAMPLE_SPECS, enqueue_timeout=1
+    )
+    worker = Worker(settings, registry, queues=["fast"], resources=object())
+    timer = threading.Timer(2.5, worker.stop)
+    timer.start()
+    try:
+        stats = worker.run()  # a burst would give up after 1 s; a worker waits for Redis
+    finally:
+        timer.cancel()
+    assert stats.counts == {}
+
+
+def test_a_burst_goes_on_after_redis_fails_its_drained_checks_and_its_paused_report(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    signals_as_found: None,
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    real_pending = worker.backend.pending
+    failing_until: list[float] = []
+
+    def pending(queues: Any, horizon_ms: float = 0.0) -> int:
+        if not failing_until:
+            failing_until.append(time.monotonic() + 0.8)
+        if time.monotonic() < failing_until[0]:
+            raise redis.ConnectionError("gone for a moment")
+        return real_pending(queues, horizon_ms)
+
+    monkeypatch.setattr(worker.backend, "pending", pending)
+    monkeypatch.setattr(worker, "_say_paused", lambda horizon: (_ for _ in ()).throw(redis.ConnectionError("gone")))
+    stats = burst(worker)  # nothing to run: the slot idles while the burst's own checks fail
+    assert stats.counts == {}
