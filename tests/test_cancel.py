@@ -7,6 +7,7 @@ own spec file declares, so the worker subprocesses load nothing else.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -193,6 +194,29 @@ def test_running_jobs_see_ctx_cancelled_and_end_cancelled_whether_they_return_or
     assert detail.state is State.CANCELLED and detail.attempts == [] and detail.started_at is not None
     snapshot = MetricsReader(conn, queues=["cancels"]).snapshot()
     assert snapshot.total("cancelled", "cancels") == 3 and snapshot.total("retried", "cancels") == 0
+
+
+def test_a_running_job_cancelled_in_a_worker_of_this_process_ends_cancelled_and_its_job_line_says_so(
+    cancel_client: Client,
+    conn: redis.Redis,
+    cancel_settings: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="forgejobs.worker")
+    worker = Worker(cancel_settings, cancel_client.registry, connection=conn, resources=object())
+    handle = Waits.enqueue(path=str(tmp_path / "w"))
+    worker.start(give_up_after=10)
+    try:
+        wait_for(lambda: seen(tmp_path / "w") == ["start"], timeout=30, what="the job to start")
+        assert cancel(cancel_client.backend, cancel_client.registry, handle.id).outcome == "requested"
+        wait_for(lambda: handle.status() is Status.CANCELLED, timeout=30, what="the job to end cancelled")
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    lines = [(r.job_id, r.attempt, r.outcome) for r in caplog.records if hasattr(r, "outcome")]  # type: ignore[attr-defined]
+    assert lines == [(handle.id, 1, "cancelled")]
+    assert worker.stats.counts == {"cancelled": 1}
 
 
 def test_a_handler_that_never_looks_still_ends_cancelled(

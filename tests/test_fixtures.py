@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import redis
 
+from tests import conftest
 from tests.conftest import CLAIM_KEY, _claim, claimant
 
 
@@ -47,3 +49,18 @@ def test_a_claim_made_in_a_forked_process_names_that_process() -> None:
     assert os.read(read, 200).decode() == f"{socket.gethostname()}:{child}"
     os.close(read)
     os.close(write)
+
+
+def test_under_mutation_a_database_left_unclaimed_with_only_forgejobs_keys_is_emptied_and_claimed(
+    conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn.delete(CLAIM_KEY)  # as if a worker a mutant kept running wrote here after its test emptied the database
+    conn.set("forgejobs:events", "x")
+    monkeypatch.setattr(conftest, "UNIT_ONLY", False)
+    assert not _claim(conn) and conn.exists("forgejobs:events")  # a normal run cannot tell it from someone's data
+    monkeypatch.setattr(conftest, "UNIT_ONLY", True)
+    conn.set("theirs", "x")
+    assert not _claim(conn) and conn.exists("forgejobs:events", "theirs") == 2  # not only forgejobs keys: left
+    conn.delete("theirs")
+    assert _claim(conn)
+    assert conn.keys("*") == [CLAIM_KEY.encode()] and conn.get(CLAIM_KEY) == claimant().encode()

@@ -103,7 +103,7 @@ def test_a_first_signal_lets_the_running_job_finish_and_takes_no_other(
 def test_a_second_signal_aborts_the_running_job_which_waits_at_the_front_to_run_the_same_attempt_again(
     slow_worker: Worker, client: Any, conn: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="forgejobs.worker")
+    caplog.set_level(logging.INFO, logger="forgejobs.worker")
     path = tmp_path / "notes"
     spinning = TimesOut.enqueue(path=str(path), spin=True)  # runs Python code for 30 s on its first attempt
     slow_worker.start(give_up_after=10)
@@ -116,7 +116,10 @@ def test_a_second_signal_aborts_the_running_job_which_waits_at_the_front_to_run_
     assert stored_attempt(conn, SLOW, spinning.id) == 1
     assert conn.hlen(SLOW.active) == 0
     assert [n["attempt"] for n in notes(path)] == [1]
-    assert worker_log(caplog)[-1] == f"signal {signal.SIGINT} again: aborting running jobs; they will run again"
+    warned = worker_log(caplog, logging.WARNING)
+    assert warned[-1] == f"signal {signal.SIGINT} again: aborting running jobs; they will run again"
+    lines = [(r.job_id, r.attempt, r.outcome) for r in caplog.records if hasattr(r, "outcome")]  # type: ignore[attr-defined]
+    assert lines == [(spinning.id, 1, "aborted")]
 
 
 def test_abort_interrupts_only_a_slot_inside_a_handler_not_one_taking_a_job(

@@ -99,9 +99,9 @@ def _event_values(event: Event) -> list[str]:
 
 
 def _outcome_word(finish: Finish) -> str:
-    """What the job line says happened: succeeded, retried, rate_limited, deferred, dead_lettered, ..."""
-    words = {"done": "succeeded", "failed": "dead_lettered", "cancelled": "cancelled", "requeue": "aborted"}
-    return words.get(finish.mode) or (finish.counters.split()[0] if finish.counters else "retried")
+    """What the job line says happened: the first counter the finish adds to, without a reason (succeeded,
+    retried, rate_limited, deferred, dead_lettered, cancelled, aborted). Every finish names its counters."""
+    return finish.counters.split(" ", 1)[0].split(":", 1)[0]
 
 
 def connect(url: str) -> redis.Redis:
