@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 import redis
 
-from forgejobs import Client, Context, Job, Reason, Registry, Settings, Status, Unrecoverable
+from forgejobs import Client, Context, Job, Reason, Registry, Settings, Status, Unrecoverable, backoff
 from forgejobs.backends.redis import RedisBackend
 from forgejobs.client import use_client
 from forgejobs.errors import BackendUnavailable
 from forgejobs.keys import QueueKeys
+from forgejobs.metrics import MetricsReader
 from forgejobs.runtime.worker import Worker
 from forgejobs.specs import QueueSpec, Specs
 from tests.helpers import (
@@ -361,7 +362,30 @@ class Briefly(Job, queue="brief", attempts=1, result_ttl=timedelta(minutes=5), f
         return "done"
 
 
+class Later(Job, queue="brief", attempts=2, backoff=backoff.fixed(3600)):
+    """Fails; its retry waits an hour."""
+
+    def perform(self, ctx: Context) -> None:
+        raise RuntimeError("not now")
+
+
 BRIEF = QueueKeys("forgejobs", "brief")
+
+
+def test_a_failed_attempt_s_retry_waits_its_backoff_on_the_server_s_clock(redis_url: str, conn: redis.Redis) -> None:
+    registry = Registry([Later], Specs(queues={"brief": QueueSpec()}))
+    worker = Worker(Settings(redis_url=redis_url), registry, queues=["brief"], connection=conn, resources=object())
+    with use_client(Client(RedisBackend(conn), registry)):
+        handle = Later.enqueue()
+        before = server_ms(conn)
+        worker.start(give_up_after=10)
+        try:
+            wait_for(lambda: handle.status() is Status.SCHEDULED, what="the retry to be scheduled")
+        finally:
+            worker.stop()
+            assert worker.join(30), "the worker did not stop"
+    due = conn.zscore(BRIEF.delayed, handle.id)
+    assert due is not None and before + 3_600_000 <= due <= server_ms(conn) + 3_600_000
 
 
 def test_a_finished_job_is_kept_for_its_own_type_s_result_or_failure_ttl(redis_url: str, conn: redis.Redis) -> None:
@@ -573,6 +597,8 @@ def test_each_attempt_s_job_line_names_its_outcome_and_the_attempt_that_ended(
         key=str,
     )
     assert worker.stats.counts == {"succeeded": 4, "retried": 2, "dead": 1}
+    minutes = MetricsReader(conn, queues=["fast"]).per_minute("fast", minutes=2)
+    assert (sum(m.succeeded for m in minutes), sum(m.failed for m in minutes)) == (4, 2)  # snoozing fails nothing
     # and each transition is in the event stream, with the job's name, queue and attempt
     events = [e for e in client.backend.events.read(count=1000) if e.kind.value != "enqueued"]  # type: ignore[attr-defined]
     seen = [(e.job_id, e.kind.value, e.name, e.queue, e.attempt) for e in events]
@@ -630,3 +656,16 @@ def test_a_burst_goes_on_after_redis_fails_its_drained_checks_and_its_paused_rep
     monkeypatch.setattr(worker, "_say_paused", lambda horizon: (_ for _ in ()).throw(redis.ConnectionError("gone")))
     stats = burst(worker)  # nothing to run: the slot idles while the burst's own checks fail
     assert stats.counts == {}
+
+
+def test_join_says_whether_the_slots_ended_within_its_timeout_and_waits_without_one(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, tmp_path: Path
+) -> None:
+    worker = Worker(settings, registry, queues=["slow"], connection=conn, resources=object())
+    Slow.enqueue(path=str(tmp_path / "notes"), seconds=1)
+    worker.start(give_up_after=10)
+    wait_for(lambda: any(s.in_handler for s in worker.states["slow"].slots), what="the job to start")
+    worker.stop()
+    assert worker.join(0.1) is False  # the job still runs
+    assert worker.join() is True  # no timeout: until it has ended
+    assert not any(t.is_alive() for t in worker._threads)
