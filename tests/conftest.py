@@ -127,11 +127,12 @@ def _left_by_a_dead_test(claim: bytes | None) -> bool:
 
 
 def _only_left_by_mutants(conn: redis.Redis) -> bool:
-    """Under ./dev mutate, a database with no claim holding only forgejobs keys was written by the threads of a
-    worker a mutant kept from stopping, after its test had emptied the database: emptied and claimed. (A
-    normal run leaves such a database alone: it cannot tell it from someone else's.)"""
+    """Under ./dev mutate, a database with no claim holding only forgejobs keys (`forgejobs:`, or a demo's
+    `forgejobs-demo-...:`) was written by the threads of a worker a mutant kept from stopping, after its test
+    had emptied the database: emptied and claimed. (A normal run leaves such a database alone: it cannot tell
+    it from someone else's.)"""
     keys = [k for k in conn.scan_iter(count=1000) if k != CLAIM_KEY.encode()]
-    if not all(k.startswith(b"forgejobs:") for k in keys):
+    if not all(k.startswith((b"forgejobs:", b"forgejobs-demo-")) for k in keys):
         return False
     for key in keys:
         conn.delete(key)
