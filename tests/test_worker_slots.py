@@ -369,7 +369,32 @@ class Later(Job, queue="brief", attempts=2, backoff=backoff.fixed(3600)):
         raise RuntimeError("not now")
 
 
+class Twice(Job, queue="brief", attempts=2, backoff=backoff.fixed(0)):
+    """Fails both of its attempts, the second at once."""
+
+    def perform(self, ctx: Context) -> None:
+        raise RuntimeError(f"attempt {ctx.attempt} failed")
+
+
 BRIEF = QueueKeys("forgejobs", "brief")
+
+
+def test_a_job_dead_lettered_on_its_last_attempt_has_that_attempt_in_its_job_line(
+    redis_url: str, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="forgejobs.worker")
+    registry = Registry([Twice], Specs(queues={"brief": QueueSpec()}))
+    worker = Worker(Settings(redis_url=redis_url), registry, queues=["brief"], connection=conn, resources=object())
+    with use_client(Client(RedisBackend(conn), registry)):
+        handle = Twice.enqueue()
+        worker.start(give_up_after=10)
+        try:
+            wait_for(lambda: handle.status() is Status.FAILED, what="the job to fail")
+        finally:
+            worker.stop()
+            assert worker.join(30), "the worker did not stop"
+    lines = [(r.attempt, r.outcome) for r in caplog.records if hasattr(r, "outcome")]  # type: ignore[attr-defined]
+    assert lines == [(1, "retried"), (2, "dead_lettered")]
 
 
 def test_a_failed_attempt_s_retry_waits_its_backoff_on_the_server_s_clock(redis_url: str, conn: redis.Redis) -> None:
