@@ -35,7 +35,7 @@ from tests.helpers import (
     wait_for,
     worker_log,
 )
-from tests.samplejobs.basic import Doomed, Echo, Flaky, Progressing, Slow, Snooze
+from tests.samplejobs.basic import Doomed, Echo, Flaky, LimitedMark, Progressing, Slow, Snooze
 
 pytestmark = pytest.mark.redis
 
@@ -694,3 +694,35 @@ def test_join_says_whether_the_slots_ended_within_its_timeout_and_waits_without_
     assert worker.join(0.1) is False  # the job still runs
     assert worker.join() is True  # no timeout: until it has ended
     assert not any(t.is_alive() for t in worker._threads)
+
+
+def test_the_run_time_histogram_holds_each_run_once_in_seconds_and_no_wait_a_rate_limit_imposed(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, tmp_path: Path
+) -> None:
+    slept = Slow.enqueue(path=str(tmp_path / "slow"), seconds=0.3)
+    limited = [LimitedMark.enqueue(path=str(tmp_path / "limited"), label=str(n)) for n in range(7)]
+    seen: list[tuple[str, str]] = []
+    worker = Worker(
+        settings,
+        registry,
+        queues=["slow", "limited"],
+        connection=conn,
+        resources=object(),
+        on_outcome=lambda name, outcome: seen.append((name, type(outcome).__name__)),
+    )
+    worker.start(give_up_after=10)
+    try:
+        assert slept.result(timeout=10) == "slept"
+        for handle in limited:
+            handle.result(timeout=15)
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    histograms = MetricsReader(conn, queues=["slow", "limited"]).snapshot().histograms
+    run = {(h.queue, h.job_name): h for h in histograms if h.name == "run"}
+    assert run[("slow", "slow.slow")].count == 1 and 0.3 <= run[("slow", "slow.slow")].sum_seconds < 5
+    assert run[("limited", "limited.limited-mark")].count == 7  # the waits the rate limit imposed ran nothing
+    assert counters(conn, "limited")[("rate_limited", "limited.limited-mark", None)] >= 1
+    # the worker's own on_outcome hook hears of each outcome under the job's name
+    assert ("slow.slow", "Succeeded") in seen
+    assert seen.count(("limited.limited-mark", "Succeeded")) == 7
