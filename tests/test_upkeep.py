@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ import redis
 from forgejobs import Client, Reason, Registry, Settings
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.cancel import CannotCancel, cancel
-from forgejobs.runtime.corrupt import read_record
+from forgejobs.runtime.corrupt import read_record, shown_id
 from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker
-from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS, counters, failed_in_last_minutes, server_ms, worker_log
+from forgejobs.specs import QueueSpec
+from tests.helpers import SAMPLE_JOBS, SAMPLE_SPECS, counters, failed_in_last_minutes, free_port, server_ms, worker_log
 from tests.samplejobs.basic import Echo, Slow
 
 pytestmark = pytest.mark.redis
@@ -657,3 +659,50 @@ def test_a_tick_beats_every_fifth_of_the_lease_checks_every_second_and_trims_eve
     assert tick_at(1002.0) == ["beat", *checks]
     assert tick_at(1004.9) == ["beat", *checks]
     assert tick_at(1005.0) == trims
+
+
+def test_an_id_that_is_not_utf8_is_shown_as_bytes_and_its_hex(conn: redis.Redis) -> None:
+    assert shown_id(b"job-1") == "job-1"
+    assert shown_id(b"\xff\x00j") == "bytes:ff006a"
+
+
+def test_a_retention_pass_deletes_a_job_finished_just_longer_ago_than_its_queue_s_age(conn: redis.Redis) -> None:
+    from forgejobs.runtime.scripts import Scripts
+    from forgejobs.runtime.upkeep import trim
+    from forgejobs.specs import Keep, Retention
+
+    spec = QueueSpec(retention=Retention(completed=Keep(count=None, age=timedelta(hours=1))))
+    now = server_ms(conn)
+    for job_id, age_ms in (("older", 3_601_000), ("younger", 3_599_000)):
+        conn.hset(FAST.job(job_id), mapping={"s": "succeeded", "ft": str(now - age_ms)})
+        conn.zadd(FAST.done, {job_id: now + 86_400_000})
+    assert trim(Scripts(conn), FAST, spec) == 1
+    assert conn.zrange(FAST.done, 0, -1) == [b"younger"] and not conn.exists(FAST.job("older"))
+
+
+def test_an_upkeep_pass_that_cannot_reach_redis_reports_the_outage_with_its_error_after_half_a_second(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    port = free_port()
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", jobs=SAMPLE_JOBS, specs=SAMPLE_SPECS)
+    worker = Worker(settings, registry, queues=["fast"], resources=object())
+    worker.upkeep.tick()
+    time.sleep(0.6)  # an outage is reported once it has lasted half a second (Outage.QUIET)
+    worker.upkeep.tick()
+    said = [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].startswith(f"worker {worker.name}: Redis at redis://127.0.0.1:{port}/0 cannot be reached (Error ")
+
+
+def test_an_upkeep_pass_that_fails_otherwise_is_logged_with_its_traceback_and_the_next_goes_on(
+    worker: Worker, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("a bug in supervise")
+
+    monkeypatch.setattr(worker, "supervise", broken)
+    worker.upkeep.tick()  # does not raise
+    [record] = [r for r in caplog.records if r.name == "forgejobs.worker" and r.levelno == logging.ERROR]
+    assert record.getMessage() == "worker upkeep failed; trying again"
+    assert record.exc_info is not None and "a bug in supervise" in str(record.exc_info[1])

@@ -22,6 +22,7 @@ from forgejobs.client import use_client
 from forgejobs.errors import BackendUnavailable
 from forgejobs.keys import QueueKeys
 from forgejobs.metrics import MetricsReader
+from forgejobs.runtime.state import Slot
 from forgejobs.runtime.worker import Worker
 from forgejobs.specs import QueueSpec, Specs
 from tests.helpers import (
@@ -726,3 +727,72 @@ def test_the_run_time_histogram_holds_each_run_once_in_seconds_and_no_wait_a_rat
     # the worker's own on_outcome hook hears of each outcome under the job's name
     assert ("slow.slow", "Succeeded") in seen
     assert seen.count(("limited.limited-mark", "Succeeded")) == 7
+
+
+def test_a_slot_stuck_in_a_job_past_its_timeout_is_replaced_and_retires_once_its_job_ends(
+    settings: Settings,
+    registry: Registry,
+    client: Client,
+    conn: redis.Redis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import forgejobs.runtime.state as state_module
+
+    caplog.set_level(logging.ERROR, logger="forgejobs.worker")
+    monkeypatch.setattr(state_module, "STUCK_GRACE", 0.0)
+    worker = Worker(settings, registry, queues=["slow"], connection=conn, resources=object())
+    monkeypatch.setattr(worker, "_timeout_hint", lambda envelope: 0.3)  # stuck 0.3 s into a job
+    stuck = Slow.enqueue(path=str(tmp_path / "notes"), seconds=2)
+    worker.start(give_up_after=10)
+    try:
+        state = worker.states["slow"]
+        [old] = state.slots
+        wait_for(lambda: state.slots[0] is not old, what="the stuck slot to be replaced")
+        fresh = state.slots[0]
+        assert (fresh.index, old.retired, state.retired_idents) == (0, True, [old.ident])
+        assert stuck.result(timeout=10) == "slept"  # the stuck slot still records its job's outcome
+        assert old.thread is not None
+        old.thread.join(5)
+        assert not old.thread.is_alive()  # and then takes no other
+        after = Slow.enqueue(path=str(tmp_path / "notes"), seconds=0)
+        assert after.result(timeout=10) == "slept"  # the fresh slot serves the queue
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert worker_log(caplog, logging.ERROR) == [f"worker slot {old.ident} stopped (died or stuck); starting another"]
+
+
+def test_a_stopping_worker_replaces_no_slot(
+    settings: Settings, registry: Registry, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="forgejobs.worker")
+    worker = Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object())
+    worker.start(give_up_after=10)
+    idents = [s.ident for s in worker._all_slots()]
+    worker.stop()
+    assert worker.join(30), "the worker did not stop"
+    worker.supervise()  # the slots ended because the worker stops: none is dead
+    assert [s.ident for s in worker._all_slots()] == idents
+    assert worker_log(caplog, logging.ERROR) == []
+
+
+def test_supervising_goes_on_past_a_slot_that_ran_its_max_jobs_to_a_dead_one(
+    settings: Settings, registry: Registry, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["chaos"], connection=conn, resources=object())
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    done = Slot("chaos", 0, "done", thread=ended, jobs=1)
+    dead = Slot("chaos", 1, "dead", thread=ended, jobs=0)
+    worker.states["chaos"].slots[:] = [done, dead]
+    worker._max_jobs = 1
+    try:
+        worker.supervise()
+        slots = worker.states["chaos"].slots
+        assert slots[0] is done and slots[1] is not dead and slots[1].index == 1
+    finally:
+        worker.stop()
+        worker.join(10)
