@@ -70,11 +70,12 @@ def test_a_queue_whose_recovery_redis_refuses_does_not_hold_up_the_other_queues(
     conn.set(FAST.stalled, "not a list")  # recover.lua's LLEN on it fails with WRONGTYPE
     handle = Slow.enqueue(path="/nonexistent/never-run", seconds=0)
     strand(conn, SLOW, handle.id)
-    caplog.set_level(logging.ERROR, "forgejobs.worker")
+    caplog.set_level(logging.WARNING, "forgejobs.worker")
 
     worker.upkeep.tick()
 
     assert "fast: recover failed; trying again" in worker_log(caplog) and "WRONGTYPE" in caplog.text
+    assert "slow: 1 job(s) of dead workers taken back" in worker_log(caplog, logging.WARNING)
     # slow's dead slot was still recovered and its job settled: back on its wait list as attempt 2 (Slow has
     # attempts=2 and backoff fixed(0))
     assert conn.lrange(SLOW.wait(5), 0, -1) == [handle.id.encode()]

@@ -796,3 +796,35 @@ def test_supervising_goes_on_past_a_slot_that_ran_its_max_jobs_to_a_dead_one(
     finally:
         worker.stop()
         worker.join(10)
+
+
+def test_an_idle_slot_waits_on_its_queue_s_idle_list_until_woken_then_leaves_it(
+    settings: Settings, registry: Registry, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    state = worker.states["fast"]
+    slot = Slot("fast", 0, "idle-slot")
+    idling = threading.Thread(target=worker._idle, args=(slot, state, 30.0))
+    idling.start()
+    wait_for(lambda: list(state.idle) == [slot], what="the slot to be on the idle list")
+    assert state.wake_one() is True
+    idling.join(5)
+    assert not idling.is_alive() and not state.idle and not slot.wake.is_set()
+    worker._idle(slot, state, 0.05)  # nobody wakes it: it leaves the idle list when its time is up
+    assert not state.idle and not slot.wake.is_set()
+
+
+def test_a_started_worker_names_its_slot_threads_by_identity_and_says_what_it_serves(
+    settings: Settings, registry: Registry, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="forgejobs.worker")
+    worker = Worker(settings, registry, queues=["fast", "keyed"], connection=conn, resources=object())
+    assert worker.describe() == "fast×1, keyed×4"
+    worker.start(give_up_after=10)
+    try:
+        for slot in worker._all_slots():
+            assert slot.thread is not None and (slot.thread.name, slot.thread.daemon) == (slot.ident, True)
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert f"worker {worker.name} serving fast×1, keyed×4" in worker_log(caplog, logging.INFO)
