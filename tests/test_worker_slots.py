@@ -828,3 +828,47 @@ def test_a_started_worker_names_its_slot_threads_by_identity_and_says_what_it_se
         worker.stop()
         assert worker.join(30), "the worker did not stop"
     assert f"worker {worker.name} serving fast×1, keyed×4" in worker_log(caplog, logging.INFO)
+
+
+def test_a_paused_queue_s_slot_waits_without_failing_and_serves_the_queue_once_it_is_resumed(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, crashed: list[str]
+) -> None:
+    client.pause("fast")
+    handle = Echo.enqueue(text="after the pause")
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    worker.start(give_up_after=10)
+    try:
+        wait_for(lambda: worker.states["fast"].paused, what="the worker to see the pause")
+        wait_for(lambda: worker.states["fast"].has_idle(), what="the paused slot to wait")
+        assert handle.status() is Status.QUEUED
+        client.resume("fast")
+        assert handle.result(timeout=10).text == "after the pause"
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert crashed == []
+
+
+def test_a_slot_registers_its_lease_with_its_first_fetch(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    real = worker.scripts.fetch
+    first: list[Any] = []
+
+    def fetch(*, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        if not first:
+            first.append(args)
+            reply = real(keys=keys, args=args)
+            first.append(conn.zscore(FAST.workers, str(args[1])))
+            return reply
+        return real(keys=keys, args=args)
+
+    worker.scripts.fetch = fetch  # type: ignore[method-assign]
+    worker.start(give_up_after=10)
+    try:
+        wait_for(lambda: len(first) == 2, what="the first fetch")
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    assert first[1] is not None  # the lease is there when the first fetch returns, before any heartbeat
