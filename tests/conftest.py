@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,6 +154,17 @@ def _claim(conn: redis.Redis) -> bool:
         if key != CLAIM_KEY.encode():
             conn.delete(key)
     return True
+
+
+@pytest.fixture
+def live_thread() -> Iterator[threading.Thread]:
+    """A thread that runs until the test ends: what a live slot's thread looks like to the runtime."""
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait)
+    thread.start()
+    yield thread
+    done.set()
+    thread.join()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import pytest
 import redis
@@ -15,24 +14,14 @@ from forgejobs.runtime.state import STUCK_GRACE, EventBuffer, QueueState, Server
 from forgejobs.specs import QueueSpec
 
 
-@pytest.fixture
-def running_thread() -> Any:
-    done = threading.Event()
-    thread = threading.Thread(target=done.wait)
-    thread.start()
-    yield thread
-    done.set()
-    thread.join()
-
-
-def test_a_slot_is_live_while_its_thread_runs_and_it_is_not_stuck_in_a_job(running_thread: threading.Thread) -> None:
+def test_a_slot_is_live_while_its_thread_runs_and_it_is_not_stuck_in_a_job(live_thread: threading.Thread) -> None:
     assert not Slot("fast", 0, "a").alive()  # no thread yet
     finished = threading.Thread(target=lambda: None)
     finished.start()
     finished.join()
     assert not Slot("fast", 0, "a", thread=finished).alive()
-    assert not Slot("fast", 0, "a", thread=running_thread, retired=True).alive()
-    slot = Slot("fast", 0, "a", thread=running_thread, job_timeout=10.0)
+    assert not Slot("fast", 0, "a", thread=live_thread, retired=True).alive()
+    slot = Slot("fast", 0, "a", thread=live_thread, job_timeout=10.0)
     assert slot.alive()
     slot.job_started = time.monotonic() - (10.0 + STUCK_GRACE - 1)
     assert slot.alive()  # past its timeout, within the grace

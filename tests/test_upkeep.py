@@ -526,17 +526,6 @@ def test_a_recovery_pass_marks_its_queue_as_checked_for_one_second(worker: Worke
 # -- leases, the view of the queues, retention, and how often each runs ----------------------------------------
 
 
-@pytest.fixture
-def live_thread() -> Iterator[threading.Thread]:
-    """A thread that runs until the test ends: what a live slot's thread looks like to upkeep."""
-    done = threading.Event()
-    thread = threading.Thread(target=done.wait)
-    thread.start()
-    yield thread
-    done.set()
-    thread.join()
-
-
 def test_a_beat_renews_the_lease_of_each_live_slot_of_each_queue_for_the_lease_time(
     worker: Worker, conn: redis.Redis, live_thread: threading.Thread
 ) -> None:
