@@ -3,17 +3,21 @@ delayed jobs, remembering when the next one falls due, and waking idle slots."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
+from typing import Any
 
 import pytest
 import redis
 
 from forgejobs import Client, EnqueueOptions, Registry, Settings
+from forgejobs.backends.redis import describe
 from forgejobs.keys import QueueKeys
 from forgejobs.runtime.state import QueueState, Slot
 from forgejobs.runtime.worker import Worker
-from tests.helpers import server_ms, waiting
+from tests.helpers import server_ms, wait_for, waiting
 from tests.samplejobs.basic import Echo
 
 pytestmark = pytest.mark.redis
@@ -113,3 +117,71 @@ def test_a_step_with_a_job_due_within_the_local_wait_promotes_it_and_wakes_an_id
             break
     assert waiting(conn, FAST) == [due.encode()]
     assert slot.wake.is_set()
+
+
+def run_waiter(worker: Worker, step: Any) -> tuple[threading.Event, threading.Thread]:
+    """The waiter's loop in a thread of its own, with `step` in place of a real step."""
+    worker.waiter.step = step  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.waiter.run, args=(stop,))
+    thread.start()
+    return stop, thread
+
+
+def test_the_waiter_goes_on_after_redis_fails_its_steps_and_reports_the_outage_with_the_error(
+    worker: Worker, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    failing_until = time.monotonic() + 1.2  # longer than the half second after which an outage is reported
+    done: list[float] = []
+
+    def step(stop: threading.Event) -> None:
+        if time.monotonic() < failing_until:
+            raise redis.ConnectionError("gone")
+        done.append(time.monotonic())
+        stop.wait(0.05)
+
+    stop, thread = run_waiter(worker, step)
+    wait_for(lambda: done, timeout=10, what="a step after the outage")
+    stop.set()
+    thread.join(5)
+    said = [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert said == [f"worker {worker.name}: Redis at {describe(conn)} cannot be reached (gone); retrying"]
+    assert not thread.is_alive()
+
+
+def test_the_waiter_goes_on_after_a_step_fails_otherwise_and_logs_it_with_its_traceback(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="forgejobs.worker")
+    calls: list[int] = []
+
+    def step(stop: threading.Event) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a step")
+        stop.wait(0.05)
+
+    stop, thread = run_waiter(worker, step)
+    wait_for(lambda: len(calls) >= 2, timeout=10, what="a step after the failure")
+    stop.set()
+    thread.join(5)
+    [record] = [r for r in caplog.records if r.name == "forgejobs.worker"]
+    assert record.getMessage() == "worker waiter failed; trying again"
+    assert record.exc_info is not None and str(record.exc_info[1]) == "a bug in a step"
+
+
+def test_a_stopped_waiter_removes_its_wake_key_and_ends_even_when_redis_refuses_that(
+    worker: Worker, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn.zadd(worker.waiter.wake_key, {"poke": 0})
+    stop = threading.Event()
+    stop.set()
+    worker.waiter.run(stop)
+    assert not conn.exists(worker.waiter.wake_key)
+
+    def refuse(*keys: Any) -> int:
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(worker.waiter.connection, "delete", refuse)
+    worker.waiter.run(stop)  # returns: a stopping waiter has nothing left to do
