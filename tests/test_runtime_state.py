@@ -94,3 +94,20 @@ def test_events_a_refused_write_held_go_out_first_with_the_next_flush() -> None:
     stream.down = False
     buffer.flush()
     assert stream.written == [["a", "b", "c"]]
+
+
+def test_events_emitted_while_a_refused_write_was_under_way_are_kept_behind_the_held_ones() -> None:
+    stream = Stream()
+    buffer = EventBuffer(stream)  # type: ignore[arg-type]
+
+    def refuse_while_a_slot_emits(events: list[str]) -> None:
+        buffer.emit(["c"])  # type: ignore[list-item] - another thread's event, during the failed write
+        raise redis.ConnectionError("Redis went away")
+
+    buffer.emit(["a", "b"])  # type: ignore[list-item]
+    stream.append_many = refuse_while_a_slot_emits  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        buffer.flush()
+    del stream.append_many
+    buffer.flush()
+    assert stream.written == [["a", "b", "c"]]
