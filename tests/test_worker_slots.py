@@ -872,3 +872,52 @@ def test_a_slot_registers_its_lease_with_its_first_fetch(
         worker.stop()
         assert worker.join(30), "the worker did not stop"
     assert first[1] is not None  # the lease is there when the first fetch returns, before any heartbeat
+
+
+def fail_fetch_number(worker: Worker, number: int, exc: BaseException) -> list[tuple[str, str]]:
+    """Make the `number`th fetch of `worker` (1-based) raise `exc`; the others run. Returns each fetch's
+    identity and the mode of the finish it carried ("" for none)."""
+    real = worker.scripts.fetch
+    seen: list[tuple[str, str]] = []
+
+    def fetch(*, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        seen.append((str(args[1]), str(args[3])))
+        if len(seen) == number:
+            raise exc
+        return real(keys=keys, args=args)
+
+    worker.scripts.fetch = fetch  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_slot_goes_on_after_its_fetch_cannot_reach_redis(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    fail_fetch_number(worker, 1, redis.ConnectionError("gone for a moment"))
+    handle = Echo.enqueue(text="after the blip")
+    worker.start(give_up_after=10)
+    try:
+        assert handle.result(timeout=10).text == "after the blip"
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+
+
+def test_an_outcome_whose_fetch_redis_refused_is_recorded_under_the_identity_that_took_the_job(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis
+) -> None:
+    worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
+    handle = Echo.enqueue(text="recorded once")
+    seen = fail_fetch_number(worker, 2, redis.ResponseError("BUSY Redis is busy running a script"))
+    worker.start(give_up_after=10)
+    try:
+        assert handle.result(timeout=10).text == "recorded once"
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
+    first, fresh = f"{worker.name}/fast/0/1", f"{worker.name}/fast/0/2"
+    # took the job as 1; its outcome's fetch was refused, so the slot became 2 and recorded it as 1
+    assert seen[:3] == [(first, ""), (first, "done"), (first, "done")]
+    assert seen[3][0] == fresh
+    assert worker.stats.counts == {"succeeded": 1} and handle.status() is Status.SUCCEEDED
