@@ -185,3 +185,23 @@ def test_a_stopped_waiter_removes_its_wake_key_and_ends_even_when_redis_refuses_
 
     monkeypatch.setattr(worker.waiter.connection, "delete", refuse)
     worker.waiter.run(stop)  # returns: a stopping waiter has nothing left to do
+
+
+def test_the_waiter_wakes_an_idle_slot_for_each_job_enqueued_and_each_delayed_job_that_falls_due(
+    settings: Settings, registry: Registry, client: Client, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the idle slots' own look made a minute apart, only the waiter can have woken them."""
+    import forgejobs.runtime.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "IDLE_POLL", 60.0)
+    worker = Worker(settings, registry, queues=["fast", "slow"], connection=conn, resources=object())
+    worker.start(give_up_after=10)
+    try:
+        for n in range(3):
+            wait_for(lambda: worker.states["fast"].has_idle() and worker.waiter._in_redis, what="an idle slot")
+            assert Echo.enqueue(text=str(n)).result(timeout=10).text == str(n)
+        soon = Echo.with_options(delay=0.5).enqueue(text="due in half a second")
+        assert soon.result(timeout=10).text == "due in half a second"
+    finally:
+        worker.stop()
+        assert worker.join(30), "the worker did not stop"
