@@ -205,3 +205,10 @@ def test_the_waiter_wakes_an_idle_slot_for_each_job_enqueued_and_each_delayed_jo
     finally:
         worker.stop()
         assert worker.join(30), "the worker did not stop"
+
+
+def test_a_step_that_finds_it_was_poked_looks_again_and_can_be_poked_meanwhile(worker: Worker) -> None:
+    worker.waiter.poke()  # poked before the step looked
+    worker.waiter.step(threading.Event())  # returns at once, to look again
+    worker.waiter.poke("fast")  # a slot going idle in between: no error
+    assert worker.waiter._local.is_set()
