@@ -47,7 +47,11 @@ def estimate(module: str, verdicts: dict[str, str]) -> str | None:
     if not judged:
         return None
     rate = in_sample["killed"] / judged
-    margin = 1.96 * math.sqrt(rate * (1 - rate) / judged) * math.sqrt(max(0, pool - judged) / max(1, pool - 1))
+    # Wilson's interval for the sample's kill rate (it stays informative when every sampled mutant was killed)
+    z = 1.96
+    centre = (rate + z * z / (2 * judged)) / (1 + z * z / judged)
+    spread = z * math.sqrt(rate * (1 - rate) / judged + z * z / (4 * judged * judged)) / (1 + z * z / judged)
+    low, high = max(0.0, centre - spread), min(1.0, centre + spread)
     scored_pool = pool * (1 - in_sample["equivalent"] / (judged + in_sample["equivalent"]))
     before = Counter(v for n, v in verdicts.items() if n not in drawn)
     killed, run = before["killed"], before["killed"] + before["survived"]
@@ -57,9 +61,9 @@ def estimate(module: str, verdicts: dict[str, str]) -> str | None:
 
     return (
         f"{module}: {run} mutants run before a random sample of {len(drawn)} was drawn from the {pool} not run yet;"
-        f" {in_sample['killed']} of the {judged} sampled mutants run were killed ({100 * rate:.0f} % ± "
-        f"{100 * margin:.0f}); estimated score {score(rate):.1f} % (95 % interval "
-        f"{score(max(0.0, rate - margin)):.1f}-{score(min(1.0, rate + margin)):.1f} %)"
+        f" {in_sample['killed']} of the {judged} sampled mutants run were killed ({100 * rate:.1f} %, 95 % interval "
+        f"{100 * low:.1f}-{100 * high:.1f} %); estimated score {score(rate):.1f} % (95 % interval "
+        f"{score(low):.1f}-{score(high):.1f} %)"
     )
 
 
