@@ -217,7 +217,7 @@ def test_a_burst_worker_gives_up_on_a_redis_it_cannot_reach_naming_it_and_how_lo
     message = str(refused.value)
     assert message.startswith(f"Redis at redis://127.0.0.1:{port}/0 cannot be reached (")
     assert message.endswith("); gave up after 2s")
-    assert time.monotonic() - started < 2.5  # it gives up before a pause would take it past its 2 s
+    assert time.monotonic() - started < 5  # it gives up rather than wait on (a pause never takes it far past 2 s)
     said = [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()]
     assert said and said[0].startswith(f"worker {worker.name}: Redis at redis://127.0.0.1:{port}/0 cannot be reached (")
 
@@ -456,7 +456,7 @@ def test_a_job_due_in_a_moment_is_pending_and_keeps_a_queue_from_being_drained_o
 ) -> None:
     worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
     soon = Echo.with_options(delay=3600).enqueue(text="soon")
-    conn.zadd(FAST.delayed, {soon.id: server_ms(conn) + 600})  # due in 0.6 s: a horizon of 1 s would take it
+    conn.zadd(FAST.delayed, {soon.id: server_ms(conn) + 900})  # due in 0.9 s: a horizon of 1 s would take it
     assert (worker.pending(), worker.pending(horizon=10)) == (0, 1)
     assert (worker.drained(), worker.drained(horizon=10)) == (True, False)
 
@@ -576,8 +576,8 @@ def test_a_burst_looks_ten_seconds_ahead_by_default(
     settings: Settings, registry: Registry, client: Client, conn: redis.Redis, signals_as_found: None
 ) -> None:
     worker = Worker(settings, registry, queues=["fast"], connection=conn, resources=object())
-    later = Echo.with_options(delay=3600).enqueue(text="in 10.5 s")
-    conn.zadd(FAST.delayed, {later.id: server_ms(conn) + 10_500})
+    later = Echo.with_options(delay=3600).enqueue(text="in 10.9 s")
+    conn.zadd(FAST.delayed, {later.id: server_ms(conn) + 10_900})  # not within 10 s, within 11 s
     stats = worker.run(burst=True)
     assert stats.counts == {} and later.status() is Status.SCHEDULED
 
